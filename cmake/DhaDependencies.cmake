@@ -1,0 +1,59 @@
+# Finds the dependencies: LibTorch (PyPI wheel in the project venv, else Debian's
+# libtorch-dev), sentencepiece (pkg-config), nlohmann_json, CLI11, spdlog.
+
+# --- LibTorch -----------------------------------------------------------------
+set(DHA_PYTHON "${CMAKE_CURRENT_SOURCE_DIR}/.venv/bin/python" CACHE FILEPATH
+    "Python of the project venv that holds the torch wheel (if any)")
+if(NOT Torch_DIR AND EXISTS "${DHA_PYTHON}")
+  execute_process(
+    COMMAND "${DHA_PYTHON}" -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
+    OUTPUT_VARIABLE _dha_torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE
+    RESULT_VARIABLE _dha_rc ERROR_QUIET)
+  if(_dha_rc EQUAL 0 AND _dha_torch_prefix)
+    list(APPEND CMAKE_PREFIX_PATH "${_dha_torch_prefix}")
+  endif()
+endif()
+# The CUDA wheel's TorchConfig looks for nvcc; say where it normally lives.
+if(NOT CMAKE_CUDA_COMPILER AND EXISTS /usr/local/cuda/bin/nvcc)
+  set(CUDA_TOOLKIT_ROOT_DIR /usr/local/cuda CACHE PATH "")
+endif()
+find_package(Torch REQUIRED)
+get_filename_component(DHA_TORCH_LIBRARY_DIR "${TORCH_LIBRARY}" DIRECTORY)
+
+# Which LibTorch and which BLAS: a slow reference BLAS makes matmul ~40x slower,
+# so the configure log says what was found.
+set(DHA_TORCH_SOURCE "Debian libtorch-dev")
+set(DHA_BLAS "unknown")
+if(EXISTS "${DHA_PYTHON}" AND DHA_TORCH_LIBRARY_DIR MATCHES "site-packages")
+  set(DHA_TORCH_SOURCE "PyPI wheel (${DHA_PYTHON})")
+  execute_process(
+    COMMAND "${DHA_PYTHON}" -c
+      "import torch,re; m=re.search(r'BLAS_INFO=([^,]*)', torch.__config__.show()); print(m.group(1) if m else 'unknown')"
+    OUTPUT_VARIABLE DHA_BLAS OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+else()
+  foreach(_blas /usr/lib/x86_64-linux-gnu/libblas.so.3 /usr/lib/aarch64-linux-gnu/libblas.so.3)
+    if(EXISTS ${_blas})
+      get_filename_component(DHA_BLAS "${_blas}" REALPATH)
+    endif()
+  endforeach()
+endif()
+message(STATUS "dha: LibTorch ${Torch_VERSION} from ${DHA_TORCH_SOURCE} at ${DHA_TORCH_LIBRARY_DIR}")
+message(STATUS "dha: BLAS: ${DHA_BLAS}")
+if(DHA_BLAS MATCHES "/blas/libblas")
+  message(WARNING "dha: the reference BLAS is active; install libopenblas0-pthread (scripts/setup does).")
+endif()
+
+# --- the Debian packages ---------------------------------------------------------
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(CLI11 REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(SENTENCEPIECE REQUIRED sentencepiece)
+add_library(dha_sentencepiece INTERFACE)
+target_include_directories(dha_sentencepiece INTERFACE ${SENTENCEPIECE_INCLUDE_DIRS})
+target_link_libraries(dha_sentencepiece INTERFACE ${SENTENCEPIECE_LINK_LIBRARIES})
+
+set(DHA_WARNINGS -Wall -Wextra -Wno-unused-parameter)
+if(DHA_WERROR)
+  list(APPEND DHA_WARNINGS -Werror)
+endif()

@@ -1,0 +1,74 @@
+// Model hyper-parameters and the per-layer decoupled K/V head layout.
+// MHA, GQA and MQA are special cases of HeadLayout, not separate types.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace dha {
+
+// For query head i of layer l, k_map[l][i] is the key head it reads and
+// v_map[l][i] the value head. Each map is onto 0..H_K[l]-1 (resp. H_V[l]-1);
+// groups may be unequal and non-contiguous.
+struct HeadLayout {
+  std::vector<std::vector<int64_t>> k_map;  // [L][H]
+  std::vector<std::vector<int64_t>> v_map;  // [L][H]
+
+  static HeadLayout mha(int64_t n_layers, int64_t n_heads);
+  // Contiguous equal groups: query head i reads KV head i / (H / n_kv_heads).
+  static HeadLayout gqa(int64_t n_layers, int64_t n_heads, int64_t n_kv_heads);
+
+  int64_t n_layers() const { return static_cast<int64_t>(k_map.size()); }
+  int64_t n_k_heads(int64_t layer) const;  // H_K[l]
+  int64_t n_v_heads(int64_t layer) const;  // H_V[l]
+  // The KV-head count when this is plain GQA (same contiguous equal groups for K
+  // and V in every layer), else 0.
+  int64_t uniform_gqa_kv_heads() const;
+  // Throws dha::Error naming `where` unless both maps have L rows of H entries,
+  // every entry is in range and every map is onto.
+  void validate(int64_t n_layers, int64_t n_heads, const std::string& where) const;
+
+  bool operator==(const HeadLayout& other) const {
+    return k_map == other.k_map && v_map == other.v_map;
+  }
+};
+
+struct ModelConfig {
+  int64_t dim = 0;          // d
+  int64_t n_layers = 0;     // L
+  int64_t n_heads = 0;      // H (query heads)
+  int64_t head_dim = 0;     // d_h
+  int64_t hidden_dim = 0;   // SwiGLU hidden size
+  int64_t vocab_size = 0;
+  int64_t max_seq_len = 0;  // context
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-5;
+  bool tied_embeddings = false;
+  int32_t bos_id = 1;
+  int32_t eos_id = 2;
+  HeadLayout layout;
+
+  // Throws dha::Error naming `where` on any inconsistent or non-positive field.
+  void validate(const std::string& where) const;
+
+  // KV cache elements per token: sum_l (H_K[l] + H_V[l]) * d_h.
+  int64_t kv_elements_per_token() const;
+  // KV cache bytes per token at `bytes_per_element` (2 = a bf16 cache).
+  int64_t kv_bytes_per_token(int64_t bytes_per_element = 2) const;
+  // Head budget rho = sum_l (H_K + H_V) / (2 L H).
+  double head_budget() const;
+  int64_t parameter_count() const;
+};
+
+// The toolkit's JSON for a config (also embedded in config.json of its
+// directory format under "dha").
+nlohmann::json layout_to_json(const HeadLayout& layout);
+HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where);
+
+// A short human-readable summary of the per-layer layout: "L0 K4 V4 | L1 K2 V3 ...".
+std::string describe_layout(const ModelConfig& config);
+
+}  // namespace dha

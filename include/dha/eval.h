@@ -1,0 +1,51 @@
+// Held-out evaluation (mean NLL per token) and text generation with the KV cache.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "dha/model.h"
+#include "dha/tokenizer.h"
+
+namespace dha {
+
+// The documents of a text: chunks separated by blank lines, each with leading
+// and trailing whitespace removed; empty chunks are skipped.
+std::vector<std::string> split_documents(const std::string& text);
+
+struct EvalResult {
+  double mean_nll = 0.0;  // nats per predicted token
+  double ppl = 0.0;
+  int64_t tokens = 0;     // predicted tokens
+  int64_t docs = 0;
+  int64_t kv_bytes_per_token = 0;  // at 2 bytes per element (a bf16 cache)
+};
+
+// Scores each document as BOS + encode(doc), truncated to the model's
+// context, predicting every token after BOS. `max_docs` <= 0: all.
+EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer,
+                        const std::vector<std::string>& docs, int64_t max_docs = 0,
+                        bool show_progress = false);
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 256;
+  double temperature = 1.0;  // 0: greedy
+  double top_p = 0.9;        // nucleus sampling; >= 1 disables
+  uint64_t seed = 0;
+};
+
+// Greedy argmax or temperature/top-p sampling (deterministic for a seed).
+int32_t sample_token(const torch::Tensor& logits, double temperature, double top_p, std::mt19937_64& rng);
+
+// Streams the prompt (as its tokens decode) and then the continuation to
+// `emit`. Stops after max_new_tokens, at end-of-sequence (EOS, or BOS that
+// starts a new document as in llama2.c), or at the model's context. Returns
+// the generated token ids (without the prompt).
+std::vector<int32_t> generate(Llama& model, const Tokenizer& tokenizer, const std::string& prompt,
+                              const GenerateOptions& options,
+                              const std::function<void(const std::string&)>& emit);
+
+}  // namespace dha

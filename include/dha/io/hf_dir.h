@@ -1,0 +1,42 @@
+// Hugging Face LLaMA directories (config.json + model.safetensors, or shards
+// with model.safetensors.index.json) and the toolkit's own directory format:
+// the same layout with the per-layer head maps in config.json under "dha".
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "dha/checkpoint.h"
+
+namespace dha::io {
+
+enum class DirFormat {
+  kHf,   // plain HF LLaMA; only MHA/GQA layouts
+  kDha,  // HF layout + "dha": {"k_map", "v_map"} in config.json
+};
+
+struct DirSaveOptions {
+  DirFormat format = DirFormat::kDha;
+  // Weight dtype on disk; kFloat32, kFloat16 or kBFloat16. Undefined: the
+  // checkpoint's storage dtype.
+  std::optional<torch::ScalarType> dtype;
+  // Split into shards of at most this many bytes (0: one model.safetensors).
+  int64_t max_shard_bytes = 0;
+  bool overwrite = false;
+  // Files copied into the directory as they are (e.g. the tokenizer).
+  std::vector<std::pair<std::string, std::string>> extra_files;  // {source path, name in dir}
+};
+
+// Reads an HF or toolkit directory; q/k rows are already rotate-half there.
+Checkpoint load_hf_dir(const std::string& dir);
+// Writes the directory atomically (staged, then renamed into place).
+void save_hf_dir(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options);
+
+// config.json <-> ModelConfig.
+ModelConfig config_from_hf_json(const nlohmann::json& j, const std::string& where);
+nlohmann::json config_to_hf_json(const ModelConfig& config, DirFormat format,
+                                 torch::ScalarType dtype);
+
+}  // namespace dha::io

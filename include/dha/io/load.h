@@ -1,0 +1,27 @@
+// One entry point for every checkpoint the toolkit reads: a llama2.c .bin
+// file, an HF LLaMA directory, or a toolkit directory.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "dha/checkpoint.h"
+#include "dha/model.h"
+#include "dha/tokenizer.h"
+
+namespace dha::io {
+
+Checkpoint load_checkpoint(const std::string& path);
+
+// The model (CPU, float32, eval mode) and its tokenizer: `tokenizer_path`, or
+// when empty the tokenizer inside / beside the model. A tokenizer whose vocab
+// differs from the model's is a dha::Error.
+struct LoadedModel {
+  Checkpoint checkpoint;  // config and storage dtype; tensors released after loading
+  Llama model{nullptr};
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+LoadedModel load_model(const std::string& model_path, const std::string& tokenizer_path,
+                       bool need_tokenizer = true);
+
+}  // namespace dha::io

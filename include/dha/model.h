@@ -1,0 +1,134 @@
+// LLaMA with decoupled K/V heads: RMSNorm, RoPE (rotate-half), SwiGLU, grouped
+// attention through per-layer k_map / v_map, tied or untied classifier, and a
+// KV cache that stores only H_K[l] key heads and H_V[l] value heads per layer.
+// Parameter names equal the Hugging Face LLaMA names, so a Checkpoint's
+// tensors map onto named_parameters() one to one.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include "dha/checkpoint.h"
+#include "dha/config.h"
+
+namespace dha {
+
+// Per layer: k [B, H_K[l], capacity, d_h], v [B, H_V[l], capacity, d_h];
+// positions [0, length) are filled.
+struct KVCache {
+  std::vector<torch::Tensor> k;
+  std::vector<torch::Tensor> v;
+  int64_t length = 0;
+
+  int64_t capacity() const { return k.empty() ? 0 : k.front().size(2); }
+  // Bytes the cache holds (allocated for `capacity` positions).
+  int64_t bytes() const;
+};
+
+class RMSNormImpl : public torch::nn::Module {
+ public:
+  RMSNormImpl(int64_t dim, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight;
+
+ private:
+  double eps_;
+};
+TORCH_MODULE(RMSNorm);
+
+// Rotary position embedding in the rotate-half layout (dimension pairs (j, j + d_h/2)).
+// A module only so that its tables follow the model across devices.
+class RopeImpl : public torch::nn::Module {
+ public:
+  RopeImpl(int64_t head_dim, int64_t max_seq_len, double theta);
+  // x: [B, heads, T, d_h] at positions start .. start+T-1.
+  torch::Tensor apply(const torch::Tensor& x, int64_t start) const;
+
+ private:
+  torch::Tensor cos_, sin_;  // [max_seq_len, d_h] buffers, float32
+};
+TORCH_MODULE(Rope);
+
+class AttentionImpl : public torch::nn::Module {
+ public:
+  AttentionImpl(const ModelConfig& config, int64_t layer);
+  // x: [B, T, d]; cache_k/cache_v: this layer's cache or undefined.
+  torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start,
+                        torch::Tensor cache_k, torch::Tensor cache_v);
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  torch::Tensor k_map, v_map;  // int64 [H] buffers
+
+ private:
+  int64_t n_heads_, n_k_heads_, n_v_heads_, head_dim_;
+};
+TORCH_MODULE(Attention);
+
+class MlpImpl : public torch::nn::Module {
+ public:
+  MlpImpl(int64_t dim, int64_t hidden_dim);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+};
+TORCH_MODULE(Mlp);
+
+class DecoderLayerImpl : public torch::nn::Module {
+ public:
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer);
+  torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start,
+                        torch::Tensor cache_k, torch::Tensor cache_v);
+  RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  Attention self_attn{nullptr};
+  Mlp mlp{nullptr};
+};
+TORCH_MODULE(DecoderLayer);
+
+class BackboneImpl : public torch::nn::Module {
+ public:
+  explicit BackboneImpl(const ModelConfig& config);
+  torch::nn::Embedding embed_tokens{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  RMSNorm norm{nullptr};
+};
+TORCH_MODULE(Backbone);
+
+class LlamaImpl : public torch::nn::Module {
+ public:
+  // Validates the config; parameters are zero until load_state().
+  explicit LlamaImpl(const ModelConfig& config);
+
+  // tokens: int64 [B, T]. Returns logits [B, T, vocab] (float32 for a float32
+  // model). With a cache, the tokens continue at position cache->length and
+  // the cache is extended.
+  torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr);
+
+  // An empty cache for `batch` sequences of up to `capacity` positions.
+  KVCache make_cache(int64_t batch, int64_t capacity, torch::ScalarType dtype) const;
+
+  const ModelConfig& config() const { return config_; }
+
+  // Copies tensors (any float dtype) into the parameters; throws naming
+  // `source` on a missing, extra or mis-shaped tensor.
+  void load_state(const TensorMap& tensors, const std::string& source);
+  // The parameters under their checkpoint names (shared storage, detached).
+  TensorMap state() const;
+  Checkpoint to_checkpoint(torch::ScalarType storage_dtype) const;
+
+  Backbone model{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // null when tied to the embedding
+
+ private:
+  ModelConfig config_;
+  Rope rope_{nullptr};
+};
+TORCH_MODULE(Llama);
+
+// Builds a model on CPU in float32 from a checkpoint.
+Llama make_model(const Checkpoint& checkpoint, const std::string& source);
+
+}  // namespace dha

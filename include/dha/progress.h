@@ -1,0 +1,28 @@
+// Progress for long loops: a refreshed line with rate and ETA on a terminal,
+// plain lines (about every 10%) otherwise, so logs stay readable.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace dha {
+
+class Progress {
+ public:
+  // total <= 0: unknown total (no ETA). Writes to stderr.
+  Progress(std::string label, int64_t total, std::string unit);
+  void update(int64_t done);
+  void finish();
+
+ private:
+  std::string label_, unit_;
+  int64_t total_;
+  bool tty_;
+  int64_t last_decile_ = -1;
+  std::chrono::steady_clock::time_point start_, last_print_;
+  bool finished_ = false;
+  void print(int64_t done, bool final);
+};
+
+}  // namespace dha

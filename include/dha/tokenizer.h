@@ -1,0 +1,47 @@
+// Tokenizers: sentencepiece .model files and llama2.c tokenizer.bin files (with
+// the encoding of llama2.c's reference run.c: dummy-prefix space, merges by
+// score, byte fallback).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace dha {
+
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Token ids of `text`, with BOS / EOS prepended / appended on request. A
+  // non-empty text gets the dummy-prefix space as sentencepiece does.
+  virtual std::vector<int32_t> encode(const std::string& text, bool bos, bool eos) const = 0;
+  // The text that `token` contributes after `prev` when streaming (a leading
+  // space is dropped right after BOS; byte tokens become their byte). An id
+  // outside [0, vocab_size()) is a dha::Error.
+  virtual std::string decode_piece(int32_t prev, int32_t token) const = 0;
+  // Whole-sequence decode (BOS/EOS are dropped).
+  std::string decode(const std::vector<int32_t>& tokens) const;
+
+  virtual int64_t vocab_size() const = 0;
+  virtual int32_t bos_id() const = 0;
+  virtual int32_t eos_id() const = 0;
+  const std::string& path() const { return path_; }
+
+ protected:
+  std::string path_;
+};
+
+// Loads a tokenizer by content: a sentencepiece protobuf (.model) or a llama2.c
+// tokenizer.bin. `expected_vocab` > 0: a llama2.c file is read for exactly that
+// many tokens (the format does not store the count) and a sentencepiece model
+// must have exactly that many pieces; a mismatch is a dha::Error.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expected_vocab = 0);
+
+// The tokenizer that belongs to a model path: inside a model directory
+// (tokenizer.model, then tokenizer.bin), or beside a .bin checkpoint
+// (tokenizer.model, tokenizer.bin, tok<vocab>.bin). Empty if none is found.
+std::string find_tokenizer_for_model(const std::string& model_path, int64_t vocab_size);
+
+}  // namespace dha

@@ -1,0 +1,146 @@
+// ModelConfig and HeadLayout: validation, KV accounting and JSON.
+#include "dha/config.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "dha/error.h"
+
+namespace dha {
+namespace {
+
+int64_t map_width(const std::vector<int64_t>& map) {
+  return map.empty() ? 0 : *std::max_element(map.begin(), map.end()) + 1;
+}
+
+void validate_map(const std::vector<std::vector<int64_t>>& maps, const char* name,
+                  int64_t n_layers, int64_t n_heads, const std::string& where) {
+  if (static_cast<int64_t>(maps.size()) != n_layers)
+    fail(where, ": ", name, " has ", maps.size(), " layers, expected ", n_layers);
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const auto& map = maps[l];
+    if (static_cast<int64_t>(map.size()) != n_heads)
+      fail(where, ": ", name, "[", l, "] has ", map.size(), " entries, expected one per query head (",
+           n_heads, ")");
+    std::vector<bool> used(n_heads, false);
+    for (int64_t i = 0; i < n_heads; ++i) {
+      if (map[i] < 0 || map[i] >= n_heads)
+        fail(where, ": ", name, "[", l, "][", i, "] = ", map[i], " is out of range [0, ", n_heads,
+             ")");
+      used[map[i]] = true;
+    }
+    const int64_t width = map_width(map);
+    for (int64_t h = 0; h < width; ++h)
+      if (!used[h])
+        fail(where, ": ", name, "[", l, "] never uses head ", h, " but uses head ", width - 1,
+             " (maps must be onto 0..H_K-1; renumber the heads)");
+  }
+}
+
+}  // namespace
+
+HeadLayout HeadLayout::mha(int64_t n_layers, int64_t n_heads) { return gqa(n_layers, n_heads, n_heads); }
+
+HeadLayout HeadLayout::gqa(int64_t n_layers, int64_t n_heads, int64_t n_kv_heads) {
+  if (n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
+    fail("GQA layout: ", n_heads, " query heads cannot be split into ", n_kv_heads, " equal groups");
+  std::vector<int64_t> map(n_heads);
+  const int64_t group = n_heads / n_kv_heads;
+  for (int64_t i = 0; i < n_heads; ++i) map[i] = i / group;
+  HeadLayout layout;
+  layout.k_map.assign(n_layers, map);
+  layout.v_map.assign(n_layers, map);
+  return layout;
+}
+
+int64_t HeadLayout::n_k_heads(int64_t layer) const { return map_width(k_map.at(layer)); }
+int64_t HeadLayout::n_v_heads(int64_t layer) const { return map_width(v_map.at(layer)); }
+
+int64_t HeadLayout::uniform_gqa_kv_heads() const {
+  if (k_map.empty() || k_map.front().empty()) return 0;
+  const int64_t n_heads = static_cast<int64_t>(k_map.front().size());
+  const int64_t n_kv = n_k_heads(0);
+  if (n_heads % n_kv != 0) return 0;
+  const HeadLayout reference = gqa(n_layers(), n_heads, n_kv);
+  return *this == reference ? n_kv : 0;
+}
+
+void HeadLayout::validate(int64_t n_layers, int64_t n_heads, const std::string& where) const {
+  validate_map(k_map, "k_map", n_layers, n_heads, where);
+  validate_map(v_map, "v_map", n_layers, n_heads, where);
+}
+
+void ModelConfig::validate(const std::string& where) const {
+  auto positive = [&](int64_t value, const char* name) {
+    if (value <= 0) fail(where, ": ", name, " must be positive, got ", value);
+  };
+  positive(dim, "dim");
+  positive(n_layers, "n_layers");
+  positive(n_heads, "n_heads");
+  positive(head_dim, "head_dim");
+  positive(hidden_dim, "hidden_dim");
+  positive(vocab_size, "vocab_size");
+  positive(max_seq_len, "max_seq_len");
+  if (head_dim % 2 != 0) fail(where, ": head_dim must be even for RoPE, got ", head_dim);
+  if (!(rope_theta > 0)) fail(where, ": rope_theta must be positive, got ", rope_theta);
+  if (!(norm_eps > 0)) fail(where, ": norm_eps must be positive, got ", norm_eps);
+  if (bos_id >= vocab_size || eos_id >= vocab_size)
+    fail(where, ": bos/eos ids (", bos_id, ", ", eos_id, ") must be below vocab_size ", vocab_size);
+  layout.validate(n_layers, n_heads, where);
+}
+
+int64_t ModelConfig::kv_elements_per_token() const {
+  int64_t heads = 0;
+  for (int64_t l = 0; l < layout.n_layers(); ++l) heads += layout.n_k_heads(l) + layout.n_v_heads(l);
+  return heads * head_dim;
+}
+
+int64_t ModelConfig::kv_bytes_per_token(int64_t bytes_per_element) const {
+  return kv_elements_per_token() * bytes_per_element;
+}
+
+double ModelConfig::head_budget() const {
+  return static_cast<double>(kv_elements_per_token() / head_dim) /
+         static_cast<double>(2 * n_layers * n_heads);
+}
+
+int64_t ModelConfig::parameter_count() const {
+  int64_t total = vocab_size * dim * (tied_embeddings ? 1 : 2) + dim;  // embeddings, final norm
+  for (int64_t l = 0; l < n_layers; ++l) {
+    const int64_t kv_heads = layout.n_k_heads(l) + layout.n_v_heads(l);
+    total += 2 * dim;                                   // two RMSNorm weights
+    total += 2 * n_heads * head_dim * dim;              // W_Q, W_O
+    total += kv_heads * head_dim * dim;                 // W_K, W_V
+    total += 3 * hidden_dim * dim;                      // SwiGLU
+  }
+  return total;
+}
+
+nlohmann::json layout_to_json(const HeadLayout& layout) {
+  return nlohmann::json{{"k_map", layout.k_map}, {"v_map", layout.v_map}};
+}
+
+HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where) {
+  HeadLayout layout;
+  try {
+    layout.k_map = j.at("k_map").get<std::vector<std::vector<int64_t>>>();
+    layout.v_map = j.at("v_map").get<std::vector<std::vector<int64_t>>>();
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": head layout needs \"k_map\" and \"v_map\" as arrays of integer arrays (",
+         e.what(), ")");
+  }
+  return layout;
+}
+
+std::string describe_layout(const ModelConfig& config) {
+  std::ostringstream out;
+  for (int64_t l = 0; l < config.n_layers; ++l) {
+    if (l) out << " | ";
+    out << "L" << l << " K" << config.layout.n_k_heads(l) << " V" << config.layout.n_v_heads(l);
+  }
+  return out.str();
+}
+
+}  // namespace dha

@@ -1,0 +1,140 @@
+// Mean NLL over documents, token sampling and generation with the KV cache.
+#include "dha/eval.h"
+
+#include <cmath>
+
+#include "dha/error.h"
+#include "dha/progress.h"
+
+namespace dha {
+namespace {
+
+bool is_blank(const std::string& line) {
+  return line.find_first_not_of(" \t\r\f\v") == std::string::npos;
+}
+
+std::string trim(const std::string& s) {
+  const size_t begin = s.find_first_not_of(" \t\r\n\f\v");
+  if (begin == std::string::npos) return "";
+  const size_t end = s.find_last_not_of(" \t\r\n\f\v");
+  return s.substr(begin, end - begin + 1);
+}
+
+}  // namespace
+
+std::vector<std::string> split_documents(const std::string& text) {
+  std::vector<std::string> docs;
+  std::string current;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    if (is_blank(line)) {
+      if (!trim(current).empty()) docs.push_back(trim(current));
+      current.clear();
+    } else {
+      if (!current.empty()) current += '\n';
+      current += line;
+    }
+    pos = end + 1;
+  }
+  if (!trim(current).empty()) docs.push_back(trim(current));
+  return docs;
+}
+
+EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer, const std::vector<std::string>& docs,
+                        int64_t max_docs, bool show_progress) {
+  torch::NoGradGuard no_grad;
+  const ModelConfig& config = model->config();
+  const int64_t n_docs = max_docs > 0 ? std::min<int64_t>(max_docs, docs.size()) : docs.size();
+  const auto device = model->model->embed_tokens->weight.device();
+  Progress progress("eval", n_docs, "docs");
+  double total_nll = 0.0;
+  EvalResult result;
+  for (int64_t d = 0; d < n_docs; ++d) {
+    std::vector<int32_t> ids = tokenizer.encode(docs[d], /*bos=*/true, /*eos=*/false);
+    if (static_cast<int64_t>(ids.size()) > config.max_seq_len) ids.resize(config.max_seq_len);
+    if (ids.size() < 2) continue;  // nothing to predict
+    const torch::Tensor tokens =
+        torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).unsqueeze(0).to(device);
+    const torch::Tensor logits = model->forward(tokens).to(torch::kFloat32);
+    const int64_t n = tokens.size(1) - 1;
+    const torch::Tensor log_probs = torch::log_softmax(logits.narrow(1, 0, n), -1);
+    const torch::Tensor targets = tokens.narrow(1, 1, n).unsqueeze(-1);
+    total_nll -= log_probs.gather(-1, targets).to(torch::kFloat64).sum().item<double>();
+    result.tokens += n;
+    result.docs += 1;
+    if (show_progress) progress.update(d + 1);
+  }
+  if (show_progress) progress.finish();
+  if (result.tokens == 0) fail("evaluation: no document has a token to predict");
+  result.mean_nll = total_nll / static_cast<double>(result.tokens);
+  result.ppl = std::exp(result.mean_nll);
+  result.kv_bytes_per_token = config.kv_bytes_per_token(2);
+  return result;
+}
+
+int32_t sample_token(const torch::Tensor& logits, double temperature, double top_p, std::mt19937_64& rng) {
+  const torch::Tensor row = logits.reshape({-1}).to(torch::kCPU, torch::kFloat64);
+  if (temperature <= 0.0) return static_cast<int32_t>(row.argmax().item<int64_t>());
+  torch::Tensor probs = torch::softmax(row / temperature, -1);
+  torch::Tensor order;
+  if (top_p > 0.0 && top_p < 1.0) {
+    // Nucleus: the smallest set of most likely tokens whose mass reaches top_p.
+    auto [sorted, indices] = probs.sort(/*dim=*/-1, /*descending=*/true);
+    const torch::Tensor mass_before = sorted.cumsum(-1) - sorted;
+    const int64_t keep = std::max<int64_t>(1, (mass_before < top_p).sum().item<int64_t>());
+    probs = sorted.narrow(0, 0, keep);
+    order = indices.narrow(0, 0, keep);
+  }
+  const double total = probs.sum().item<double>();
+  const double coin = std::uniform_real_distribution<double>(0.0, total)(rng);
+  const auto p = probs.accessor<double, 1>();
+  double cumulative = 0.0;
+  int64_t pick = p.size(0) - 1;
+  for (int64_t i = 0; i < p.size(0); ++i) {
+    cumulative += p[i];
+    if (coin < cumulative) {
+      pick = i;
+      break;
+    }
+  }
+  return static_cast<int32_t>(order.defined() ? order[pick].item<int64_t>() : pick);
+}
+
+std::vector<int32_t> generate(Llama& model, const Tokenizer& tokenizer, const std::string& prompt,
+                              const GenerateOptions& options,
+                              const std::function<void(const std::string&)>& emit) {
+  torch::NoGradGuard no_grad;
+  const ModelConfig& config = model->config();
+  const std::vector<int32_t> prompt_ids = tokenizer.encode(prompt, /*bos=*/true, /*eos=*/false);
+  const int64_t n_prompt = static_cast<int64_t>(prompt_ids.size());
+  if (n_prompt >= config.max_seq_len)
+    fail("the prompt is ", n_prompt, " tokens but the model's context is ", config.max_seq_len,
+         "; shorten the prompt");
+  for (int64_t i = 1; i < n_prompt; ++i) emit(tokenizer.decode_piece(prompt_ids[i - 1], prompt_ids[i]));
+
+  const auto device = model->model->embed_tokens->weight.device();
+  const int64_t capacity = std::min(config.max_seq_len, n_prompt + std::max<int64_t>(options.max_new_tokens, 0));
+  KVCache cache = model->make_cache(1, capacity, model->model->embed_tokens->weight.scalar_type());
+  std::mt19937_64 rng(options.seed);
+  auto as_tensor = [&](const std::vector<int32_t>& ids) {
+    return torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).unsqueeze(0).to(device);
+  };
+  torch::Tensor logits = model->forward(as_tensor(prompt_ids), &cache).select(1, n_prompt - 1);
+  std::vector<int32_t> generated;
+  int32_t previous = prompt_ids.back();
+  while (static_cast<int64_t>(generated.size()) < options.max_new_tokens) {
+    const int32_t next = sample_token(logits, options.temperature, options.top_p, rng);
+    if (next == tokenizer.eos_id() || next == tokenizer.bos_id()) break;
+    generated.push_back(next);
+    emit(tokenizer.decode_piece(previous, next));
+    previous = next;
+    if (cache.length >= capacity) break;  // context full
+    logits = model->forward(as_tensor({next}), &cache).select(1, 0);
+  }
+  return generated;
+}
+
+}  // namespace dha

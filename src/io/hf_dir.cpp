@@ -1,0 +1,250 @@
+// HF LLaMA / toolkit directories: config.json mapping, single or sharded safetensors.
+#include "dha/io/hf_dir.h"
+
+#include <filesystem>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "dha/error.h"
+#include "dha/io/atomic_file.h"
+#include "dha/io/safetensors.h"
+
+namespace dha::io {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* kSingleFile = "model.safetensors";
+constexpr const char* kIndexFile = "model.safetensors.index.json";
+
+std::string dtype_name(torch::ScalarType dtype) {
+  switch (dtype) {
+    case torch::kFloat32: return "float32";
+    case torch::kFloat16: return "float16";
+    case torch::kBFloat16: return "bfloat16";
+    default: fail("unsupported weight dtype ", c10::toString(dtype), " (use float32, float16 or bfloat16)");
+  }
+}
+
+template <typename T>
+T required(const json& j, const char* key, const std::string& where) {
+  if (!j.contains(key)) fail(where, ": field \"", key, "\" is missing");
+  try {
+    return j.at(key).get<T>();
+  } catch (const json::exception&) {
+    fail(where, ": field \"", key, "\" has the wrong type (", j.at(key).dump(), ")");
+  }
+}
+
+template <typename T>
+T optional_field(const json& j, const char* key, T fallback, const std::string& where) {
+  if (!j.contains(key) || j.at(key).is_null()) return fallback;
+  return required<T>(j, key, where);
+}
+
+// eos_token_id may be a list in newer configs; the first one ends generation.
+int32_t token_id(const json& j, const char* key, int32_t fallback, const std::string& where) {
+  if (!j.contains(key) || j.at(key).is_null()) return fallback;
+  const json& v = j.at(key);
+  if (v.is_array() && !v.empty() && v.front().is_number_integer()) return v.front().get<int32_t>();
+  if (v.is_number_integer()) return v.get<int32_t>();
+  fail(where, ": field \"", key, "\" must be an integer or a list of integers");
+}
+
+std::map<std::string, std::string> shard_map(const std::string& dir) {
+  const std::string index_path = dir + "/" + kIndexFile;
+  json index;
+  try {
+    index = json::parse(read_file(index_path));
+  } catch (const json::exception& e) {
+    fail(index_path, ": not valid JSON (", e.what(), ")");
+  }
+  if (!index.contains("weight_map") || !index["weight_map"].is_object())
+    fail(index_path, ": \"weight_map\" object is missing");
+  std::map<std::string, std::string> map;
+  for (const auto& [name, file] : index["weight_map"].items()) {
+    if (!file.is_string()) fail(index_path, ": weight_map[\"", name, "\"] must be a file name");
+    const std::string shard = file.get<std::string>();
+    if (shard.find('/') != std::string::npos || shard.empty() || shard[0] == '.')
+      fail(index_path, ": weight_map[\"", name, "\"] = \"", shard, "\" is not a plain file name");
+    map[name] = shard;
+  }
+  return map;
+}
+
+}  // namespace
+
+ModelConfig config_from_hf_json(const json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, ": expected a JSON object");
+  const std::string model_type = optional_field<std::string>(j, "model_type", "llama", where);
+  if (model_type != "llama" && model_type != "dha_llama")
+    fail(where, ": model_type \"", model_type, "\" is not supported (expected \"llama\")");
+  if (optional_field<bool>(j, "attention_bias", false, where) || optional_field<bool>(j, "mlp_bias", false, where))
+    fail(where, ": attention_bias/mlp_bias are not supported (LLaMA has no biases)");
+  const std::string act = optional_field<std::string>(j, "hidden_act", "silu", where);
+  if (act != "silu") fail(where, ": hidden_act \"", act, "\" is not supported (expected \"silu\")");
+
+  ModelConfig c;
+  c.dim = required<int64_t>(j, "hidden_size", where);
+  c.hidden_dim = required<int64_t>(j, "intermediate_size", where);
+  c.n_layers = required<int64_t>(j, "num_hidden_layers", where);
+  c.n_heads = required<int64_t>(j, "num_attention_heads", where);
+  c.vocab_size = required<int64_t>(j, "vocab_size", where);
+  if (c.n_heads <= 0) fail(where, ": num_attention_heads must be positive");
+  c.head_dim = optional_field<int64_t>(j, "head_dim", c.dim / c.n_heads, where);
+  c.max_seq_len = optional_field<int64_t>(j, "max_position_embeddings", 2048, where);
+  c.norm_eps = optional_field<double>(j, "rms_norm_eps", 1e-6, where);
+  c.tied_embeddings = optional_field<bool>(j, "tie_word_embeddings", false, where);
+  c.bos_id = token_id(j, "bos_token_id", 1, where);
+  c.eos_id = token_id(j, "eos_token_id", 2, where);
+
+  // RoPE: "rope_theta" (transformers 4) or "rope_parameters" (transformers 5).
+  c.rope_theta = optional_field<double>(j, "rope_theta", 10000.0, where);
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    if (!j.contains(key) || j.at(key).is_null()) continue;
+    const json& rope = j.at(key);
+    if (!rope.is_object()) fail(where, ": \"", key, "\" must be an object");
+    const std::string type = rope.value("rope_type", rope.value("type", std::string("default")));
+    if (type != "default")
+      fail(where, ": ", key, " of type \"", type, "\" is not supported (only plain RoPE)");
+    if (rope.contains("rope_theta")) c.rope_theta = required<double>(rope, "rope_theta", where);
+  }
+
+  if (j.contains("dha")) {
+    c.layout = layout_from_json(j.at("dha"), where + " (\"dha\")");
+  } else {
+    const int64_t n_kv = optional_field<int64_t>(j, "num_key_value_heads", c.n_heads, where);
+    if (n_kv <= 0 || n_kv > c.n_heads || c.n_heads % n_kv != 0)
+      fail(where, ": num_key_value_heads ", n_kv, " must divide num_attention_heads ", c.n_heads);
+    c.layout = HeadLayout::gqa(c.n_layers, c.n_heads, n_kv);
+  }
+  c.validate(where);
+  return c;
+}
+
+json config_to_hf_json(const ModelConfig& c, DirFormat format, torch::ScalarType dtype) {
+  const int64_t n_kv = c.layout.uniform_gqa_kv_heads();
+  if (format == DirFormat::kHf && n_kv == 0)
+    fail("an HF LLaMA directory holds only MHA/GQA layouts; this one (", describe_layout(c),
+         ") needs the dha format or a gqa/mha export");
+  // A non-GQA layout is marked with its own model_type so that transformers
+  // refuses it with a clear message rather than a shape error.
+  const bool standard = n_kv != 0;
+  json j = {
+      {"architectures", {standard ? "LlamaForCausalLM" : "DhaLlamaForCausalLM"}},
+      {"model_type", standard ? "llama" : "dha_llama"},
+      {"hidden_size", c.dim},
+      {"intermediate_size", c.hidden_dim},
+      {"num_hidden_layers", c.n_layers},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", standard ? n_kv : c.n_heads},
+      {"head_dim", c.head_dim},
+      {"vocab_size", c.vocab_size},
+      {"max_position_embeddings", c.max_seq_len},
+      {"rms_norm_eps", c.norm_eps},
+      {"rope_theta", c.rope_theta},
+      {"tie_word_embeddings", c.tied_embeddings},
+      {"hidden_act", "silu"},
+      {"attention_bias", false},
+      {"mlp_bias", false},
+      {"bos_token_id", c.bos_id},
+      {"eos_token_id", c.eos_id},
+      {"torch_dtype", dtype_name(dtype)},
+  };
+  if (format == DirFormat::kDha) {
+    json dha = layout_to_json(c.layout);
+    dha["format_version"] = 1;
+    j["dha"] = dha;
+  }
+  return j;
+}
+
+Checkpoint load_hf_dir(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  if (!fs::exists(config_path)) fail(dir, ": no config.json (expected an HF LLaMA or dha model directory)");
+  json j;
+  try {
+    j = json::parse(read_file(config_path));
+  } catch (const json::exception& e) {
+    fail(config_path, ": not valid JSON (", e.what(), ")");
+  }
+  Checkpoint checkpoint;
+  checkpoint.config = config_from_hf_json(j, config_path);
+
+  std::map<std::string, std::string> files;  // tensor -> file
+  if (fs::exists(dir + "/" + kIndexFile)) {
+    files = shard_map(dir);
+  } else if (fs::exists(dir + "/" + kSingleFile)) {
+    SafetensorsFile single(dir + "/" + kSingleFile);
+    for (const auto& name : single.names()) files[name] = kSingleFile;
+  } else {
+    fail(dir, ": neither model.safetensors nor model.safetensors.index.json is present",
+         fs::exists(dir + "/pytorch_model.bin") ? " (pytorch_model.bin is not read: convert it to safetensors)" : "");
+  }
+
+  std::set<std::string> shards;
+  for (const auto& [name, file] : files) shards.insert(file);
+  bool have_dtype = false;
+  for (const auto& file : shards) {
+    SafetensorsFile st(dir + "/" + file);
+    for (const auto& [name, owner] : files) {
+      if (owner != file) continue;
+      if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;  // old HF exports
+      if (!st.contains(name)) fail(st.path(), ": tensor '", name, "' listed in the index is missing");
+      torch::Tensor t = st.tensor(name);
+      if (!have_dtype) checkpoint.storage_dtype = t.scalar_type(), have_dtype = true;
+      checkpoint.tensors[name] = std::move(t);
+    }
+  }
+  check_tensors(checkpoint.config, checkpoint.tensors, dir);
+  return checkpoint;
+}
+
+void save_hf_dir(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options) {
+  const ModelConfig& c = checkpoint.config;
+  const torch::ScalarType dtype = options.dtype.value_or(checkpoint.storage_dtype);
+  const json config = config_to_hf_json(c, options.format, dtype);
+  check_tensors(c, checkpoint.tensors, dir);
+
+  StagedDirectory staged(dir, options.overwrite);
+  write_file_atomic(staged.file("config.json"), config.dump(2) + "\n");
+
+  // Canonical order; shards are filled greedily up to max_shard_bytes.
+  std::vector<NamedTensors> shards(1);
+  int64_t shard_bytes = 0, total_bytes = 0;
+  for (const auto& [name, shape] : expected_tensors(c)) {
+    torch::Tensor t = checkpoint.tensors.at(name).to(torch::kCPU, dtype).contiguous();
+    const int64_t bytes = t.numel() * t.element_size();
+    if (options.max_shard_bytes > 0 && shard_bytes > 0 && shard_bytes + bytes > options.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().emplace_back(name, std::move(t));
+    shard_bytes += bytes;
+    total_bytes += bytes;
+  }
+  const std::map<std::string, std::string> metadata = {{"format", "pt"}};
+  if (shards.size() == 1) {
+    save_safetensors(staged.file(kSingleFile), shards.front(), metadata);
+  } else {
+    json weight_map = json::object();
+    for (size_t s = 0; s < shards.size(); ++s) {
+      char name[64];
+      std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
+      save_safetensors(staged.file(name), shards[s], metadata);
+      for (const auto& [tensor_name, t] : shards[s]) weight_map[tensor_name] = name;
+    }
+    const json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
+    write_file_atomic(staged.file(kIndexFile), index.dump(2) + "\n");
+  }
+  for (const auto& [source, name] : options.extra_files) {
+    std::error_code error;
+    fs::copy_file(source, staged.file(name), error);
+    if (error) fail(source, ": cannot copy into ", dir, " (", error.message(), ")");
+  }
+  staged.commit();
+}
+
+}  // namespace dha::io

@@ -1,0 +1,41 @@
+// Format detection and the model + tokenizer loading every tool shares.
+#include "dha/io/load.h"
+
+#include <filesystem>
+
+#include "dha/error.h"
+#include "dha/io/hf_dir.h"
+#include "dha/io/llama2c.h"
+
+namespace dha::io {
+namespace fs = std::filesystem;
+
+Checkpoint load_checkpoint(const std::string& path) {
+  std::error_code error;
+  const auto status = fs::status(path, error);
+  if (error || !fs::exists(status)) fail(path, ": no such file or directory");
+  if (fs::is_directory(status)) return load_hf_dir(path);
+  if (path.size() >= 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0)
+    fail(path, ": pass the model directory (with config.json), not the .safetensors file");
+  return load_llama2c(path);
+}
+
+LoadedModel load_model(const std::string& model_path, const std::string& tokenizer_path,
+                       bool need_tokenizer) {
+  LoadedModel loaded;
+  loaded.checkpoint = load_checkpoint(model_path);
+  const int64_t vocab = loaded.checkpoint.config.vocab_size;
+  if (need_tokenizer || !tokenizer_path.empty()) {
+    std::string path = tokenizer_path;
+    if (path.empty()) path = find_tokenizer_for_model(model_path, vocab);
+    if (path.empty())
+      fail(model_path, ": no tokenizer found in or beside the model (tokenizer.model, tokenizer.bin, tok",
+           vocab, ".bin); pass --tokenizer PATH");
+    loaded.tokenizer = load_tokenizer(path, vocab);
+  }
+  loaded.model = make_model(loaded.checkpoint, model_path);
+  loaded.checkpoint.tensors.clear();  // the model owns the weights now
+  return loaded;
+}
+
+}  // namespace dha::io

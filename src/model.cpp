@@ -1,0 +1,192 @@
+// The LLaMA forward pass with decoupled K/V heads, and its KV cache.
+#include "dha/model.h"
+
+#include <cmath>
+
+#include "dha/attention.h"
+#include "dha/error.h"
+
+namespace dha {
+namespace {
+
+torch::nn::Linear linear(int64_t in, int64_t out) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+}
+
+torch::Tensor map_tensor(const std::vector<int64_t>& map) {
+  return torch::tensor(map, torch::kInt64);
+}
+
+}  // namespace
+
+int64_t KVCache::bytes() const {
+  int64_t total = 0;
+  for (const auto& t : k) total += t.numel() * t.element_size();
+  for (const auto& t : v) total += t.numel() * t.element_size();
+  return total;
+}
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
+  // Normalise in float32 whatever the activation dtype (as HF LLaMA does).
+  const torch::Tensor x32 = x.to(torch::kFloat32);
+  const torch::Tensor normed = x32 * torch::rsqrt(x32.pow(2).mean(-1, true) + eps_);
+  return weight * normed.to(x.scalar_type());
+}
+
+RopeImpl::RopeImpl(int64_t head_dim, int64_t max_seq_len, double theta) {
+  // Angles in float64 then rounded once, so long contexts keep their accuracy.
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const torch::Tensor exponents = torch::arange(0, head_dim, 2, f64) / static_cast<double>(head_dim);
+  const torch::Tensor inv_freq = torch::pow(theta, -exponents);                  // [d_h/2]
+  const torch::Tensor angles = torch::outer(torch::arange(max_seq_len, f64), inv_freq);
+  const torch::Tensor both = torch::cat({angles, angles}, -1);                  // [T, d_h]
+  cos_ = register_buffer("cos", both.cos().to(torch::kFloat32));
+  sin_ = register_buffer("sin", both.sin().to(torch::kFloat32));
+}
+
+torch::Tensor RopeImpl::apply(const torch::Tensor& x, int64_t start) const {
+  const int64_t t = x.size(2), half = x.size(3) / 2;
+  const torch::Tensor cos = cos_.narrow(0, start, t).to(x.scalar_type());
+  const torch::Tensor sin = sin_.narrow(0, start, t).to(x.scalar_type());
+  const torch::Tensor rotated = torch::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t layer)
+    : n_heads_(c.n_heads),
+      n_k_heads_(c.layout.n_k_heads(layer)),
+      n_v_heads_(c.layout.n_v_heads(layer)),
+      head_dim_(c.head_dim) {
+  q_proj = register_module("q_proj", linear(c.dim, n_heads_ * head_dim_));
+  k_proj = register_module("k_proj", linear(c.dim, n_k_heads_ * head_dim_));
+  v_proj = register_module("v_proj", linear(c.dim, n_v_heads_ * head_dim_));
+  o_proj = register_module("o_proj", linear(n_heads_ * head_dim_, c.dim));
+  k_map = register_buffer("k_map", map_tensor(c.layout.k_map[layer]));
+  v_map = register_buffer("v_map", map_tensor(c.layout.v_map[layer]));
+}
+
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start,
+                                     torch::Tensor cache_k, torch::Tensor cache_v) {
+  const int64_t b = x.size(0), t = x.size(1);
+  auto heads = [&](const torch::Tensor& y, int64_t n) {
+    return y.view({b, t, n, head_dim_}).transpose(1, 2);  // [B, n, T, d_h]
+  };
+  torch::Tensor q = rope->apply(heads(q_proj(x), n_heads_), start);
+  torch::Tensor k = rope->apply(heads(k_proj(x), n_k_heads_), start);
+  torch::Tensor v = heads(v_proj(x), n_v_heads_);
+  if (cache_k.defined()) {
+    cache_k.narrow(2, start, t).copy_(k);
+    cache_v.narrow(2, start, t).copy_(v);
+    k = cache_k.narrow(2, 0, start + t).to(q.scalar_type());
+    v = cache_v.narrow(2, 0, start + t).to(q.scalar_type());
+  }
+  const torch::Tensor o = grouped_attention(q, k, v, k_map, v_map, /*causal=*/true);
+  return o_proj(o.transpose(1, 2).reshape({b, t, n_heads_ * head_dim_}));
+}
+
+MlpImpl::MlpImpl(int64_t dim, int64_t hidden_dim) {
+  gate_proj = register_module("gate_proj", linear(dim, hidden_dim));
+  up_proj = register_module("up_proj", linear(dim, hidden_dim));
+  down_proj = register_module("down_proj", linear(hidden_dim, dim));
+}
+
+torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
+  return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+}
+
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.dim, c.norm_eps));
+  self_attn = register_module("self_attn", Attention(c, layer));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.dim, c.norm_eps));
+  mlp = register_module("mlp", Mlp(c.dim, c.hidden_dim));
+}
+
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start,
+                                        torch::Tensor cache_k, torch::Tensor cache_v) {
+  const torch::Tensor h = x + self_attn(input_layernorm(x), rope, start, cache_k, cache_v);
+  return h + mlp(post_attention_layernorm(h));
+}
+
+BackboneImpl::BackboneImpl(const ModelConfig& c) {
+  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.dim));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t l = 0; l < c.n_layers; ++l) layers->push_back(DecoderLayer(c, l));
+  norm = register_module("norm", RMSNorm(c.dim, c.norm_eps));
+}
+
+LlamaImpl::LlamaImpl(const ModelConfig& config) : config_(config) {
+  config_.validate("model config");
+  model = register_module("model", Backbone(config_));
+  if (!config_.tied_embeddings)
+    lm_head = register_module("lm_head", linear(config_.dim, config_.vocab_size));
+  rope_ = register_module("rotary", Rope(config_.head_dim, config_.max_seq_len, config_.rope_theta));
+  torch::NoGradGuard no_grad;
+  for (auto& p : parameters()) p.zero_();
+}
+
+torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
+  if (tokens.dim() != 2) fail("forward: tokens must be [B, T], got ", tokens.dim(), " dims");
+  const int64_t b = tokens.size(0), t = tokens.size(1);
+  const int64_t start = cache ? cache->length : 0;
+  if (start + t > config_.max_seq_len)
+    fail("forward: ", start + t, " positions exceed the model's context of ", config_.max_seq_len);
+  if (cache) {
+    if (start + t > cache->capacity())
+      fail("forward: ", start + t, " positions exceed the KV cache capacity of ", cache->capacity());
+    if (cache->k.front().size(0) != b)
+      fail("forward: batch ", b, " does not match the KV cache batch ", cache->k.front().size(0));
+  }
+  torch::Tensor h = model->embed_tokens(tokens);
+  for (int64_t l = 0; l < config_.n_layers; ++l) {
+    torch::Tensor ck, cv;
+    if (cache) ck = cache->k[l], cv = cache->v[l];
+    h = model->layers[l]->as<DecoderLayer>()->forward(h, rope_, start, ck, cv);
+  }
+  h = model->norm(h);
+  if (cache) cache->length = start + t;
+  return lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());
+}
+
+KVCache LlamaImpl::make_cache(int64_t batch, int64_t capacity, torch::ScalarType dtype) const {
+  if (capacity > config_.max_seq_len) capacity = config_.max_seq_len;
+  const auto options = model->embed_tokens->weight.options().dtype(dtype);
+  KVCache cache;
+  for (int64_t l = 0; l < config_.n_layers; ++l) {
+    cache.k.push_back(torch::zeros({batch, config_.layout.n_k_heads(l), capacity, config_.head_dim}, options));
+    cache.v.push_back(torch::zeros({batch, config_.layout.n_v_heads(l), capacity, config_.head_dim}, options));
+  }
+  return cache;
+}
+
+void LlamaImpl::load_state(const TensorMap& tensors, const std::string& source) {
+  check_tensors(config_, tensors, source);
+  torch::NoGradGuard no_grad;
+  for (auto& item : named_parameters()) item.value().copy_(tensors.at(item.key()));
+}
+
+TensorMap LlamaImpl::state() const {
+  TensorMap out;
+  for (const auto& item : named_parameters()) out[item.key()] = item.value().detach();
+  return out;
+}
+
+Checkpoint LlamaImpl::to_checkpoint(torch::ScalarType storage_dtype) const {
+  Checkpoint checkpoint;
+  checkpoint.config = config_;
+  checkpoint.storage_dtype = storage_dtype;
+  for (const auto& [name, tensor] : state()) checkpoint.tensors[name] = tensor.to(torch::kCPU).clone();
+  return checkpoint;
+}
+
+Llama make_model(const Checkpoint& checkpoint, const std::string& source) {
+  Llama model(checkpoint.config);
+  model->load_state(checkpoint.tensors, source);
+  model->eval();
+  return model;
+}
+
+}  // namespace dha

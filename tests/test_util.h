@@ -1,0 +1,36 @@
+// Helpers shared by the tests: paths to ../shared fixtures, temporary directories.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace dha::test {
+
+// ../shared beside the checkout (models and text); tests that need it skip when absent.
+inline std::string shared_path(const std::string& relative) {
+  return std::string(DHA_SHARED_DIR) + "/" + relative;
+}
+
+// A fresh directory under the system temp dir, removed at destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace dha::test
+
+// Skips the current test with a clear message when a ../shared fixture is missing.
+#define DHA_REQUIRE_SHARED(relative)                                                  \
+  do {                                                                                \
+    if (!std::filesystem::exists(::dha::test::shared_path(relative)))                 \
+      GTEST_SKIP() << "fixture " << ::dha::test::shared_path(relative)                \
+                   << " is absent (../shared is not beside this checkout)";          \
+  } while (0)

@@ -1,0 +1,44 @@
+// dha-eval: mean NLL per token, perplexity and KV bytes per token on a text file.
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "cli_common.h"
+#include "dha/error.h"
+#include "dha/eval.h"
+#include "dha/io/atomic_file.h"
+#include "dha/io/load.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Held-out NLL of a model: documents are the blank-line-separated chunks of a text file",
+               "dha-eval"};
+  std::string model_path, tokenizer_path, text_path;
+  int64_t max_docs = 0;
+  bool as_json = false;
+  app.add_option("--model", model_path, "llama2.c .bin, HF LLaMA directory or dha directory")->required();
+  app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
+  app.add_option("--text", text_path, "UTF-8 text; documents separated by blank lines")->required();
+  app.add_option("--max-docs", max_docs, "score only the first N documents (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--json", as_json, "end with one JSON object on the last line");
+  return dha::cli::run(app, argc, argv, [&] {
+    const std::vector<std::string> docs = dha::split_documents(dha::io::read_file(text_path));
+    if (docs.empty()) dha::fail(text_path, ": holds no document (no non-blank text)");
+    dha::io::LoadedModel loaded = dha::io::load_model(model_path, tokenizer_path);
+    const dha::EvalResult r = dha::evaluate_nll(loaded.model, *loaded.tokenizer, docs, max_docs,
+                                                /*show_progress=*/true);
+    std::printf("model:              %s\n", model_path.c_str());
+    std::printf("documents:          %lld\n", static_cast<long long>(r.docs));
+    std::printf("tokens:             %lld\n", static_cast<long long>(r.tokens));
+    std::printf("mean NLL per token: %.6f\n", r.mean_nll);
+    std::printf("perplexity:         %.4f\n", r.ppl);
+    std::printf("KV bytes per token: %lld (bf16 cache)\n", static_cast<long long>(r.kv_bytes_per_token));
+    if (as_json) {
+      const nlohmann::json j = {{"model", model_path}, {"text", text_path},  {"mean_nll", r.mean_nll},
+                                {"ppl", r.ppl},        {"tokens", r.tokens}, {"docs", r.docs},
+                                {"kv_bytes_per_token", r.kv_bytes_per_token}};
+      std::printf("%s\n", j.dump().c_str());
+    }
+    return 0;
+  });
+}
