@@ -1,0 +1,52 @@
+// Small random models for tests.
+#include "model_fixtures.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+namespace dha::test {
+
+ModelConfig tiny_config(bool tied) {
+  ModelConfig c;
+  c.dim = 32;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.head_dim = 8;
+  c.hidden_dim = 48;
+  c.vocab_size = 61;
+  c.max_seq_len = 24;
+  c.tied_embeddings = tied;
+  c.layout = HeadLayout::mha(c.n_layers, c.n_heads);
+  return c;
+}
+
+ModelConfig tiny_dha_config(bool tied) {
+  ModelConfig c = tiny_config(tied);
+  c.layout.k_map = {{1, 0, 1, 1}, {0, 0, 0, 0}};
+  c.layout.v_map = {{0, 1, 2, 0}, {2, 1, 0, 1}};
+  return c;
+}
+
+Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed) {
+  torch::manual_seed(seed);
+  Checkpoint checkpoint;
+  checkpoint.config = config;
+  for (const auto& [name, shape] : expected_tensors(config)) {
+    torch::Tensor t;
+    if (shape.size() == 1) {
+      t = 1.0 + 0.1 * torch::randn(shape);  // norm weights near one
+    } else {
+      t = torch::randn(shape) / std::sqrt(static_cast<double>(shape[1]));
+    }
+    checkpoint.tensors[name] = t;
+  }
+  return checkpoint;
+}
+
+torch::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {
+  torch::manual_seed(seed);
+  return torch::randint(vocab, {batch, length}, torch::kInt64);
+}
+
+}  // namespace dha::test

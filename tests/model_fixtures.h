@@ -1,0 +1,22 @@
+// Small random models for tests: configs with MHA, GQA and unequal DHA layouts.
+#pragma once
+
+#include <cstdint>
+
+#include "dha/checkpoint.h"
+#include "dha/model.h"
+
+namespace dha::test {
+
+// dim 32, 2 layers, 4 heads of 8, hidden 48, vocab 61, context 24.
+ModelConfig tiny_config(bool tied = false);
+// tiny_config with unequal, non-contiguous, decoupled K/V maps.
+ModelConfig tiny_dha_config(bool tied = false);
+
+// Random weights (deterministic for a seed), scaled so activations stay O(1).
+Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed);
+
+// Random token ids [B, T] below the vocab size.
+torch::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed);
+
+}  // namespace dha::test
