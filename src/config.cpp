@@ -134,6 +134,45 @@ HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where) {
   return layout;
 }
 
+ModelConfig model_config_from_json(const nlohmann::json& j, int64_t default_vocab, const std::string& where) {
+  if (!j.is_object()) fail(where, ": a model description must be a JSON object");
+  static const char* known[] = {"dim", "n_layers", "n_heads", "head_dim", "hidden_dim", "max_seq_len", "n_kv_heads",
+                                "dha", "vocab_size", "rope_theta", "norm_eps", "tied_embeddings", "bos_id", "eos_id"};
+  for (const auto& [key, value] : j.items()) {
+    bool ok = key.rfind("_comment", 0) == 0;
+    for (const char* k : known) ok = ok || key == k;
+    if (!ok) fail(where, ": unknown key \"", key, "\"");
+  }
+  ModelConfig c;
+  try {
+    auto need = [&](const char* key) {
+      if (!j.contains(key)) fail(where, ": \"", key, "\" is required");
+      return j.at(key).get<int64_t>();
+    };
+    c.dim = need("dim");
+    c.n_layers = need("n_layers");
+    c.n_heads = need("n_heads");
+    c.hidden_dim = need("hidden_dim");
+    c.max_seq_len = need("max_seq_len");
+    c.head_dim = j.value("head_dim", c.n_heads > 0 ? c.dim / c.n_heads : 0);
+    c.vocab_size = j.value("vocab_size", default_vocab);
+    c.rope_theta = j.value("rope_theta", 10000.0);
+    c.norm_eps = j.value("norm_eps", 1e-5);
+    c.tied_embeddings = j.value("tied_embeddings", false);
+    c.bos_id = j.value("bos_id", 1);
+    c.eos_id = j.value("eos_id", 2);
+    if (j.contains("dha")) {
+      c.layout = layout_from_json(j.at("dha"), where);
+    } else {
+      c.layout = HeadLayout::gqa(c.n_layers, c.n_heads, j.value("n_kv_heads", c.n_heads));
+    }
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": a value has the wrong type (", e.what(), ")");
+  }
+  c.validate(where);
+  return c;
+}
+
 std::string describe_layout(const ModelConfig& config) {
   std::ostringstream out;
   for (int64_t l = 0; l < config.n_layers; ++l) {

@@ -45,6 +45,15 @@ std::vector<std::string> split_documents(const std::string& text) {
 
 EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer, const std::vector<std::string>& docs,
                         int64_t max_docs, bool show_progress) {
+  const int64_t n_docs = max_docs > 0 ? std::min<int64_t>(max_docs, docs.size()) : docs.size();
+  std::vector<std::vector<int32_t>> tokenized;
+  tokenized.reserve(n_docs);
+  for (int64_t d = 0; d < n_docs; ++d) tokenized.push_back(tokenizer.encode(docs[d], /*bos=*/true, /*eos=*/false));
+  return evaluate_token_docs(model, tokenized, 0, show_progress);
+}
+
+EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32_t>>& docs, int64_t max_docs,
+                               bool show_progress) {
   torch::NoGradGuard no_grad;
   const ModelConfig& config = model->config();
   const int64_t n_docs = max_docs > 0 ? std::min<int64_t>(max_docs, docs.size()) : docs.size();
@@ -53,13 +62,13 @@ EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer, const std::vec
   double total_nll = 0.0;
   EvalResult result;
   for (int64_t d = 0; d < n_docs; ++d) {
-    std::vector<int32_t> ids = tokenizer.encode(docs[d], /*bos=*/true, /*eos=*/false);
-    if (static_cast<int64_t>(ids.size()) > config.max_seq_len) ids.resize(config.max_seq_len);
-    if (ids.size() < 2) continue;  // nothing to predict
+    const std::vector<int32_t>& ids = docs[d];
+    const int64_t length = std::min<int64_t>(ids.size(), config.max_seq_len);
+    if (length < 2) continue;  // nothing to predict
     const torch::Tensor tokens =
-        torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64).unsqueeze(0).to(device);
+        torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + length), torch::kInt64).unsqueeze(0).to(device);
     const torch::Tensor logits = model->forward(tokens).to(torch::kFloat32);
-    const int64_t n = tokens.size(1) - 1;
+    const int64_t n = length - 1;
     const torch::Tensor log_probs = torch::log_softmax(logits.narrow(1, 0, n), -1);
     const torch::Tensor targets = tokens.narrow(1, 1, n).unsqueeze(-1);
     total_nll -= log_probs.gather(-1, targets).to(torch::kFloat64).sum().item<double>();

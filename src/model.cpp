@@ -182,6 +182,25 @@ Checkpoint LlamaImpl::to_checkpoint(torch::ScalarType storage_dtype) const {
   return checkpoint;
 }
 
+Llama make_random_model(const ModelConfig& config, uint64_t seed) {
+  Llama model(config);
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(seed);
+  const double residual = 0.02 / std::sqrt(2.0 * config.n_layers);
+  for (auto& item : model->named_parameters()) {
+    const std::string& name = item.key();
+    torch::Tensor p = item.value();
+    if (p.dim() == 1) {
+      p.fill_(1.0);
+    } else if (name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos) {
+      p.normal_(0.0, residual);
+    } else {
+      p.normal_(0.0, 0.02);
+    }
+  }
+  return model;
+}
+
 Llama make_model(const Checkpoint& checkpoint, const std::string& source) {
   Llama model(checkpoint.config);
   model->load_state(checkpoint.tensors, source);

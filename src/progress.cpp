@@ -15,7 +15,8 @@ Progress::Progress(std::string label, int64_t total, std::string unit)
       start_(std::chrono::steady_clock::now()),
       last_print_(start_) {}
 
-void Progress::update(int64_t done) {
+void Progress::update(int64_t done, const std::string& status) {
+  status_ = status;
   const auto now = std::chrono::steady_clock::now();
   if (tty_) {
     if (now - last_print_ < std::chrono::milliseconds(200)) return;
@@ -49,10 +50,11 @@ void Progress::print(int64_t done, bool final) {
   } else if (total_ > 0 && rate > 0) {
     std::snprintf(line + n, sizeof(line) - n, ", ETA %.0fs", (total_ - done) / rate);
   }
+  const std::string status = status_.empty() ? "" : " | " + status_;
   if (tty_) {
-    std::fprintf(stderr, "\r\033[K%s%s", line, final ? "\n" : "");
+    std::fprintf(stderr, "\r\033[K%s%s%s", line, status.c_str(), final ? "\n" : "");
   } else {
-    std::fprintf(stderr, "%s\n", line);
+    std::fprintf(stderr, "%s%s\n", line, status.c_str());
   }
   std::fflush(stderr);
 }

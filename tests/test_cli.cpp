@@ -2,10 +2,6 @@
 // error line with a non-zero exit for each kind of bad input.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
-#include <array>
-#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "dha/io/atomic_file.h"
@@ -15,25 +11,8 @@
 
 namespace {
 
-struct ToolRun {
-  int code = -1;
-  std::string out;  // stdout, or stderr when asked
-};
-
-// Runs a tool from the build tree; `stderr_only` captures stderr and drops stdout.
-ToolRun run_tool(const std::string& args, bool stderr_only) {
-  const std::string command = std::string(DHA_TOOLS_DIR) + "/" + args +
-                              (stderr_only ? " 2>&1 >/dev/null" : " 2>/dev/null");
-  ToolRun r;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buffer;
-  size_t n;
-  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) r.out.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+using dha::test::run_tool;
+using dha::test::ToolRun;
 
 // One line on stderr naming `expected`, exit code 1.
 void expect_one_error_line(const std::string& args, const std::string& expected) {

@@ -1,6 +1,13 @@
 // Temporary directories for tests.
 #include "test_util.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -15,6 +22,43 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   std::error_code ignored;
   std::filesystem::remove_all(path_, ignored);
+}
+
+ToolRun run_tool(const std::string& args, bool stderr_only) {
+  std::string command = args;
+  // Environment assignments stay in front; the tool name gets the build directory.
+  size_t name = 0;
+  while (true) {
+    const size_t space = command.find(' ', name);
+    const size_t equals = command.find('=', name);
+    if (equals == std::string::npos || space == std::string::npos || equals > space) break;
+    name = space + 1;
+  }
+  command.insert(name, std::string(DHA_TOOLS_DIR) + "/");
+  command += stderr_only ? " 2>&1 >/dev/null" : " 2>/dev/null";
+  ToolRun r;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buffer;
+  size_t n;
+  while ((n = fread(buffer.data(), 1, buffer.size(), pipe)) > 0) r.out.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+int free_port() {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  socklen_t length = sizeof(addr);
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &length) != 0)
+    throw std::runtime_error("cannot find a free port");
+  close(fd);
+  return ntohs(addr.sin_port);
 }
 
 }  // namespace dha::test

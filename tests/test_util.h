@@ -25,6 +25,20 @@ class TempDir {
   std::string path_;
 };
 
+// The result of running a command-line tool of the build tree.
+struct ToolRun {
+  int code = -1;
+  std::string out;
+};
+
+// Runs "DHA_TOOLS_DIR/<args>" through the shell (so `args` may start with
+// environment assignments: "RANK=1 dha-train ..."). stderr_only: capture
+// stderr and drop stdout; else capture stdout and drop stderr.
+ToolRun run_tool(const std::string& args, bool stderr_only);
+
+// A TCP port that was free a moment ago (for rendezvous in tests).
+int free_port();
+
 }  // namespace dha::test
 
 // Skips the current test with a clear message when a ../shared fixture is missing.

@@ -68,6 +68,13 @@ struct ModelConfig {
 nlohmann::json layout_to_json(const HeadLayout& layout);
 HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where);
 
+// A model description for pre-training from scratch (dha-train --from-scratch):
+// {"dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len", and optionally
+//  "head_dim" (dim / n_heads), "n_kv_heads" (n_heads) or "dha": {"k_map", "v_map"},
+//  "vocab_size" (default_vocab), "rope_theta" (10000), "norm_eps" (1e-5),
+//  "tied_embeddings" (false)}. Unknown keys are errors.
+ModelConfig model_config_from_json(const nlohmann::json& j, int64_t default_vocab, const std::string& where);
+
 // A short human-readable summary of the per-layer layout: "L0 K4 V4 | L1 K2 V3 ...".
 std::string describe_layout(const ModelConfig& config);
 

@@ -30,6 +30,11 @@ EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer,
                         const std::vector<std::string>& docs, int64_t max_docs = 0,
                         bool show_progress = false);
 
+// The same protocol on documents already tokenized (each BOS + tokens), e.g.
+// the held-out split of a dha-tokenize directory.
+EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32_t>>& docs,
+                               int64_t max_docs = 0, bool show_progress = false);
+
 struct GenerateOptions {
   int64_t max_new_tokens = 256;
   double temperature = 1.0;  // 0: greedy

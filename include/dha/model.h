@@ -128,6 +128,10 @@ class LlamaImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Llama);
 
+// A freshly initialised model for pre-training: weights N(0, 0.02), the
+// residual output projections (o_proj, down_proj) scaled by 1/sqrt(2L), norms 1.
+Llama make_random_model(const ModelConfig& config, uint64_t seed);
+
 // Builds a model on CPU in float32 from a checkpoint.
 Llama make_model(const Checkpoint& checkpoint, const std::string& source);
 

@@ -12,7 +12,8 @@ class Progress {
  public:
   // total <= 0: unknown total (no ETA). Writes to stderr.
   Progress(std::string label, int64_t total, std::string unit);
-  void update(int64_t done);
+  // `status` (e.g. "loss 2.31, 12000 tok/s") is appended to the line.
+  void update(int64_t done, const std::string& status = "");
   void finish();
 
  private:
@@ -22,6 +23,7 @@ class Progress {
   int64_t last_decile_ = -1;
   std::chrono::steady_clock::time_point start_, last_print_;
   bool finished_ = false;
+  std::string status_;
   void print(int64_t done, bool final);
 };
 

@@ -1,0 +1,41 @@
+// Text corpora to token shards (dha-tokenize), and training a sentencepiece
+// vocabulary for models pre-trained from scratch.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "dha/tokenizer.h"
+
+namespace dha {
+
+struct CorpusOptions {
+  double heldout = 0.0;                 // fraction of each file's documents (its last ones) held out
+  int64_t shard_tokens = 50'000'000;    // tokens per shard file at most
+};
+
+struct CorpusSummary {
+  int64_t train_tokens = 0, heldout_tokens = 0;
+  int64_t train_docs = 0, heldout_docs = 0;
+  int64_t train_shards = 0, heldout_shards = 0;
+};
+
+// Index of a file's first held-out document: the last `heldout` fraction (at
+// least one document when heldout > 0).
+size_t heldout_start(size_t n_docs, double heldout);
+
+// Documents of each file (blank-line separated, as dha-eval reads them) are
+// encoded as BOS + tokens and written to out_dir/train-NNNNN.tok and
+// out_dir/heldout-NNNNN.tok (the last `heldout` fraction of each file).
+CorpusSummary tokenize_corpus(const Tokenizer& tokenizer, const std::vector<std::string>& files,
+                              const std::string& out_dir, const CorpusOptions& options,
+                              bool show_progress);
+
+// Trains a BPE sentencepiece model with byte fallback (<unk>=0, <s>=1, </s>=2)
+// on the training part of the files (held-out documents excluded) and writes
+// model_path. Deterministic for a seed.
+void train_sentencepiece(const std::vector<std::string>& files, int64_t vocab_size, double heldout,
+                         const std::string& model_path, uint64_t seed);
+
+}  // namespace dha

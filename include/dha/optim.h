@@ -1,0 +1,56 @@
+// AdamW with parameter groups and the warmup + cosine learning-rate schedule.
+// Written out (not torch::optim) so that its state is explicit tensors that
+// checkpoints store in safetensors and restore bit-exactly, and so that a group
+// can take a negative learning rate (gradient ascent on Lagrange multipliers).
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "dha/checkpoint.h"
+
+namespace dha {
+
+struct ParamGroup {
+  std::string name;
+  std::vector<std::pair<std::string, torch::Tensor>> params;  // unique names across groups
+  double lr = 1e-4;            // peak rate; negative: ascent
+  double weight_decay = 0.0;   // decoupled (AdamW)
+  bool scheduled = true;       // follows the warmup/cosine factor
+  bool clipped = true;         // included in gradient-norm clipping
+};
+
+class AdamW {
+ public:
+  AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double eps);
+
+  // One update at lr = group.lr * (scheduled ? schedule_factor : 1).
+  void step(double schedule_factor);
+  void zero_grad();
+  // Clips the global L2 norm of the clipped groups' gradients to max_norm
+  // (<= 0: no clipping) and returns the norm before clipping.
+  double clip_grad_norm(double max_norm);
+
+  int64_t steps() const { return steps_; }
+  const std::vector<ParamGroup>& groups() const { return groups_; }
+  // "exp_avg.<name>" and "exp_avg_sq.<name>" for every parameter.
+  TensorMap state() const;
+  void load_state(const TensorMap& state, int64_t steps, const std::string& source);
+
+ private:
+  std::vector<ParamGroup> groups_;
+  double beta1_, beta2_, eps_;
+  int64_t steps_ = 0;
+  std::vector<std::vector<torch::Tensor>> exp_avg_, exp_avg_sq_;
+};
+
+// Linear warmup over warmup_steps, then cosine from 1 down to floor_ratio at total_steps.
+struct LrSchedule {
+  int64_t warmup_steps = 0;
+  int64_t total_steps = 1;
+  double floor_ratio = 0.1;
+  double factor(int64_t step) const;
+};
+
+}  // namespace dha

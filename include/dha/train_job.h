@@ -1,0 +1,32 @@
+// dha-train's whole job as one library call: load (or create) the model, read
+// the shards, set up data parallelism, train, write the model, the metrics and
+// the loss curve.
+#pragma once
+
+#include <string>
+
+#include "dha/train.h"
+
+namespace dha {
+
+struct TrainJob {
+  std::string model_path;         // any format load_model reads; or
+  std::string from_scratch_path;  // a JSON model description (model_config_from_json)
+  std::string tokenizer_path;     // default: in/beside the model, else the data's
+  std::string data_dir;           // dha-tokenize output
+  std::string out_dir;
+  std::string teacher_path;       // optional distillation teacher
+  std::string eval_text;          // held-out text file (dha-eval protocol); default: the data's heldout split
+  bool resume = false;
+  bool force = false;
+  TrainConfig config;
+};
+
+struct TrainJobResult {
+  TrainResult train;
+  std::string model_dir;  // out_dir/model, when training finished
+};
+
+TrainJobResult run_train_job(const TrainJob& job);
+
+}  // namespace dha

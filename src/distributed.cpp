@@ -1,0 +1,186 @@
+// c10d process groups (Gloo / NCCL) behind the small Distributed interface.
+#include "dha/distributed.h"
+
+#include <cstdlib>
+
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#ifdef USE_C10D_NCCL
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#endif
+
+#include "dha/error.h"
+
+namespace dha {
+namespace {
+
+std::string env(const char* name, const std::string& fallback = "") {
+  const char* value = std::getenv(name);
+  return value && *value ? value : fallback;
+}
+
+int env_int(const char* name, int fallback) {
+  const std::string value = env(name);
+  if (value.empty()) return fallback;
+  try {
+    size_t used = 0;
+    const int parsed = std::stoi(value, &used);
+    if (used == value.size()) return parsed;
+  } catch (const std::exception&) {
+  }
+  fail("environment variable ", name, "=\"", value, "\" is not an integer");
+}
+
+}  // namespace
+
+struct Distributed::Impl {
+  c10::intrusive_ptr<c10d::Backend> group;
+  torch::Device device{torch::kCPU};
+  std::chrono::seconds timeout{300};
+
+  void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
+    try {
+      work->wait(std::chrono::duration_cast<std::chrono::milliseconds>(timeout));
+    } catch (const std::exception& e) {
+      std::string message = e.what();
+      message = message.substr(0, message.find('\n'));
+      fail("distributed ", what, " failed: ", message,
+           " (another rank died or stopped answering; see its log)");
+    }
+  }
+};
+
+Distributed::Distributed(int rank, int world, int local_rank, std::unique_ptr<Impl> impl)
+    : rank_(rank), world_(world), local_rank_(local_rank), impl_(std::move(impl)) {}
+
+Distributed::~Distributed() = default;
+
+std::unique_ptr<Distributed> Distributed::from_env(torch::Device device, std::chrono::seconds timeout) {
+  const int world = env_int("WORLD_SIZE", 1);
+  const int rank = env_int("RANK", 0);
+  const int local_rank = env_int("LOCAL_RANK", 0);
+  if (world < 1 || rank < 0 || rank >= world)
+    fail("RANK=", rank, " and WORLD_SIZE=", world, " are inconsistent (need 0 <= RANK < WORLD_SIZE)");
+  auto impl = std::make_unique<Impl>();
+  impl->device = device;
+  impl->timeout = timeout;
+  if (world == 1) return std::unique_ptr<Distributed>(new Distributed(0, 1, 0, std::move(impl)));
+
+  const std::string addr = env("MASTER_ADDR");
+  const int port = env_int("MASTER_PORT", -1);
+  if (addr.empty() || port <= 0)
+    fail("WORLD_SIZE=", world, " needs MASTER_ADDR and MASTER_PORT (set by torchrun; for Slurm export them)");
+  c10d::TCPStoreOptions options;
+  options.port = static_cast<uint16_t>(port);
+  options.numWorkers = world;
+  options.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+  // torchrun's agent already serves the store on MASTER_PORT; then every rank
+  // is a client and keys live under the restart attempt's prefix.
+  const bool agent_store = env("TORCHELASTIC_USE_AGENT_STORE") == "True";
+  options.isServer = !agent_store && rank == 0;
+  options.waitWorkers = false;
+  c10::intrusive_ptr<c10d::Store> store;
+  try {
+    store = c10::make_intrusive<c10d::TCPStore>(addr, options);
+    if (agent_store)
+      store = c10::make_intrusive<c10d::PrefixStore>(
+          "/worker/attempt_" + env("TORCHELASTIC_RESTART_COUNT", "0"), store);
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    fail("cannot reach the rendezvous store at ", addr, ":", port, ": ", message.substr(0, message.find('\n')));
+  }
+
+  try {
+    if (device.is_cuda()) {
+#ifdef USE_C10D_NCCL
+      auto nccl_options = c10d::ProcessGroupNCCL::Options::create();
+      nccl_options->timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+      impl->group = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, nccl_options);
+#else
+      fail("this LibTorch has no NCCL; train on CPU or use a CUDA build of torch");
+#endif
+    } else {
+      auto gloo_options = c10d::ProcessGroupGloo::Options::create();
+      gloo_options->timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
+      gloo_options->devices.push_back(c10d::ProcessGroupGloo::createDefaultDevice());
+      impl->group = c10::make_intrusive<c10d::ProcessGroupGloo>(store, rank, world, gloo_options);
+    }
+  } catch (const dha::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    fail("cannot create the process group (rank ", rank, " of ", world, "): ", message.substr(0, message.find('\n')));
+  }
+  return std::unique_ptr<Distributed>(new Distributed(rank, world, local_rank, std::move(impl)));
+}
+
+std::string Distributed::backend() const {
+  if (world_ == 1) return "none";
+  return impl_->device.is_cuda() ? "nccl" : "gloo";
+}
+
+void Distributed::average_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes) {
+  if (world_ == 1) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> bucket;  // gradients of the current bucket
+  int64_t bytes = 0;
+  auto flush = [&] {
+    if (bucket.empty()) return;
+    std::vector<torch::Tensor> flat{torch::cat([&] {
+      std::vector<torch::Tensor> pieces;
+      for (const auto& g : bucket) pieces.push_back(g.reshape({-1}));
+      return pieces;
+    }())};
+    impl_->wait(impl_->group->allreduce(flat), "gradient all-reduce");
+    flat[0].div_(world_);
+    int64_t offset = 0;
+    for (auto& g : bucket) {
+      g.copy_(flat[0].narrow(0, offset, g.numel()).view_as(g));
+      offset += g.numel();
+    }
+    bucket.clear();
+    bytes = 0;
+  };
+  for (const auto& p : params) {
+    if (!p.grad().defined()) continue;
+    bucket.push_back(p.grad());
+    bytes += p.grad().numel() * p.grad().element_size();
+    if (bytes >= bucket_bytes) flush();
+  }
+  flush();
+}
+
+std::vector<double> Distributed::sum(std::vector<double> values) {
+  if (world_ == 1 || values.empty()) return values;
+  std::vector<torch::Tensor> t{torch::tensor(values, torch::kFloat64).to(impl_->device)};
+  impl_->wait(impl_->group->allreduce(t), "all-reduce");
+  const torch::Tensor cpu = t[0].cpu();
+  for (size_t i = 0; i < values.size(); ++i) values[i] = cpu[i].item<double>();
+  return values;
+}
+
+double Distributed::max(double value) {
+  if (world_ == 1) return value;
+  std::vector<torch::Tensor> t{torch::tensor({value}, torch::kFloat64).to(impl_->device)};
+  c10d::AllreduceOptions options;
+  options.reduceOp = c10d::ReduceOp::MAX;
+  impl_->wait(impl_->group->allreduce(t, options), "all-reduce");
+  return t[0].cpu().item<double>();
+}
+
+void Distributed::broadcast(const std::vector<torch::Tensor>& tensors) {
+  if (world_ == 1) return;
+  torch::NoGradGuard no_grad;
+  for (const auto& tensor : tensors) {
+    std::vector<torch::Tensor> t{tensor};
+    impl_->wait(impl_->group->broadcast(t), "broadcast");
+  }
+}
+
+void Distributed::barrier() {
+  if (world_ == 1) return;
+  impl_->wait(impl_->group->barrier(), "barrier");
+}
+
+}  // namespace dha

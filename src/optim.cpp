@@ -1,0 +1,109 @@
+// AdamW (PyTorch's update rule, explicit state) and the learning-rate schedule.
+#include "dha/optim.h"
+
+#include <cmath>
+#include <set>
+
+#include "dha/error.h"
+
+namespace dha {
+
+AdamW::AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double eps)
+    : groups_(std::move(groups)), beta1_(beta1), beta2_(beta2), eps_(eps) {
+  std::set<std::string> names;
+  for (const auto& group : groups_) {
+    exp_avg_.emplace_back();
+    exp_avg_sq_.emplace_back();
+    for (const auto& [name, p] : group.params) {
+      if (!names.insert(name).second) fail("optimizer: parameter '", name, "' is in two groups");
+      exp_avg_.back().push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous).to(torch::kFloat32));
+      exp_avg_sq_.back().push_back(torch::zeros_like(p, torch::MemoryFormat::Contiguous).to(torch::kFloat32));
+    }
+  }
+}
+
+void AdamW::zero_grad() {
+  for (auto& group : groups_)
+    for (auto& [name, p] : group.params)
+      if (p.grad().defined()) p.mutable_grad().zero_();
+}
+
+double AdamW::clip_grad_norm(double max_norm) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> norms;
+  for (const auto& group : groups_) {
+    if (!group.clipped) continue;
+    for (const auto& [name, p] : group.params)
+      if (p.grad().defined()) norms.push_back(p.grad().to(torch::kFloat32).norm().pow(2));
+  }
+  if (norms.empty()) return 0.0;
+  const double total = std::sqrt(torch::stack(norms).sum().item<double>());
+  if (max_norm > 0 && total > max_norm && std::isfinite(total)) {
+    const double scale = max_norm / (total + 1e-6);
+    for (auto& group : groups_) {
+      if (!group.clipped) continue;
+      for (auto& [name, p] : group.params)
+        if (p.grad().defined()) p.mutable_grad().mul_(scale);
+    }
+  }
+  return total;
+}
+
+void AdamW::step(double schedule_factor) {
+  torch::NoGradGuard no_grad;
+  ++steps_;
+  const double correction1 = 1.0 - std::pow(beta1_, static_cast<double>(steps_));
+  const double correction2 = 1.0 - std::pow(beta2_, static_cast<double>(steps_));
+  for (size_t g = 0; g < groups_.size(); ++g) {
+    const ParamGroup& group = groups_[g];
+    const double lr = group.lr * (group.scheduled ? schedule_factor : 1.0);
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      torch::Tensor p = group.params[i].second;
+      if (!p.grad().defined()) continue;
+      const torch::Tensor grad = p.grad().to(torch::kFloat32);
+      torch::Tensor& m = exp_avg_[g][i];
+      torch::Tensor& v = exp_avg_sq_[g][i];
+      if (group.weight_decay != 0.0) p.mul_(1.0 - lr * group.weight_decay);
+      m.mul_(beta1_).add_(grad, 1.0 - beta1_);
+      v.mul_(beta2_).addcmul_(grad, grad, 1.0 - beta2_);
+      const torch::Tensor denom = (v.sqrt() / std::sqrt(correction2)).add_(eps_);
+      p.add_((m / denom).to(p.scalar_type()), -lr / correction1);
+    }
+  }
+}
+
+TensorMap AdamW::state() const {
+  TensorMap out;
+  for (size_t g = 0; g < groups_.size(); ++g)
+    for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+      out["exp_avg." + groups_[g].params[i].first] = exp_avg_[g][i];
+      out["exp_avg_sq." + groups_[g].params[i].first] = exp_avg_sq_[g][i];
+    }
+  return out;
+}
+
+void AdamW::load_state(const TensorMap& state, int64_t steps, const std::string& source) {
+  torch::NoGradGuard no_grad;
+  for (size_t g = 0; g < groups_.size(); ++g)
+    for (size_t i = 0; i < groups_[g].params.size(); ++i) {
+      auto restore = [&](const std::string& key, torch::Tensor& target) {
+        const auto it = state.find(key);
+        if (it == state.end()) fail(source, ": optimizer state '", key, "' is missing");
+        if (it->second.sizes() != target.sizes())
+          fail(source, ": optimizer state '", key, "' has the wrong shape (a checkpoint of another model?)");
+        target.copy_(it->second);
+      };
+      restore("exp_avg." + groups_[g].params[i].first, exp_avg_[g][i]);
+      restore("exp_avg_sq." + groups_[g].params[i].first, exp_avg_sq_[g][i]);
+    }
+  steps_ = steps;
+}
+
+double LrSchedule::factor(int64_t step) const {
+  if (warmup_steps > 0 && step < warmup_steps) return static_cast<double>(step + 1) / warmup_steps;
+  const int64_t decay = std::max<int64_t>(1, total_steps - warmup_steps);
+  const double progress = std::min(1.0, static_cast<double>(step - warmup_steps) / decay);
+  return floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + std::cos(M_PI * progress));
+}
+
+}  // namespace dha

@@ -1,0 +1,483 @@
+// The training loop: accumulation, data parallelism, clipping, schedule,
+// evaluation, metrics, checkpoints, exact resume, signals and the NaN guard.
+#include "dha/train.h"
+
+#include <csignal>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#if __has_include(<ATen/cuda/CUDAContext.h>)
+#include <ATen/cuda/CUDAContext.h>
+#define DHA_HAVE_ATEN_CUDA 1
+#endif
+#include <ATen/autocast_mode.h>
+
+#include "dha/error.h"
+#include "dha/eval.h"
+#include "dha/io/atomic_file.h"
+#include "dha/log.h"
+#include "dha/progress.h"
+#include "dha/train_checkpoint.h"
+
+namespace dha {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+void on_stop_signal(int signal) { g_stop_signal = signal; }
+
+// Installs SIGINT/SIGTERM handlers for the duration of a run.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    previous_int_ = std::signal(SIGINT, on_stop_signal);
+    previous_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, previous_int_);
+    std::signal(SIGTERM, previous_term_);
+  }
+  bool raised() const { return g_stop_signal != 0; }
+
+ private:
+  void (*previous_int_)(int);
+  void (*previous_term_)(int);
+};
+
+// bf16 autocast on CUDA (fp32 master weights stay in the optimizer); nothing on CPU.
+class Autocast {
+ public:
+  explicit Autocast(const torch::Device& device) : enabled_(device.is_cuda()) {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, true);
+    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
+  }
+  ~Autocast() {
+    if (!enabled_) return;
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+    at::autocast::clear_cache();
+  }
+
+ private:
+  bool enabled_;
+};
+
+json rng_state() {
+  auto generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  const torch::Tensor state = generator.get_state();
+  const uint8_t* p = state.data_ptr<uint8_t>();
+  return json{{"cpu", std::vector<uint8_t>(p, p + state.numel())}};
+}
+
+void restore_rng_state(const json& j) {
+  const auto bytes = j.at("cpu").get<std::vector<uint8_t>>();
+  torch::Tensor state = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
+  std::memcpy(state.data_ptr<uint8_t>(), bytes.data(), bytes.size());
+  auto generator = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(generator.mutex());
+  generator.set_state(state);
+}
+
+// Peak dense bf16 FLOP/s of known GPUs, for MFU; 0 when unknown.
+double peak_flops(const torch::Device& device) {
+#ifdef DHA_HAVE_ATEN_CUDA
+  if (!device.is_cuda()) return 0.0;
+  const std::string name = at::cuda::getDeviceProperties(device.index())->name;
+  if (name.find("H100") != std::string::npos || name.find("H200") != std::string::npos) return 989e12;
+  if (name.find("A100") != std::string::npos) return 312e12;
+  if (name.find("L40") != std::string::npos) return 181e12;
+#endif
+  return 0.0;
+}
+
+// Training FLOPs per token: 6 per non-embedding weight plus attention scores.
+double flops_per_token(const ModelConfig& c, int64_t seq_len) {
+  const double weights = static_cast<double>(c.parameter_count() - c.vocab_size * c.dim);
+  return 6.0 * weights + 6.0 * c.n_layers * c.n_heads * c.head_dim * seq_len;
+}
+
+// Keeps the metrics lines up to `step` (a resumed run rewrites what follows).
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!fs::exists(path)) return;
+  std::istringstream in(io::read_file(path));
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    if (line.empty()) continue;
+    try {
+      if (json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
+    } catch (const json::exception&) {
+      // a torn last line from a killed run
+    }
+  }
+  io::write_file_atomic(path, kept);
+}
+
+std::vector<torch::Tensor> all_params(const std::vector<ParamGroup>& groups) {
+  std::vector<torch::Tensor> out;
+  for (const auto& group : groups)
+    for (const auto& [name, p] : group.params) out.push_back(p);
+  return out;
+}
+
+// Held-out NLL, documents split over ranks and summed.
+EvalPoint evaluate(TrainTask& task, const std::vector<std::vector<int32_t>>& docs, Distributed& dist,
+                   const torch::Device& device, int64_t max_docs, int64_t step, int64_t tokens) {
+  std::vector<std::vector<int32_t>> mine;
+  const int64_t n = max_docs > 0 ? std::min<int64_t>(max_docs, docs.size()) : docs.size();
+  for (int64_t i = dist.rank(); i < n; i += dist.world_size()) mine.push_back(docs[i]);
+  double nll = 0.0, count = 0.0;
+  if (!mine.empty()) {
+    Autocast autocast(device);
+    const bool was_training = task.model()->is_training();
+    task.model()->eval();
+    const EvalResult r = evaluate_token_docs(task.model(), mine, 0, false);
+    if (was_training) task.model()->train();
+    nll = r.mean_nll * r.tokens;
+    count = static_cast<double>(r.tokens);
+  }
+  const auto sums = dist.sum({nll, count});
+  EvalPoint point;
+  point.step = step;
+  point.tokens = tokens;
+  point.mean_nll = sums[1] > 0 ? sums[0] / sums[1] : std::nan("");
+  return point;
+}
+
+template <typename T>
+void read_key(const json& j, const char* key, T& field, std::set<std::string>& seen) {
+  if (!j.contains(key)) return;
+  seen.insert(key);
+  field = j.at(key).get<T>();
+}
+
+}  // namespace
+
+TrainConfig train_config_from_json(const json& j, const std::string& where) {
+  if (!j.is_object()) fail(where, ": a training recipe must be a JSON object");
+  TrainConfig c;
+  std::set<std::string> seen;
+  try {
+    read_key(j, "steps", c.steps, seen);
+    read_key(j, "tokens", c.tokens, seen);
+    read_key(j, "micro_batch", c.micro_batch, seen);
+    read_key(j, "grad_accum", c.grad_accum, seen);
+    read_key(j, "seq_len", c.seq_len, seen);
+    read_key(j, "lr", c.lr, seen);
+    read_key(j, "min_lr_ratio", c.min_lr_ratio, seen);
+    read_key(j, "warmup", c.warmup, seen);
+    read_key(j, "weight_decay", c.weight_decay, seen);
+    read_key(j, "beta1", c.beta1, seen);
+    read_key(j, "beta2", c.beta2, seen);
+    read_key(j, "eps", c.eps, seen);
+    read_key(j, "grad_clip", c.grad_clip, seen);
+    read_key(j, "eval_every", c.eval_every, seen);
+    read_key(j, "eval_docs", c.eval_docs, seen);
+    read_key(j, "checkpoint_every", c.checkpoint_every, seen);
+    read_key(j, "keep_checkpoints", c.keep_checkpoints, seen);
+    read_key(j, "log_every", c.log_every, seen);
+    read_key(j, "seed", c.seed, seen);
+    read_key(j, "distill_weight", c.distill_weight, seen);
+    read_key(j, "distill_temperature", c.distill_temperature, seen);
+    read_key(j, "device", c.device, seen);
+    read_key(j, "bucket_mb", c.bucket_mb, seen);
+    read_key(j, "dist_timeout_s", c.dist_timeout_s, seen);
+    read_key(j, "stop_after", c.stop_after, seen);
+  } catch (const json::exception& e) {
+    fail(where, ": a value has the wrong type (", e.what(), ")");
+  }
+  for (const auto& [key, value] : j.items())
+    if (!seen.count(key) && key.rfind("_comment", 0) != 0)
+      fail(where, ": unknown key \"", key, "\" (see dha-train --help for the recipe keys)");
+  if (c.micro_batch <= 0 || c.grad_accum <= 0) fail(where, ": micro_batch and grad_accum must be positive");
+  if (c.steps < 0 || c.tokens < 0) fail(where, ": steps and tokens must not be negative");
+  if (!(c.lr >= 0)) fail(where, ": lr must not be negative");
+  return c;
+}
+
+json train_config_to_json(const TrainConfig& c) {
+  return json{{"steps", c.steps},
+              {"tokens", c.tokens},
+              {"micro_batch", c.micro_batch},
+              {"grad_accum", c.grad_accum},
+              {"seq_len", c.seq_len},
+              {"lr", c.lr},
+              {"min_lr_ratio", c.min_lr_ratio},
+              {"warmup", c.warmup},
+              {"weight_decay", c.weight_decay},
+              {"beta1", c.beta1},
+              {"beta2", c.beta2},
+              {"eps", c.eps},
+              {"grad_clip", c.grad_clip},
+              {"eval_every", c.eval_every},
+              {"eval_docs", c.eval_docs},
+              {"checkpoint_every", c.checkpoint_every},
+              {"keep_checkpoints", c.keep_checkpoints},
+              {"log_every", c.log_every},
+              {"seed", c.seed},
+              {"distill_weight", c.distill_weight},
+              {"distill_temperature", c.distill_temperature},
+              {"device", c.device},
+              {"bucket_mb", c.bucket_mb},
+              {"dist_timeout_s", c.dist_timeout_s},
+              {"stop_after", c.stop_after}};
+}
+
+torch::Device resolve_device(const std::string& name, int local_rank) {
+  if (name == "cpu") return torch::kCPU;
+  const bool cuda = torch::cuda::is_available();
+  if (name == "cuda" && !cuda) fail("--device cuda: no CUDA device is visible");
+  if (name == "cuda" || (name == "auto" && cuda))
+    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % torch::cuda::device_count()));
+  if (name != "auto") fail("--device \"", name, "\" is not one of auto, cpu, cuda");
+  return torch::kCPU;
+}
+
+int64_t steps_for_tokens(const TrainConfig& c, int world_size, int64_t seq_len) {
+  if (c.steps > 0) return c.steps;
+  const int64_t per_step = world_size * c.micro_batch * c.grad_accum * seq_len;
+  if (c.tokens <= 0) fail("give a length: steps or tokens");
+  return (c.tokens + per_step - 1) / per_step;
+}
+
+TensorMap TrainTask::state() { return model()->state(); }
+
+void TrainTask::load_state(const TensorMap& tensors, const std::string& source) {
+  model()->load_state(tensors, source);
+}
+
+torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
+  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32),
+                                              targets.reshape({-1}));
+}
+
+torch::Tensor distill_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
+                         double temperature) {
+  const int64_t vocab = student_logits.size(-1);
+  const torch::Tensor s = torch::log_softmax(student_logits.to(torch::kFloat32) / temperature, -1).reshape({-1, vocab});
+  const torch::Tensor t = torch::log_softmax(teacher_logits.to(torch::kFloat32) / temperature, -1).reshape({-1, vocab});
+  // KL(teacher || student) per token, averaged; T^2 keeps gradients comparable across temperatures.
+  return (t.exp() * (t - s)).sum(-1).mean() * (temperature * temperature);
+}
+
+LanguageModelTask::LanguageModelTask(Llama model, std::optional<Llama> teacher, double distill_weight,
+                                     double temperature)
+    : model_(std::move(model)), teacher_(std::move(teacher)), distill_weight_(distill_weight), temperature_(temperature) {
+  if (teacher_) {
+    (*teacher_)->eval();
+    for (auto& p : (*teacher_)->parameters()) p.set_requires_grad(false);
+  }
+}
+
+std::vector<ParamGroup> LanguageModelTask::param_groups(const TrainConfig& config) {
+  ParamGroup group;
+  group.name = "model";
+  group.lr = config.lr;
+  group.weight_decay = config.weight_decay;
+  for (const auto& item : model_->named_parameters()) group.params.emplace_back(item.key(), item.value());
+  return {group};
+}
+
+torch::Tensor LanguageModelTask::loss(const torch::Tensor& batch, std::map<std::string, double>& metrics) {
+  const int64_t t = batch.size(1) - 1;
+  const torch::Tensor inputs = batch.narrow(1, 0, t), targets = batch.narrow(1, 1, t);
+  const torch::Tensor logits = model_->forward(inputs);
+  const torch::Tensor lm = lm_loss(logits, targets);
+  metrics["lm_loss"] += lm.item<double>();
+  if (!teacher_) return lm;
+  torch::Tensor teacher_logits;
+  {
+    torch::NoGradGuard no_grad;
+    teacher_logits = (*teacher_)->forward(inputs);
+  }
+  const torch::Tensor kl = distill_kl(logits, teacher_logits, temperature_);
+  metrics["kl"] += kl.item<double>();
+  return lm + distill_weight_ * kl;
+}
+
+TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& config, Distributed& dist,
+                  const TrainRun& run) {
+  const torch::Device device = task.model()->model->embed_tokens->weight.device();
+  const ModelConfig& model_config = task.model()->config();
+  const int64_t seq_len = config.seq_len > 0 ? config.seq_len : model_config.max_seq_len;
+  const int64_t total_steps = steps_for_tokens(config, dist.world_size(), seq_len);
+  const int64_t per_step_sequences = dist.world_size() * config.micro_batch * config.grad_accum;
+  const int64_t tokens_per_step = per_step_sequences * seq_len;
+
+  std::vector<ParamGroup> groups = task.param_groups(config);
+  AdamW optimizer(groups, config.beta1, config.beta2, config.eps);
+  const std::vector<torch::Tensor> params = all_params(groups);
+  LrSchedule schedule;
+  schedule.total_steps = total_steps;
+  schedule.warmup_steps = config.warmup < 1.0 ? static_cast<int64_t>(std::llround(config.warmup * total_steps))
+                                              : static_cast<int64_t>(config.warmup);
+  schedule.floor_ratio = config.min_lr_ratio;
+
+  const std::string checkpoint_root = run.out_dir + "/checkpoints";
+  const std::string metrics_path = run.out_dir + "/metrics.jsonl";
+  const json recipe = train_config_to_json(config);
+  TrainResult result;
+  DataCursor cursor;
+
+  if (run.resume) {
+    std::optional<TrainCheckpoint> ck = load_latest_train_checkpoint(checkpoint_root);
+    if (!ck) fail(checkpoint_root, ": no checkpoint to resume from");
+    if (ck->world_size != dist.world_size())
+      fail(ck->path, ": written by a run of ", ck->world_size, " processes, this one has ", dist.world_size(),
+           " (resume with the same world size)");
+    if (ck->meta.value("model_config", json()) != run.meta.value("model_config", json()))
+      fail(ck->path, ": the checkpoint is of a different model than the one given");
+    json saved = ck->meta.value("train_config", json::object()), given = recipe;
+    for (const char* free_key : {"stop_after", "dist_timeout_s", "eval_every", "eval_docs", "log_every", "keep_checkpoints"}) {
+      saved.erase(free_key);
+      given.erase(free_key);
+    }
+    if (saved != given)
+      fail(ck->path, ": the training options differ from the checkpoint's (", saved.dump(), " vs ", given.dump(),
+           "); resume with the same options");
+    task.load_state(ck->tensors, ck->path);
+    optimizer.load_state(ck->optimizer, ck->step, ck->path);
+    task.load_extra_state(ck->meta.value("task", json::object()));
+    restore_rng_state(ck->meta.at("rng"));
+    result.steps = ck->step;
+    result.tokens = ck->tokens;
+    result.last_checkpoint = ck->path;
+    cursor = ck->cursor;
+    if (dist.is_main()) {
+      truncate_metrics(metrics_path, ck->step);
+      log::info("resumed from ", ck->path, " at step ", ck->step);
+    }
+  } else {
+    dist.broadcast(params);  // every rank starts from rank 0's weights
+  }
+
+  if (dist.is_main() && !run.description.empty()) log::info(run.description);
+  std::ofstream metrics;
+  if (dist.is_main()) {
+    metrics.open(metrics_path, std::ios::app);
+    if (!metrics) fail(metrics_path, ": cannot open for writing");
+  }
+  auto save_checkpoint = [&] {
+    TrainCheckpoint ck;
+    ck.step = result.steps;
+    ck.tokens = result.tokens;
+    ck.cursor = cursor;
+    ck.world_size = dist.world_size();
+    ck.meta = run.meta;
+    ck.meta["train_config"] = recipe;
+    ck.meta["rng"] = rng_state();
+    ck.meta["task"] = task.extra_state();
+    ck.tensors = task.state();
+    ck.optimizer = optimizer.state();
+    if (dist.is_main()) result.last_checkpoint = save_train_checkpoint(checkpoint_root, ck, config.keep_checkpoints);
+    dist.barrier();
+  };
+  auto record_eval = [&] {
+    if (run.eval_docs.empty()) return;
+    const EvalPoint point = evaluate(task, run.eval_docs, dist, device, config.eval_docs, result.steps, result.tokens);
+    result.evals.push_back(point);
+    if (dist.is_main()) {
+      metrics << json{{"event", "eval"}, {"step", point.step}, {"tokens", point.tokens}, {"eval_nll", point.mean_nll}}.dump()
+              << "\n" << std::flush;
+      log::info(run.label, " step ", point.step, ": held-out NLL ", point.mean_nll);
+    }
+  };
+
+  if (!run.resume && run.eval_docs.size() > 0) record_eval();  // the starting point
+  StopSignals signals;
+  Progress progress(run.label, total_steps, "steps");
+  const double peak = peak_flops(device);
+  const double flops_token = flops_per_token(model_config, seq_len);
+  int64_t steps_this_run = 0;
+  task.model()->train();
+
+  while (result.steps < total_steps) {
+    const auto start = std::chrono::steady_clock::now();
+    optimizer.zero_grad();
+    std::map<std::string, double> step_metrics;
+    double loss_sum = 0.0;
+    for (int64_t micro = 0; micro < config.grad_accum; ++micro) {
+      const int64_t offset = (micro * dist.world_size() + dist.rank()) * config.micro_batch;
+      const torch::Tensor batch = sampler.batch(cursor, offset, config.micro_batch).to(device);
+      std::map<std::string, double> micro_metrics;
+      torch::Tensor loss;
+      {
+        Autocast autocast(device);
+        loss = task.loss(batch, micro_metrics);
+      }
+      (loss / static_cast<double>(config.grad_accum)).backward();
+      loss_sum += loss.item<double>() / config.grad_accum;
+      for (const auto& [key, value] : micro_metrics) step_metrics[key] += value / config.grad_accum;
+    }
+    cursor = sampler.advance(cursor, per_step_sequences);
+    dist.average_gradients(params, config.bucket_mb << 20);
+    std::vector<double> reduced{loss_sum};
+    for (const auto& [key, value] : step_metrics) reduced.push_back(value);
+    reduced = dist.sum(reduced);
+    loss_sum = reduced[0] / dist.world_size();
+    size_t k = 1;
+    for (auto& [key, value] : step_metrics) value = reduced[k++] / dist.world_size();
+
+    const double grad_norm = optimizer.clip_grad_norm(config.grad_clip);
+    if (!std::isfinite(loss_sum) || !std::isfinite(grad_norm))
+      fail("non-finite ", std::isfinite(loss_sum) ? "gradient norm" : "loss", " at step ", result.steps + 1,
+           " (loss ", loss_sum, ", grad norm ", grad_norm, "); stopped without writing a checkpoint",
+           result.last_checkpoint.empty() ? std::string() : "; the last good one is " + result.last_checkpoint);
+    const double factor = schedule.factor(result.steps);
+    optimizer.step(factor);
+    result.steps += 1;
+    result.tokens += tokens_per_step;
+    result.last_loss = loss_sum;
+    steps_this_run += 1;
+    task.after_step(result.steps, total_steps, step_metrics);
+
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double tokens_per_s = tokens_per_step / std::max(seconds, 1e-9);
+    if (dist.is_main() && (result.steps % std::max<int64_t>(config.log_every, 1) == 0 || result.steps == total_steps)) {
+      json line = {{"step", result.steps},      {"tokens", result.tokens},
+                   {"loss", loss_sum},          {"lr", config.lr * factor},
+                   {"grad_norm", grad_norm},    {"tokens_per_s", tokens_per_s}};
+      if (peak > 0) line["mfu"] = tokens_per_s * flops_token / (peak * dist.world_size());
+      for (const auto& [key, value] : step_metrics) line[key] = value;
+      metrics << line.dump() << "\n" << std::flush;
+    }
+    if (dist.is_main() && run.show_progress) {
+      std::ostringstream status;
+      status.precision(4);
+      status << "loss " << loss_sum << ", " << static_cast<int64_t>(tokens_per_s) << " tok/s";
+      progress.update(result.steps, status.str());
+    }
+    if (config.eval_every > 0 && result.steps % config.eval_every == 0 && result.steps < total_steps) record_eval();
+
+    const bool stop_requested =
+        dist.max(signals.raised() || (config.stop_after > 0 && steps_this_run >= config.stop_after) ? 1.0 : 0.0) > 0;
+    const bool periodic = config.checkpoint_every > 0 && result.steps % config.checkpoint_every == 0;
+    if (stop_requested && result.steps < total_steps) {
+      save_checkpoint();
+      result.stopped_early = true;
+      if (dist.is_main()) {
+        progress.finish();
+        log::info(run.label, " stopped at step ", result.steps, " of ", total_steps, "; checkpoint ",
+                  result.last_checkpoint, " (continue with --resume)");
+      }
+      return result;
+    }
+    if (periodic && result.steps < total_steps) save_checkpoint();
+  }
+  if (dist.is_main() && run.show_progress) progress.finish();
+  record_eval();
+  save_checkpoint();
+  task.model()->eval();
+  return result;
+}
+
+}  // namespace dha

@@ -1,0 +1,87 @@
+// dha-train: continued pre-training (or pre-training from scratch, or
+// distillation) with exact resume and data parallelism over c10d.
+#include <cstdio>
+#include <functional>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "cli_common.h"
+#include "dha/error.h"
+#include "dha/io/atomic_file.h"
+#include "dha/train_job.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Train a LLaMA/DHA model on dha-tokenize shards. Data-parallel under torchrun/Slurm "
+               "(env:// variables RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).",
+               "dha-train"};
+  dha::TrainJob job;
+  std::string recipe_path;
+  dha::TrainConfig c;  // defaults, for --help
+  app.add_option("--model", job.model_path, "model to continue: llama2.c .bin, HF or dha directory");
+  app.add_option("--from-scratch", job.from_scratch_path, "instead: a JSON model description to pre-train");
+  app.add_option("--tokenizer", job.tokenizer_path, "tokenizer (default: the model's, else the data's)");
+  app.add_option("--data", job.data_dir, "dha-tokenize output directory")->required();
+  app.add_option("--out", job.out_dir, "output directory: checkpoints/, metrics.jsonl, loss.svg, model/")->required();
+  app.add_option("--config", recipe_path, "JSON recipe (keys as the options below, with underscores)");
+  app.add_option("--teacher", job.teacher_path, "distil from this model: adds KL(teacher || student)");
+  app.add_option("--eval-text", job.eval_text, "held-out text (dha-eval protocol); default: the data's heldout split");
+  app.add_flag("--resume", job.resume, "continue from the newest checkpoint in --out");
+  app.add_flag("--force", job.force, "replace an existing --out");
+  // Recipe overrides: only the ones given on the command line replace the recipe's values.
+  nlohmann::json overrides = nlohmann::json::object();
+  std::vector<std::function<void()>> collect_overrides;  // run after parsing
+  auto add = [&](const char* flag, const char* key, auto defaults, const char* help) {
+    using T = decltype(defaults);
+    auto holder = std::make_shared<T>(defaults);
+    CLI::Option* option = app.add_option(flag, *holder, help)->capture_default_str();
+    collect_overrides.push_back([&overrides, option, key, holder] {
+      if (option->count() > 0) overrides[key] = *holder;
+    });
+  };
+  add("--steps", "steps", c.steps, "optimizer steps (0: from --tokens)");
+  add("--tokens", "tokens", c.tokens, "token budget");
+  add("--batch", "micro_batch", c.micro_batch, "sequences per rank per micro-step");
+  add("--grad-accum", "grad_accum", c.grad_accum, "micro-steps per optimizer step");
+  add("--seq-len", "seq_len", c.seq_len, "sequence length (0: the model's context)");
+  add("--lr", "lr", c.lr, "peak learning rate");
+  add("--min-lr-ratio", "min_lr_ratio", c.min_lr_ratio, "cosine floor relative to the peak");
+  add("--warmup", "warmup", c.warmup, "warmup: fraction of the steps (< 1) or steps (>= 1)");
+  add("--weight-decay", "weight_decay", c.weight_decay, "AdamW weight decay");
+  add("--clip", "grad_clip", c.grad_clip, "gradient-norm clipping (<= 0: off)");
+  add("--eval-every", "eval_every", c.eval_every, "steps between held-out evaluations (0: start and end)");
+  add("--eval-docs", "eval_docs", c.eval_docs, "held-out documents per evaluation (0: all)");
+  add("--checkpoint-every", "checkpoint_every", c.checkpoint_every, "steps between checkpoints (0: end and signals)");
+  add("--keep", "keep_checkpoints", c.keep_checkpoints, "checkpoints kept");
+  add("--seed", "seed", c.seed, "seed (data order, initialisation)");
+  add("--distill-weight", "distill_weight", c.distill_weight, "weight of the KL term with --teacher");
+  add("--device", "device", c.device, "auto | cpu | cuda");
+  add("--dist-timeout", "dist_timeout_s", c.dist_timeout_s, "seconds before a silent peer fails the run");
+  add("--stop-after", "stop_after", c.stop_after, "stop with a checkpoint after N steps of this run (0: off)");
+  return dha::cli::run(app, argc, argv, [&] {
+    for (const auto& collect : collect_overrides) collect();
+    nlohmann::json recipe = nlohmann::json::object();
+    if (!recipe_path.empty()) {
+      try {
+        recipe = nlohmann::json::parse(dha::io::read_file(recipe_path));
+      } catch (const nlohmann::json::exception& e) {
+        dha::fail(recipe_path, ": not valid JSON (", e.what(), ")");
+      }
+    }
+    for (const auto& [key, value] : overrides.items()) recipe[key] = value;
+    job.config = dha::train_config_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
+    const dha::TrainJobResult r = dha::run_train_job(job);
+    if (r.train.stopped_early) {
+      std::fprintf(stderr, "dha-train: stopped at step %lld; resume with the same command plus --resume\n",
+                   static_cast<long long>(r.train.steps));
+      return r.train.steps > 0 && job.config.stop_after > 0 ? 0 : 130;
+    }
+    if (!r.model_dir.empty()) {
+      std::printf("trained %lld steps (%lld tokens), final loss %.4f", static_cast<long long>(r.train.steps),
+                  static_cast<long long>(r.train.tokens), r.train.last_loss);
+      if (!r.train.evals.empty()) std::printf(", held-out NLL %.4f", r.train.evals.back().mean_nll);
+      std::printf("\nmodel: %s\n", r.model_dir.c_str());
+    }
+    return 0;
+  });
+}
