@@ -157,8 +157,21 @@ TokenDataset::TokenDataset(const std::string& dir, const std::string& split) : d
   if (total_ == 0) fail(dir, ": the ", split, " shards hold no tokens");
 }
 
+TokenDataset::TokenDataset(std::vector<int32_t> tokens, int64_t vocab_size, std::string name)
+    : dir_(std::move(name)), memory_(std::move(tokens)) {
+  total_ = static_cast<int64_t>(memory_.size());
+  vocab_ = vocab_size;
+  if (total_ == 0) fail(dir_, ": no tokens");
+  for (int32_t t : memory_)
+    if (t < 0 || t >= vocab_size) fail(dir_, ": token ", t, " is outside the vocab of ", vocab_size);
+}
+
 void TokenDataset::read(int64_t begin, int64_t n, int64_t* out) const {
   if (begin < 0 || begin + n > total_) fail(dir_, ": read beyond the end of the data");
+  if (shards_.empty()) {
+    std::copy(memory_.begin() + begin, memory_.begin() + begin + n, out);
+    return;
+  }
   size_t s = std::upper_bound(offsets_.begin(), offsets_.end(), begin) - offsets_.begin() - 1;
   while (n > 0) {
     const int64_t local = begin - offsets_[s];

@@ -75,9 +75,16 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, i
   auto heads = [&](const torch::Tensor& y, int64_t n) {
     return y.view({b, t, n, head_dim_}).transpose(1, 2);  // [B, n, T, d_h]
   };
+  const torch::Tensor k_weight = k_weight_override.defined() ? k_weight_override : k_proj->weight;
+  const torch::Tensor v_weight = v_weight_override.defined() ? v_weight_override : v_proj->weight;
   torch::Tensor q = rope->apply(heads(q_proj(x), n_heads_), start);
-  torch::Tensor k = rope->apply(heads(k_proj(x), n_k_heads_), start);
-  torch::Tensor v = heads(v_proj(x), n_v_heads_);
+  torch::Tensor k = heads(torch::nn::functional::linear(x, k_weight), n_k_heads_);
+  torch::Tensor v = heads(torch::nn::functional::linear(x, v_weight), n_v_heads_);
+  if (capture) {
+    captured_keys = k.detach();
+    captured_values = v.detach();
+  }
+  k = rope->apply(k, start);
   if (cache_k.defined()) {
     cache_k.narrow(2, start, t).copy_(k);
     cache_v.narrow(2, start, t).copy_(v);

@@ -138,6 +138,7 @@ EvalPoint evaluate(TrainTask& task, const std::vector<std::vector<int32_t>>& doc
   double nll = 0.0, count = 0.0;
   if (!mine.empty()) {
     Autocast autocast(device);
+    task.before_eval();
     const bool was_training = task.model()->is_training();
     task.model()->eval();
     const EvalResult r = evaluate_token_docs(task.model(), mine, 0, false);

@@ -52,6 +52,9 @@ class TokenShard {
 class TokenDataset {
  public:
   TokenDataset(const std::string& dir, const std::string& split);
+  // An in-memory stream (e.g. calibration text tokenized on the fly); `name`
+  // stands in for the directory in messages.
+  TokenDataset(std::vector<int32_t> tokens, int64_t vocab_size, std::string name);
   // The split's shard files in a directory, sorted (empty if none).
   static std::vector<std::string> shard_paths(const std::string& dir, const std::string& split);
   int64_t size() const { return total_; }
@@ -67,6 +70,7 @@ class TokenDataset {
   std::string dir_;
   std::vector<std::unique_ptr<TokenShard>> shards_;
   std::vector<int64_t> offsets_;  // start of each shard in the stream
+  std::vector<int32_t> memory_;   // the in-memory stream, when there are no shards
   int64_t total_ = 0, vocab_ = 0;
 };
 

@@ -64,6 +64,14 @@ class AttentionImpl : public torch::nn::Module {
   torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   torch::Tensor k_map, v_map;  // int64 [H] buffers
 
+  // Used instead of k_proj/v_proj's weights when defined: the fusion stage of
+  // dha-convert feeds effective (operator-mixed) weights through here.
+  torch::Tensor k_weight_override, v_weight_override;
+  // When set, forward() keeps this layer's keys before RoPE and values,
+  // [B, H_K, T, d_h] and [B, H_V, T, d_h] (calibration statistics).
+  bool capture = false;
+  torch::Tensor captured_keys, captured_values;
+
  private:
   int64_t n_heads_, n_k_heads_, n_v_heads_, head_dim_;
 };

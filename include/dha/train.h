@@ -63,6 +63,8 @@ class TrainTask {
   virtual void after_step(int64_t step, int64_t total_steps, std::map<std::string, double>& metrics) {}
   // The model evaluated on held-out documents.
   virtual Llama& model() = 0;
+  // Called before held-out evaluation (e.g. to refresh weights the model reads).
+  virtual void before_eval() {}
   // Everything the checkpoint must hold beyond the optimizer state.
   virtual TensorMap state();
   virtual void load_state(const TensorMap& tensors, const std::string& source);

@@ -203,13 +203,21 @@ Checkpoint load_hf_dir(const std::string& dir) {
 }
 
 void save_hf_dir(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options) {
+  // Validate before creating anything.
+  config_to_hf_json(checkpoint.config, options.format, options.dtype.value_or(checkpoint.storage_dtype));
+  check_tensors(checkpoint.config, checkpoint.tensors, dir);
+  StagedDirectory staged(dir, options.overwrite);
+  write_hf_files(staged.path(), checkpoint, options);
+  staged.commit();
+}
+
+void write_hf_files(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options) {
   const ModelConfig& c = checkpoint.config;
   const torch::ScalarType dtype = options.dtype.value_or(checkpoint.storage_dtype);
   const json config = config_to_hf_json(c, options.format, dtype);
   check_tensors(c, checkpoint.tensors, dir);
-
-  StagedDirectory staged(dir, options.overwrite);
-  write_file_atomic(staged.file("config.json"), config.dump(2) + "\n");
+  auto file = [&](const std::string& name) { return dir + "/" + name; };
+  write_file_atomic(file("config.json"), config.dump(2) + "\n");
 
   // Canonical order; shards are filled greedily up to max_shard_bytes.
   std::vector<NamedTensors> shards(1);
@@ -227,24 +235,23 @@ void save_hf_dir(const std::string& dir, const Checkpoint& checkpoint, const Dir
   }
   const std::map<std::string, std::string> metadata = {{"format", "pt"}};
   if (shards.size() == 1) {
-    save_safetensors(staged.file(kSingleFile), shards.front(), metadata);
+    save_safetensors(file(kSingleFile), shards.front(), metadata);
   } else {
     json weight_map = json::object();
     for (size_t s = 0; s < shards.size(); ++s) {
       char name[64];
       std::snprintf(name, sizeof(name), "model-%05zu-of-%05zu.safetensors", s + 1, shards.size());
-      save_safetensors(staged.file(name), shards[s], metadata);
+      save_safetensors(file(name), shards[s], metadata);
       for (const auto& [tensor_name, t] : shards[s]) weight_map[tensor_name] = name;
     }
     const json index = {{"metadata", {{"total_size", total_bytes}}}, {"weight_map", weight_map}};
-    write_file_atomic(staged.file(kIndexFile), index.dump(2) + "\n");
+    write_file_atomic(file(kIndexFile), index.dump(2) + "\n");
   }
   for (const auto& [source, name] : options.extra_files) {
     std::error_code error;
-    fs::copy_file(source, staged.file(name), error);
+    fs::copy_file(source, file(name), fs::copy_options::overwrite_existing, error);
     if (error) fail(source, ": cannot copy into ", dir, " (", error.message(), ")");
   }
-  staged.commit();
 }
 
 }  // namespace dha::io

@@ -33,6 +33,9 @@ struct DirSaveOptions {
 Checkpoint load_hf_dir(const std::string& dir);
 // Writes the directory atomically (staged, then renamed into place).
 void save_hf_dir(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options);
+// Writes config.json, the weights and the extra files into an existing
+// directory (which the caller stages); options.overwrite is not used.
+void write_hf_files(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options);
 
 // config.json <-> ModelConfig.
 ModelConfig config_from_hf_json(const nlohmann::json& j, const std::string& where);

@@ -1,0 +1,97 @@
+// Stage 2 and 3 of dha-convert: in-group linear fusion operators trained under
+// an augmented Lagrangian, and the collapse to the DHA model (method.md §2).
+//
+// Member j of group g gets the effective weight W~_j = sum_i Omega_g[j, i] W_i
+// (scalar Omega, n x n; or per channel, n x n x d_h). Omega starts at the
+// identity, so the fusion-stage model is the source model. The fusion loss of
+// a group is the mean pairwise squared distance of the effective weights over
+// the group's mean squared weight norm; L_F is the size-weighted mean. The
+// objective is L_LM + lambda1 (L_F - t) + lambda2 (L_F - t)^2 with lambda
+// ascended and the target t falling linearly from L_F(0) to 0.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "dha/search.h"
+#include "dha/train.h"
+
+namespace dha {
+
+struct FusionOptions {
+  bool per_channel = false;
+  double omega_lr = 5e-3;
+  double lambda_lr = 1.0;        // ascent rate of lambda1, lambda2
+  double target_fraction = 0.25; // share of the steps over which t falls to 0
+  double distill_weight = 0.0;   // KL(source || fusion model) next to the LM loss
+  double fused_threshold = 1e-3; // a group counts as fused below this loss
+};
+
+// Replaces each pool's heads by the mean of its group: W*_g = mean_j W_j over
+// `effective` weights (per pool [n, d_h, d]; empty: the checkpoint's own).
+Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
+                           const std::vector<torch::Tensor>& effective = {});
+
+// A pool's head weights [n, d_h, d] in a checkpoint.
+torch::Tensor pool_weights(const Checkpoint& checkpoint, const PoolId& pool);
+
+struct FusionRecord {
+  int64_t step = 0;
+  double lm_loss = 0.0, fusion_loss = 0.0, target = 0.0, lambda1 = 0.0, lambda2 = 0.0;
+};
+
+class FusionTask : public TrainTask {
+ public:
+  // `model` has the source layout and is trained in place. Groups of one head
+  // get no operator.
+  FusionTask(Llama model, Grouping grouping, int64_t total_steps, const FusionOptions& options,
+             std::optional<Llama> teacher);
+
+  std::vector<ParamGroup> param_groups(const TrainConfig& config) override;
+  torch::Tensor loss(const torch::Tensor& batch, std::map<std::string, double>& metrics) override;
+  void after_step(int64_t step, int64_t total_steps, std::map<std::string, double>& metrics) override;
+  void before_eval() override;
+  Llama& model() override { return model_; }
+  TensorMap state() override;
+  void load_state(const TensorMap& tensors, const std::string& source) override;
+  nlohmann::json extra_state() override;
+  void load_extra_state(const nlohmann::json& j) override;
+
+  // Current effective weights of every pool ([n, d_h, d]).
+  std::vector<torch::Tensor> effective_weights();
+  // Per-group fusion losses, in pool/group order (groups of one head: 0).
+  std::vector<std::vector<double>> group_losses();
+  double fusion_loss();
+  double initial_fusion_loss() const { return initial_loss_; }
+  const std::vector<FusionRecord>& records() const { return records_; }
+  // The collapsed DHA model's checkpoint (layout from the grouping).
+  Checkpoint collapse();
+  // Keeps the effective weights of the last `n` steps (the search's fusion measure averages over them).
+  void keep_last_effective(int64_t n) { keep_last_ = n; }
+  const std::vector<std::vector<torch::Tensor>>& last_effective() const { return last_effective_; }
+  // Operators for tests: omega(pool, group) (undefined for one-head groups).
+  torch::Tensor& omega(size_t pool, size_t group) { return omegas_.at(pool).at(group); }
+
+ private:
+  torch::Tensor pool_weight(const PoolId& pool);        // current theta slice [n, d_h, d]
+  torch::Tensor fused_pool(size_t p, const torch::Tensor& w);
+  torch::Tensor fusion_loss_tensor(const std::vector<torch::Tensor>& fused, std::vector<std::vector<double>>* per_group);
+  void set_overrides(const std::vector<torch::Tensor>& fused);
+  double target(int64_t step) const;
+
+  Llama model_;
+  Grouping grouping_;
+  std::vector<PoolId> pools_;
+  int64_t total_steps_;
+  FusionOptions options_;
+  std::optional<Llama> teacher_;
+  std::vector<std::vector<torch::Tensor>> omegas_;
+  torch::Tensor lambda1_, lambda2_;
+  double initial_loss_ = 0.0;
+  int64_t step_ = 0;
+  std::vector<FusionRecord> records_;
+  int64_t keep_last_ = 0;
+  std::vector<std::vector<torch::Tensor>> last_effective_;
+};
+
+}  // namespace dha

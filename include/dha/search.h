@@ -1,0 +1,62 @@
+// Stage 1 of dha-convert: head-dependence costs per pool and the global
+// grouping with adaptive allocation (method.md §2, stage 1).
+//
+// A pool is the key heads (or the value heads) of one layer: 2L pools. For an
+// MHA source a pool has H heads; for a GQA source it has the existing KV heads.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/types.h>
+
+#include "dha/config.h"
+
+namespace dha {
+
+struct PoolId {
+  int64_t layer = 0;
+  bool value = false;  // false: key heads, true: value heads
+  std::string name() const { return "L" + std::to_string(layer) + (value ? "V" : "K"); }
+};
+
+// The 2L pools in order (L0 K, L0 V, L1 K, ...).
+std::vector<PoolId> all_pools(int64_t n_layers);
+
+// groups[p][g] lists the pool heads (indices into pool p) that form group g.
+// Groups are ordered by their smallest member.
+using Grouping = std::vector<std::vector<std::vector<int64_t>>>;
+
+// Every head its own group.
+Grouping identity_grouping(const ModelConfig& config);
+// Contiguous equal groups, `per_pool` groups in every pool (the GQA baseline);
+// throws unless per_pool divides every pool's head count.
+Grouping contiguous_grouping(const ModelConfig& config, int64_t per_pool);
+
+// The layout after grouping: query head i, which read pool head h, now reads
+// the group that contains h.
+HeadLayout apply_grouping(const HeadLayout& layout, const Grouping& grouping);
+
+// Pairwise costs of n heads, scale-free so that pools compare:
+// 1 - linear CKA of the heads' weight slices w [n, d_h, d];
+torch::Tensor weight_cost(const torch::Tensor& w);
+// ||a_i - a_j||^2 / (||a_i||^2 + ||a_j||^2) of activations a [n, N, d_h];
+torch::Tensor activation_cost(const torch::Tensor& a);
+
+struct GroupingOptions {
+  int64_t target_total = 0;    // heads over all pools after grouping
+  int64_t max_group_size = 0;  // 0: no cap (counted in pool heads)
+  bool uniform = false;        // the same count in every pool ("w/o adaptive allocation")
+};
+
+// Repeatedly applies the globally cheapest merge (average linkage within a
+// pool) over all pools until the total is target_total; every pool keeps at
+// least one head. Deterministic (ties: first pool, first pair).
+Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOptions& options);
+
+// The head target of a budget: round(rho * 2 L H), checked against the limits
+// (>= one head per pool, <= the heads the source has) with a clear message.
+int64_t budget_heads(const ModelConfig& config, double budget);
+
+}  // namespace dha

@@ -1,0 +1,268 @@
+// Fusion operators, the fusion loss, the augmented Lagrangian and the collapse.
+#include "dha/fusion.h"
+
+#include <cmath>
+
+#include "dha/error.h"
+
+namespace dha {
+namespace {
+
+std::string proj_name(const PoolId& p) {
+  return "model.layers." + std::to_string(p.layer) + ".self_attn." + (p.value ? "v_proj" : "k_proj") + ".weight";
+}
+
+}  // namespace
+
+torch::Tensor pool_weights(const Checkpoint& checkpoint, const PoolId& pool) {
+  const torch::Tensor w = checkpoint.tensors.at(proj_name(pool));
+  return w.view({-1, checkpoint.config.head_dim, checkpoint.config.dim});
+}
+
+Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
+                           const std::vector<torch::Tensor>& effective) {
+  const std::vector<PoolId> pools = all_pools(source.config.n_layers);
+  if (grouping.size() != pools.size()) fail("collapse: grouping has ", grouping.size(), " pools, expected ", pools.size());
+  Checkpoint out = source;
+  out.config.layout = apply_grouping(source.config.layout, grouping);
+  torch::NoGradGuard no_grad;
+  for (size_t p = 0; p < pools.size(); ++p) {
+    const torch::Tensor w = effective.empty() ? pool_weights(source, pools[p]) : effective[p];
+    std::vector<torch::Tensor> heads;
+    for (const auto& group : grouping[p])
+      heads.push_back(w.index_select(0, torch::tensor(group, torch::kInt64).to(w.device())).mean(0));
+    out.tensors[proj_name(pools[p])] =
+        torch::stack(heads).reshape({-1, source.config.dim}).to(torch::kCPU, torch::kFloat32).contiguous();
+  }
+  out.config.validate("collapsed model");
+  return out;
+}
+
+FusionTask::FusionTask(Llama model, Grouping grouping, int64_t total_steps, const FusionOptions& options,
+                       std::optional<Llama> teacher)
+    : model_(std::move(model)),
+      grouping_(std::move(grouping)),
+      pools_(all_pools(model_->config().n_layers)),
+      total_steps_(total_steps),
+      options_(options),
+      teacher_(std::move(teacher)) {
+  const auto float_options = model_->model->embed_tokens->weight.options().dtype(torch::kFloat32);
+  const int64_t head_dim = model_->config().head_dim;
+  for (size_t p = 0; p < pools_.size(); ++p) {
+    omegas_.emplace_back();
+    for (const auto& group : grouping_.at(p)) {
+      const int64_t n = static_cast<int64_t>(group.size());
+      if (n < 2) {
+        omegas_.back().emplace_back();
+        continue;
+      }
+      torch::Tensor eye = torch::eye(n, float_options);
+      if (options_.per_channel) eye = eye.unsqueeze(-1).repeat({1, 1, head_dim});
+      omegas_.back().push_back(eye.set_requires_grad(true));
+    }
+  }
+  lambda1_ = torch::zeros({1}, float_options).set_requires_grad(true);
+  lambda2_ = torch::zeros({1}, float_options).set_requires_grad(true);
+  if (teacher_) {
+    (*teacher_)->eval();
+    for (auto& p : (*teacher_)->parameters()) p.set_requires_grad(false);
+  }
+  initial_loss_ = fusion_loss();
+}
+
+torch::Tensor FusionTask::pool_weight(const PoolId& pool) {
+  auto& attention = *model_->model->layers[pool.layer]->as<DecoderLayer>()->self_attn;
+  const torch::Tensor w = pool.value ? attention.v_proj->weight : attention.k_proj->weight;
+  return w.view({-1, model_->config().head_dim, model_->config().dim});
+}
+
+torch::Tensor FusionTask::fused_pool(size_t p, const torch::Tensor& w) {
+  torch::Tensor fused = w;
+  for (size_t g = 0; g < grouping_[p].size(); ++g) {
+    const torch::Tensor& omega = omegas_[p][g];
+    if (!omega.defined()) continue;
+    const torch::Tensor index = torch::tensor(grouping_[p][g], torch::kInt64).to(w.device());
+    const torch::Tensor members = w.index_select(0, index).to(torch::kFloat32);  // [n, d_h, d]
+    // Scalar: W~_j = sum_i Omega[j, i] W_i. Per channel: mixes row c with Omega[j, i, c].
+    const torch::Tensor mixed = options_.per_channel ? torch::einsum("jic,icd->jcd", {omega, members})
+                                                     : torch::einsum("ji,icd->jcd", {omega, members});
+    fused = fused.index_copy(0, index, mixed.to(w.scalar_type()));
+  }
+  return fused;
+}
+
+std::vector<torch::Tensor> FusionTask::effective_weights() {
+  std::vector<torch::Tensor> out;
+  for (size_t p = 0; p < pools_.size(); ++p) out.push_back(fused_pool(p, pool_weight(pools_[p])));
+  return out;
+}
+
+torch::Tensor FusionTask::fusion_loss_tensor(const std::vector<torch::Tensor>& fused,
+                                             std::vector<std::vector<double>>* per_group) {
+  torch::Tensor weighted = torch::zeros({}, fused.front().options().dtype(torch::kFloat32));
+  double members = 0.0;
+  for (size_t p = 0; p < pools_.size(); ++p) {
+    const torch::Tensor original = pool_weight(pools_[p]).detach().to(torch::kFloat32);
+    if (per_group) per_group->emplace_back();
+    for (const auto& group : grouping_[p]) {
+      const int64_t n = static_cast<int64_t>(group.size());
+      if (n < 2) {
+        if (per_group) per_group->back().push_back(0.0);
+        continue;
+      }
+      const torch::Tensor index = torch::tensor(group, torch::kInt64).to(original.device());
+      const torch::Tensor a = fused[p].index_select(0, index).to(torch::kFloat32).reshape({n, -1});
+      // sum_{j != k} ||a_j - a_k||^2 = 2n sum_j ||a_j||^2 - 2 ||sum_j a_j||^2
+      const torch::Tensor pairwise = 2.0 * n * a.pow(2).sum() - 2.0 * a.sum(0).pow(2).sum();
+      const torch::Tensor scale = original.index_select(0, index).pow(2).sum() / n;
+      const torch::Tensor loss = pairwise / (n * (n - 1)) / scale.clamp_min(1e-30);
+      if (per_group) per_group->back().push_back(loss.item<double>());
+      weighted = weighted + n * loss;
+      members += n;
+    }
+  }
+  return members > 0 ? weighted / members : weighted;
+}
+
+std::vector<std::vector<double>> FusionTask::group_losses() {
+  torch::NoGradGuard no_grad;
+  std::vector<std::vector<double>> out;
+  fusion_loss_tensor(effective_weights(), &out);
+  return out;
+}
+
+double FusionTask::fusion_loss() {
+  torch::NoGradGuard no_grad;
+  return fusion_loss_tensor(effective_weights(), nullptr).item<double>();
+}
+
+double FusionTask::target(int64_t step) const {
+  const double span = options_.target_fraction * static_cast<double>(total_steps_);
+  if (span <= 0) return 0.0;
+  return initial_loss_ * std::max(0.0, 1.0 - static_cast<double>(step) / span);
+}
+
+void FusionTask::set_overrides(const std::vector<torch::Tensor>& fused) {
+  const int64_t dim = model_->config().dim;
+  for (size_t p = 0; p < pools_.size(); ++p) {
+    auto& attention = *model_->model->layers[pools_[p].layer]->as<DecoderLayer>()->self_attn;
+    (pools_[p].value ? attention.v_weight_override : attention.k_weight_override) = fused[p].reshape({-1, dim});
+  }
+}
+
+void FusionTask::before_eval() {
+  torch::NoGradGuard no_grad;
+  set_overrides(effective_weights());
+}
+
+std::vector<ParamGroup> FusionTask::param_groups(const TrainConfig& config) {
+  ParamGroup theta{"model", {}, config.lr, config.weight_decay, true, true};
+  for (const auto& item : model_->named_parameters()) theta.params.emplace_back(item.key(), item.value());
+  ParamGroup omega{"omega", {}, options_.omega_lr, 0.0, true, true};
+  for (size_t p = 0; p < pools_.size(); ++p)
+    for (size_t g = 0; g < omegas_[p].size(); ++g)
+      if (omegas_[p][g].defined())
+        omega.params.emplace_back("fusion.omega." + pools_[p].name() + "." + std::to_string(g), omegas_[p][g]);
+  // Gradient ascent on the multipliers: a negative rate, no schedule, no clipping.
+  ParamGroup lambda{"lambda", {{"fusion.lambda1", lambda1_}, {"fusion.lambda2", lambda2_}}, -options_.lambda_lr, 0.0,
+                    false, false};
+  std::vector<ParamGroup> groups{theta, lambda};
+  if (!omega.params.empty()) groups.insert(groups.begin() + 1, omega);
+  return groups;
+}
+
+torch::Tensor FusionTask::loss(const torch::Tensor& batch, std::map<std::string, double>& metrics) {
+  const std::vector<torch::Tensor> fused = effective_weights();
+  set_overrides(fused);
+  const int64_t t = batch.size(1) - 1;
+  const torch::Tensor inputs = batch.narrow(1, 0, t), targets = batch.narrow(1, 1, t);
+  const torch::Tensor logits = model_->forward(inputs);
+  torch::Tensor objective = lm_loss(logits, targets);
+  metrics["lm_loss"] += objective.item<double>();
+  if (teacher_ && options_.distill_weight > 0) {
+    torch::Tensor teacher_logits;
+    {
+      torch::NoGradGuard no_grad;
+      teacher_logits = (*teacher_)->forward(inputs);
+    }
+    const torch::Tensor kl = distill_kl(logits, teacher_logits, 1.0);
+    metrics["kl"] += kl.item<double>();
+    objective = objective + options_.distill_weight * kl;
+  }
+  const torch::Tensor l_f = fusion_loss_tensor(fused, nullptr);
+  const double t_now = target(step_);
+  const torch::Tensor gap = l_f - t_now;
+  metrics["fusion_loss"] += l_f.item<double>();
+  metrics["target"] += t_now;
+  metrics["lambda1"] += lambda1_.item<double>();
+  metrics["lambda2"] += lambda2_.item<double>();
+  return objective + (lambda1_ * gap).sum() + (lambda2_ * gap * gap).sum();
+}
+
+void FusionTask::after_step(int64_t step, int64_t total_steps, std::map<std::string, double>& metrics) {
+  step_ = step;
+  FusionRecord r;
+  r.step = step;
+  r.lm_loss = metrics["lm_loss"];
+  r.fusion_loss = metrics["fusion_loss"];
+  r.target = metrics["target"];
+  r.lambda1 = lambda1_.item<double>();
+  r.lambda2 = lambda2_.item<double>();
+  records_.push_back(r);
+  if (keep_last_ > 0 && step > total_steps - keep_last_) {
+    torch::NoGradGuard no_grad;
+    std::vector<torch::Tensor> snapshot;
+    for (const auto& w : effective_weights()) snapshot.push_back(w.detach().to(torch::kCPU, torch::kFloat64));
+    last_effective_.push_back(snapshot);
+  }
+}
+
+TensorMap FusionTask::state() {
+  TensorMap out = model_->state();
+  for (size_t p = 0; p < pools_.size(); ++p)
+    for (size_t g = 0; g < omegas_[p].size(); ++g)
+      if (omegas_[p][g].defined())
+        out["fusion.omega." + pools_[p].name() + "." + std::to_string(g)] = omegas_[p][g].detach();
+  out["fusion.lambda1"] = lambda1_.detach();
+  out["fusion.lambda2"] = lambda2_.detach();
+  return out;
+}
+
+void FusionTask::load_state(const TensorMap& tensors, const std::string& source) {
+  TensorMap model_tensors;
+  torch::NoGradGuard no_grad;
+  for (const auto& [name, t] : tensors) {
+    if (name.rfind("fusion.", 0) != 0) {
+      model_tensors[name] = t;
+      continue;
+    }
+  }
+  model_->load_state(model_tensors, source);
+  for (size_t p = 0; p < pools_.size(); ++p)
+    for (size_t g = 0; g < omegas_[p].size(); ++g)
+      if (omegas_[p][g].defined()) {
+        const std::string key = "fusion.omega." + pools_[p].name() + "." + std::to_string(g);
+        if (!tensors.count(key)) fail(source, ": fusion operator '", key, "' is missing");
+        omegas_[p][g].copy_(tensors.at(key));
+      }
+  lambda1_.copy_(tensors.at("fusion.lambda1"));
+  lambda2_.copy_(tensors.at("fusion.lambda2"));
+}
+
+nlohmann::json FusionTask::extra_state() {
+  return {{"initial_fusion_loss", initial_loss_}, {"step", step_}};
+}
+
+void FusionTask::load_extra_state(const nlohmann::json& j) {
+  initial_loss_ = j.value("initial_fusion_loss", initial_loss_);
+  step_ = j.value("step", step_);
+}
+
+Checkpoint FusionTask::collapse() {
+  torch::NoGradGuard no_grad;
+  const std::vector<torch::Tensor> fused = effective_weights();
+  Checkpoint source = model_->to_checkpoint(torch::kFloat32);
+  return collapse_groups(source, grouping_, fused);
+}
+
+}  // namespace dha

@@ -1,0 +1,94 @@
+// dha-convert: MHA/GQA checkpoint -> DHA (search, fusion, collapse, export), or
+// the GQA baselines, with report.json and pictures.
+#include <cstdio>
+#include <functional>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "cli_common.h"
+#include "dha/convert.h"
+#include "dha/error.h"
+#include "dha/io/atomic_file.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"Convert a LLaMA checkpoint to Decoupled-Head Attention at a KV head budget", "dha-convert"};
+  std::string model_path, tokenizer_path, out_dir, recipe_path;
+  bool force = false;
+  dha::ConvertOptions d;  // defaults, shown in --help
+  app.add_option("--model", model_path, "llama2.c .bin, HF LLaMA directory or dha directory")->required();
+  app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
+  app.add_option("--out", out_dir, "output directory: the model, tokenizer, recipe.json, report.json, SVGs")->required();
+  app.add_option("--config", recipe_path, "JSON recipe (configs/*.json); command-line options override it");
+  app.add_flag("--force", force, "replace an existing --out");
+  nlohmann::json overrides = nlohmann::json::object();
+  std::vector<std::function<void()>> collect;
+  auto add = [&](const char* flag, const char* key, auto defaults, const char* help) {
+    using T = decltype(defaults);
+    auto holder = std::make_shared<T>(defaults);
+    CLI::Option* option = app.add_option(flag, *holder, help)->capture_default_str();
+    collect.push_back([&overrides, option, key, holder] {
+      if (option->count() > 0) overrides[key] = *holder;
+    });
+  };
+  auto add_flag = [&](const char* flag, const char* key, bool value, const char* help) {
+    CLI::Option* option = app.add_flag(std::string(flag))->description(help);
+    collect.push_back([&overrides, option, key, value] {
+      if (option->count() > 0) overrides[key] = value;
+    });
+  };
+  add("--budget", "budget", d.budget, "kept K+V heads over 2*L*H query heads, in (0, 1]");
+  add("--method", "method", d.method, "dha | gqa (mean pooling) | aligned-gqa (Procrustes, then merge)");
+  std::vector<std::string> calib;
+  CLI::Option* calib_option = app.add_option("--calib", calib, "calibration text files (search, fusion, statistics)");
+  collect.push_back([&overrides, &calib, calib_option] {
+    if (calib_option->count() > 0) overrides["calib"] = calib;
+  });
+  add("--eval-text", "eval_text", d.eval_text, "held-out text (default: the last --heldout of each calibration file)");
+  add("--heldout", "heldout", d.heldout, "share of each calibration file held out for evaluation");
+  add("--eval-docs", "eval_docs", d.eval_docs, "held-out documents evaluated (0: all)");
+  add("--seed", "seed", d.seed, "seed");
+  add("--device", "device", d.device, "auto | cpu | cuda");
+  add("--batch", "batch", d.batch, "sequences per step");
+  add("--seq-len", "seq_len", d.seq_len, "sequence length (0: the model's context)");
+  add("--measure", "measure", d.measure, "search cost: weight | activation | fusion");
+  add("--search-steps", "search_steps", d.search_steps, "fusion measure: steps of whole-pool fusion");
+  add("--search-average", "search_average", d.search_average, "fusion measure: average costs over the last N steps");
+  add("--max-group-size", "max_group_size", d.max_group_size, "cap on heads per group (0: none)");
+  add_flag("--uniform", "uniform", true, "same K and V head count in every layer (ablation: w/o adaptive allocation)");
+  add("--rounds", "rounds", d.rounds, "progressive search in N rounds");
+  add_flag("--no-fusion", "fusion", false, "mean-pool the searched groups (ablation: w/o linear fusion)");
+  add("--fusion-steps", "fusion_steps", d.fusion_steps, "steps of fusion training");
+  add("--lr", "lr", d.lr, "learning rate of the model weights during fusion");
+  add("--omega-lr", "omega_lr", d.omega_lr, "learning rate of the fusion operators");
+  add("--lambda-lr", "lambda_lr", d.lambda_lr, "ascent rate of the Lagrange multipliers");
+  add("--target-fraction", "target_fraction", d.target_fraction, "share of fusion steps over which the target falls to 0");
+  add_flag("--per-channel", "per_channel", true, "per-channel fusion operators (n x n x d_h)");
+  add("--distill-weight", "distill_weight", d.distill_weight, "weight of KL(source || fusion model) next to the LM loss");
+  add("--export", "export", d.export_format, "dha | gqa | mha");
+  return dha::cli::run(app, argc, argv, [&] {
+    for (const auto& f : collect) f();
+    nlohmann::json recipe = nlohmann::json::object();
+    if (!recipe_path.empty()) {
+      try {
+        recipe = nlohmann::json::parse(dha::io::read_file(recipe_path));
+      } catch (const nlohmann::json::exception& e) {
+        dha::fail(recipe_path, ": not valid JSON (", e.what(), ")");
+      }
+    }
+    for (const auto& [key, value] : overrides.items()) recipe[key] = value;
+    const dha::ConvertOptions options =
+        dha::convert_options_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
+    const dha::ConvertSummary s = dha::run_convert(model_path, tokenizer_path, out_dir, force, options);
+    const auto& r = s.report;
+    std::printf("%s: %s at budget %.4g -> %s\n", model_path.c_str(), options.method.c_str(), options.budget,
+                out_dir.c_str());
+    std::printf("KV bytes/token     %lld -> %lld\n", r["kv_bytes_per_token"]["before"].get<long long>(),
+                r["kv_bytes_per_token"]["after"].get<long long>());
+    std::printf("held-out NLL       source %.4f", r["before_search"]["heldout_nll"].get<double>());
+    if (r.contains("after_fusion")) std::printf(", after fusion %.4f", r["after_fusion"]["heldout_nll"].get<double>());
+    std::printf(", converted %.4f\n", r["after_collapse"]["heldout_nll"].get<double>());
+    std::printf("wall time          %.1f s\n", r["wall_seconds"].get<double>());
+    return 0;
+  });
+}
