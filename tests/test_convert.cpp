@@ -1,0 +1,368 @@
+// dha-convert's invariants (method.md §6): identity operators are the source,
+// collapse equals the fusion stage when members agree, key fusion commutes with
+// RoPE, alignment keeps the function, budgets are exact, exports reload to the
+// same logits, GQA pooling is the hand-computed mean; the Lagrangian on a toy
+// run, search determinism, the MHA twin's copies found, and bad input.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "dha/align.h"
+#include "dha/error.h"
+#include "dha/export.h"
+#include "dha/fusion.h"
+#include "dha/io/atomic_file.h"
+#include "dha/io/hf_dir.h"
+#include "dha/io/llama2c.h"
+#include "dha/search.h"
+#include "model_fixtures.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using dha::test::TempDir;
+
+namespace {
+
+// Groups over an MHA tiny model (4 heads per pool): unequal, non-contiguous.
+dha::Grouping sample_grouping() {
+  dha::Grouping g;
+  g.push_back({{0, 2}, {1, 3}});       // L0 K
+  g.push_back({{0, 1, 3}, {2}});       // L0 V
+  g.push_back({{0, 1, 2, 3}});         // L1 K
+  g.push_back({{0}, {1, 2}, {3}});     // L1 V
+  return g;
+}
+
+torch::Tensor logits(dha::Llama& model, const torch::Tensor& tokens) {
+  torch::NoGradGuard no_grad;
+  model->eval();
+  return model->forward(tokens);
+}
+
+void expect_close(const torch::Tensor& a, const torch::Tensor& b, double tol = 1e-5) {
+  EXPECT_TRUE(torch::allclose(a, b, tol, tol)) << "max abs diff " << (a - b).abs().max().item<double>();
+}
+
+}  // namespace
+
+TEST(Fusion, IdentityOperatorsGiveTheSourceModel) {
+  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 2);
+  dha::Llama source = dha::make_model(ck, "source");
+  dha::FusionTask task(dha::make_model(ck, "fusion"), sample_grouping(), 10, {}, std::nullopt);
+  task.before_eval();
+  const torch::Tensor tokens = dha::test::random_tokens(2, 11, 61, 3);
+  expect_close(logits(task.model(), tokens), logits(source, tokens), 1e-6);
+  EXPECT_GT(task.initial_fusion_loss(), 0.1);
+}
+
+TEST(Fusion, CollapseEqualsTheFusionStageWhenMembersAgree) {
+  for (bool per_channel : {false, true}) {
+    const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(/*tied=*/true), 4);
+    dha::FusionOptions options;
+    options.per_channel = per_channel;
+    dha::FusionTask task(dha::make_model(ck, "fusion"), sample_grouping(), 10, options, std::nullopt);
+    {
+      torch::NoGradGuard no_grad;
+      // Every member's effective weight becomes the group mean: all rows 1/n.
+      for (size_t p = 0; p < 4; ++p)
+        for (size_t g = 0; g < sample_grouping()[p].size(); ++g) {
+          torch::Tensor& omega = task.omega(p, g);
+          if (omega.defined()) omega.fill_(1.0 / omega.size(0));
+        }
+    }
+    EXPECT_LT(task.fusion_loss(), 1e-6);  // zero up to float32 cancellation
+    task.before_eval();
+    const torch::Tensor tokens = dha::test::random_tokens(2, 9, 61, 5);
+    const torch::Tensor fused = logits(task.model(), tokens);
+    dha::Checkpoint collapsed = task.collapse();
+    EXPECT_EQ(collapsed.config.layout.n_k_heads(0), 2);
+    EXPECT_EQ(collapsed.config.layout.n_v_heads(1), 3);
+    dha::Llama model = dha::make_model(collapsed, "collapsed");
+    expect_close(logits(model, tokens), fused, 1e-5);
+  }
+}
+
+TEST(Fusion, ScalarKeyFusionCommutesWithRope) {
+  torch::manual_seed(1);
+  const int64_t d_h = 16;
+  dha::Rope rope(d_h, 32, 10000.0);
+  const torch::Tensor keys = torch::randn({1, 3, 20, d_h}, torch::kFloat64);  // three heads, pre-RoPE
+  const torch::Tensor omega = torch::randn({3}, torch::kFloat64);
+  const torch::Tensor mixed = (keys * omega.view({1, 3, 1, 1})).sum(1, true);
+  const torch::Tensor a = rope->apply(mixed.to(torch::kFloat32), 5).to(torch::kFloat64);
+  const torch::Tensor b = (rope->apply(keys.to(torch::kFloat32), 5).to(torch::kFloat64) * omega.view({1, 3, 1, 1})).sum(1, true);
+  expect_close(a, b, 1e-5);
+}
+
+TEST(Align, AlignmentLeavesTheLogitsUnchanged) {
+  for (bool gqa : {false, true}) {
+    dha::ModelConfig config = dha::test::tiny_config();
+    if (gqa) config.layout = dha::HeadLayout::gqa(config.n_layers, config.n_heads, 2);
+    const dha::Checkpoint ck = dha::test::random_checkpoint(config, 6);
+    dha::Llama source = dha::make_model(ck, "source");
+    const torch::Tensor tokens = dha::test::random_tokens(2, 16, 61, 7);  // RoPE at positions 0..15
+    const auto acts = dha::collect_activations(source, tokens);
+    const dha::Grouping grouping = dha::contiguous_grouping(config, 1);
+    const dha::Checkpoint aligned = dha::align_groups(ck, grouping, acts);
+    bool changed = false;
+    for (const auto& [name, t] : aligned.tensors) changed = changed || !torch::equal(t, ck.tensors.at(name));
+    EXPECT_TRUE(changed);
+    dha::Llama model = dha::make_model(aligned, "aligned");
+    expect_close(logits(model, tokens), logits(source, tokens), 1e-4);
+  }
+}
+
+TEST(Align, AlignedHeadsAreCloserThanBefore) {
+  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 8);
+  dha::Llama source = dha::make_model(ck, "source");
+  const torch::Tensor tokens = dha::test::random_tokens(2, 16, 61, 9);
+  const dha::Grouping grouping = dha::contiguous_grouping(ck.config, 1);
+  const auto acts = dha::collect_activations(source, tokens);
+  dha::Llama aligned = dha::make_model(dha::align_groups(ck, grouping, acts), "aligned");
+  const auto after = dha::collect_activations(aligned, tokens);
+  auto spread = [](const torch::Tensor& a) { return (a - a.mean(0, true)).pow(2).sum().item<double>(); };
+  EXPECT_LT(spread(after[0].values), spread(acts[0].values));
+  EXPECT_LT(spread(after[1].keys), spread(acts[1].keys));
+}
+
+TEST(Search, BudgetIsExactWithAtLeastOneHeadPerPool) {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 20; ++trial) {
+    std::vector<torch::Tensor> costs;
+    int64_t total = 0;
+    for (int p = 0; p < 6; ++p) {
+      const int64_t n = 2 + rng() % 6;
+      torch::Tensor c = torch::rand({n, n}, torch::kFloat64);
+      costs.push_back((c + c.t()) / 2);
+      total += n;
+    }
+    dha::GroupingOptions options;
+    options.target_total = 6 + rng() % (total - 6 + 1);
+    const dha::Grouping g = dha::group_heads(costs, options);
+    int64_t heads = 0;
+    for (size_t p = 0; p < g.size(); ++p) {
+      EXPECT_GE(g[p].size(), 1u);
+      heads += static_cast<int64_t>(g[p].size());
+      std::vector<int64_t> members;
+      for (const auto& group : g[p]) members.insert(members.end(), group.begin(), group.end());
+      std::sort(members.begin(), members.end());
+      for (int64_t h = 0; h < costs[p].size(0); ++h) EXPECT_EQ(members[h], h);  // a partition
+    }
+    EXPECT_EQ(heads, options.target_total);
+  }
+}
+
+TEST(Search, BudgetLimitsAreClearErrors) {
+  const dha::ModelConfig c = dha::test::tiny_config();  // 2 layers x 4 heads: 16 K+V heads, 4 pools
+  EXPECT_EQ(dha::budget_heads(c, 0.25), 4);
+  EXPECT_THROW(dha::budget_heads(c, 0.0), dha::Error);
+  EXPECT_THROW(dha::budget_heads(c, 1.5), dha::Error);
+  EXPECT_THROW(dha::budget_heads(c, 0.1), dha::Error);  // 2 heads < 4 pools
+  dha::ModelConfig gqa = c;
+  gqa.layout = dha::HeadLayout::gqa(2, 4, 2);  // 8 K+V heads
+  EXPECT_THROW(dha::budget_heads(gqa, 0.75), dha::Error);
+}
+
+TEST(Search, AdaptiveAllocationTakesTheCheapMergesFirst) {
+  // Pool 0: two identical pairs (cost 0); pool 1: all far apart.
+  torch::Tensor cheap = torch::ones({4, 4}, torch::kFloat64);
+  cheap[0][1] = cheap[1][0] = cheap[2][3] = cheap[3][2] = 0.0;
+  cheap.fill_diagonal_(0.0);
+  torch::Tensor far = torch::full({4, 4}, 0.9, torch::kFloat64).fill_diagonal_(0.0);
+  dha::GroupingOptions options;
+  options.target_total = 6;
+  const dha::Grouping g = dha::group_heads({cheap, far}, options);
+  EXPECT_EQ(g[0], (std::vector<std::vector<int64_t>>{{0, 1}, {2, 3}}));
+  EXPECT_EQ(g[1].size(), 4u);
+  options.uniform = true;
+  const dha::Grouping u = dha::group_heads({cheap, far}, options);
+  EXPECT_EQ(u[0].size(), 3u);
+  EXPECT_EQ(u[1].size(), 3u);
+  options.uniform = false;
+  options.max_group_size = 1;
+  EXPECT_THROW(dha::group_heads({cheap, far}, options), dha::Error);
+}
+
+TEST(Search, WeightCostIsZeroForCopiesAndDeterministic) {
+  torch::manual_seed(4);
+  torch::Tensor w = torch::randn({4, 8, 32});
+  w[2] = w[0] * 3.0;  // a scaled copy: CKA is scale-free
+  const torch::Tensor c = dha::weight_cost(w);
+  EXPECT_NEAR(c[0][2].item<double>(), 0.0, 1e-12);
+  EXPECT_GT(c[0][1].item<double>(), 0.1);
+  EXPECT_TRUE(torch::equal(c, dha::weight_cost(w)));
+  torch::Tensor a = torch::randn({3, 50, 8});
+  a[1] = a[0];
+  EXPECT_NEAR(dha::activation_cost(a)[0][1].item<double>(), 0.0, 1e-12);
+}
+
+TEST(Search, MhaTwinOfStories260kPairsTheCopiesAtHalfBudget) {
+  DHA_REQUIRE_SHARED("models/stories260K/stories260K.bin");
+  const dha::Checkpoint gqa = dha::io::load_llama2c(dha::test::shared_path("models/stories260K/stories260K.bin"));
+  const dha::Checkpoint twin = dha::export_checkpoint(gqa, dha::ExportFormat::kMha);
+  std::vector<torch::Tensor> costs;
+  for (const auto& p : dha::all_pools(twin.config.n_layers)) costs.push_back(dha::weight_cost(dha::pool_weights(twin, p)));
+  dha::GroupingOptions options;
+  options.target_total = dha::budget_heads(twin.config, 0.5);
+  const dha::Grouping g = dha::group_heads(costs, options);
+  for (const auto& pool : g) EXPECT_EQ(pool, (std::vector<std::vector<int64_t>>{{0, 1}, {2, 3}, {4, 5}, {6, 7}}));
+  // Collapsing those groups gives back the original GQA model exactly.
+  const dha::Checkpoint back = dha::collapse_groups(twin, g);
+  for (const auto& [name, t] : gqa.tensors) EXPECT_TRUE(torch::allclose(back.tensors.at(name), t, 0, 1e-7)) << name;
+}
+
+TEST(Baselines, GqaMeanPoolingEqualsHandComputedPooling) {
+  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 10);
+  const dha::Checkpoint pooled = dha::collapse_groups(ck, dha::contiguous_grouping(ck.config, 2));
+  EXPECT_EQ(pooled.config.layout.uniform_gqa_kv_heads(), 2);
+  for (const char* proj : {"k_proj", "v_proj"}) {
+    const std::string name = std::string("model.layers.1.self_attn.") + proj + ".weight";
+    const torch::Tensor w = ck.tensors.at(name);  // rows: heads 0..3 of 8 rows each
+    const torch::Tensor hand = torch::cat({(w.narrow(0, 0, 8) + w.narrow(0, 8, 8)) / 2,
+                                           (w.narrow(0, 16, 8) + w.narrow(0, 24, 8)) / 2});
+    EXPECT_TRUE(torch::allclose(pooled.tensors.at(name), hand, 0, 1e-7)) << name;
+  }
+  EXPECT_THROW(dha::contiguous_grouping(ck.config, 3), dha::Error);
+}
+
+TEST(Export, EveryExportReloadsToTheSameLogits) {
+  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_dha_config(), 12);
+  dha::Llama original = dha::make_model(ck, "dha");
+  const torch::Tensor tokens = dha::test::random_tokens(2, 10, 61, 13);
+  const torch::Tensor want = logits(original, tokens);
+  TempDir tmp;
+  for (auto format : {dha::ExportFormat::kDha, dha::ExportFormat::kGqa, dha::ExportFormat::kMha}) {
+    const dha::Checkpoint exported = dha::export_checkpoint(ck, format);
+    if (format == dha::ExportFormat::kMha) {
+      EXPECT_EQ(exported.config.layout.uniform_gqa_kv_heads(), 4);
+    }
+    if (format == dha::ExportFormat::kGqa) {
+      for (int64_t l = 0; l < 2; ++l) EXPECT_EQ(exported.config.layout.k_map[l], exported.config.layout.v_map[l]);
+    }
+    const std::string dir = tmp.file(dha::export_format_name(format));
+    dha::io::save_hf_dir(dir, exported, dha::io::DirSaveOptions{});
+    dha::Llama reloaded = dha::make_model(dha::io::load_hf_dir(dir), dir);
+    expect_close(logits(reloaded, tokens), want, 1e-5);
+  }
+}
+
+TEST(Fusion, LagrangianRaisesLambdaWhileViolatedAndMeetsTheTarget) {
+  const dha::ModelConfig config = dha::test::tiny_config();
+  const dha::Checkpoint ck = dha::test::random_checkpoint(config, 14);
+  torch::manual_seed(15);
+  const torch::Tensor random = torch::randint(3, 61, {3000}, torch::kInt32);
+  dha::TokenDataset data(std::vector<int32_t>(random.data_ptr<int32_t>(), random.data_ptr<int32_t>() + 3000), 61, "toy");
+  dha::SequenceSampler sampler(data, 16, 1);
+  const int64_t steps = 80;
+  dha::FusionOptions options;
+  options.target_fraction = 0.25;
+  options.omega_lr = 2e-2;
+  options.lambda_lr = 0.5;
+  dha::FusionTask task(dha::make_model(ck, "toy"), sample_grouping(), steps, options, std::nullopt);
+  dha::TrainConfig tc;
+  tc.steps = steps;
+  tc.micro_batch = 4;
+  tc.seq_len = 16;
+  tc.lr = 1e-3;
+  tc.warmup = 0;
+  tc.min_lr_ratio = 1.0;
+  tc.device = "cpu";
+  auto dist = dha::Distributed::from_env(torch::kCPU, std::chrono::seconds(30));
+  TempDir tmp;
+  dha::TrainRun run;
+  run.out_dir = tmp.path();
+  run.show_progress = false;
+  dha::train(task, sampler, tc, *dist, run);
+  const auto& records = task.records();
+  ASSERT_EQ(records.size(), static_cast<size_t>(steps));
+  // While L_F is above the target, lambda1 climbs.
+  int violated = 0, rises = 0;
+  for (size_t i = 1; i < records.size(); ++i)
+    if (records[i].fusion_loss > records[i].target + 1e-6) {
+      violated += 1;
+      rises += records[i].lambda1 > records[i - 1].lambda1;
+    }
+  EXPECT_GT(violated, 5);
+  EXPECT_EQ(rises, violated);
+  EXPECT_DOUBLE_EQ(records.back().target, 0.0);
+  EXPECT_LT(task.fusion_loss(), 0.02 * task.initial_fusion_loss()) << "initial " << task.initial_fusion_loss();
+}
+
+// dha-convert end to end on a small random model with stories260K's tokenizer.
+class ConvertCli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!fs::exists(dha::test::shared_path("models/stories260K/tok512.bin"))) GTEST_SKIP() << "../shared is absent";
+    dha::ModelConfig c = dha::test::tiny_config();
+    c.vocab_size = 512;
+    c.max_seq_len = 64;
+    dha::io::DirSaveOptions save;
+    save.extra_files.push_back({dha::test::shared_path("models/stories260K/tok512.bin"), "tokenizer.bin"});
+    dha::io::save_hf_dir(tmp_.file("model"), dha::test::random_checkpoint(c, 1), save);
+    std::string text;
+    for (int i = 0; i < 40; ++i) text += "The little cat number " + std::to_string(i) + " sat on a warm mat.\n\n";
+    dha::io::write_file_atomic(tmp_.file("calib.txt"), text);
+  }
+  std::string args(const std::string& out, const std::string& extra = "", const std::string& budget = "0.5") const {
+    return "dha-convert --model " + tmp_.file("model") + " --calib " + tmp_.file("calib.txt") + " --out " + out +
+           " --budget " + budget + " --search-steps 4 --search-average 2 --fusion-steps 4 --batch 2 --seq-len 16 --device cpu " +
+           extra;
+  }
+  TempDir tmp_;
+};
+
+TEST_F(ConvertCli, WritesTheModelReportAndPicturesDeterministically) {
+  ASSERT_EQ(dha::test::run_tool(args(tmp_.file("a")), true).code, 0);
+  ASSERT_EQ(dha::test::run_tool(args(tmp_.file("b")), true).code, 0);
+  for (const char* file : {"config.json", "model.safetensors", "tokenizer.bin", "recipe.json", "report.json",
+                           "head_similarity.svg", "head_allocation.svg", "fusion_loss.svg", "fusion_lambda.svg"})
+    EXPECT_TRUE(fs::exists(tmp_.file("a/") + file)) << file;
+  const auto a = nlohmann::json::parse(dha::io::read_file(tmp_.file("a/report.json")));
+  const auto b = nlohmann::json::parse(dha::io::read_file(tmp_.file("b/report.json")));
+  EXPECT_EQ(a["search"]["groups"], b["search"]["groups"]);  // same seed, same search
+  EXPECT_EQ(a["layout"], b["layout"]);
+  EXPECT_EQ(a["kv_bytes_per_token"]["after"], 8 * 8 * 2);  // budget 0.5 of 16 heads x d_h 8 x 2 bytes
+  EXPECT_LT(a["export"]["max_abs_logit_diff"].get<double>(), 1e-4);
+  const dha::Checkpoint model = dha::io::load_hf_dir(tmp_.file("a"));
+  EXPECT_DOUBLE_EQ(model.config.head_budget(), 0.5);
+}
+
+TEST_F(ConvertCli, BaselinesAndAblationsRun) {
+  for (const std::string extra : {"--method gqa", "--method aligned-gqa", "--uniform", "--no-fusion",
+                                  "--measure weight --export mha", "--measure activation --export gqa --rounds 2"}) {
+    const auto r = dha::test::run_tool(args(tmp_.file("x"), extra + " --force"), true);
+    EXPECT_EQ(r.code, 0) << extra << "\n" << r.out;
+  }
+}
+
+TEST_F(ConvertCli, BadInputFailsBeforeAnyWorkAndLeavesNoDirectory) {
+  auto expect_error = [&](const std::string& command, const std::string& text) {
+    const auto r = dha::test::run_tool(command, true);
+    EXPECT_EQ(r.code, 1) << command;
+    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+    EXPECT_NE(r.out.find(text), std::string::npos) << r.out;
+    EXPECT_FALSE(fs::exists(tmp_.file("bad")));
+  };
+  expect_error(args(tmp_.file("bad"), "", "0"), "must be in (0, 1]");
+  expect_error(args(tmp_.file("bad"), "", "1.2"), "must be in (0, 1]");
+  expect_error(args(tmp_.file("bad"), "", "0.1"), "below one head per pool");
+  std::string no_calib = args(tmp_.file("bad"));
+  no_calib.replace(no_calib.find("--calib " + tmp_.file("calib.txt")), 9 + tmp_.file("calib.txt").size(), "");
+  expect_error(no_calib, "no calibration text");
+  dha::io::write_file_atomic(tmp_.file("empty.txt"), "");
+  std::string empty = args(tmp_.file("bad"));
+  empty.replace(empty.find(tmp_.file("calib.txt")), tmp_.file("calib.txt").size(), tmp_.file("empty.txt"));
+  expect_error(empty, "calibration file is empty");
+  if (fs::exists(dha::test::shared_path("models/llama2-tokenizer/tokenizer.model")))
+    expect_error(args(tmp_.file("bad"), "--tokenizer " + dha::test::shared_path("models/llama2-tokenizer/tokenizer.model")),
+                 "but the model's vocab is 512");
+  expect_error(args(tmp_.file("bad"), "--method gqa", "0.375"), "not a whole number");
+  expect_error(args(tmp_.file("bad"), "--method gqa", "0.75"), "cannot split equally");
+  fs::create_directories(tmp_.file("exists"));
+  const auto r = dha::test::run_tool(args(tmp_.file("exists")), true);
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.out.find("already exists (pass --force"), std::string::npos) << r.out;
+}
