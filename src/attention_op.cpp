@@ -81,6 +81,12 @@ Tensor attention_autograd(const Tensor& q, const Tensor& k, const Tensor& v, con
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return attention_op().call(q, k, v, k_map, v_map, causal);
   }
+  if (q.is_cpu()) {
+    // No fused kernel on CPU: let autograd differentiate the reference
+    // (index_select + SDPA, whose fused CPU backward is several times faster
+    // than the explicit _bwd op that stands in for the kernels' backward).
+    return reference::attention(q, k, v, k_map, v_map, causal);
+  }
   return GroupedAttentionFunction::apply(q, k, v, k_map, v_map, causal);
 }
 

@@ -138,7 +138,9 @@ std::vector<torch::Tensor> search_costs(const ConvertOptions& o, const Checkpoin
     fo.lambda_lr = o.lambda_lr;
     fo.target_fraction = o.target_fraction;
     FusionTask task(model, whole, o.search_steps, fo, std::nullopt);
-    task.keep_last_effective(std::max<int64_t>(1, std::min(o.search_average, o.search_steps)));
+    // Averaging over the whole run (the default) rewards heads that converge
+    // fast, not only those that end close: exact copies then cost 0.
+    task.keep_last_effective(o.search_average > 0 ? std::min(o.search_average, o.search_steps) : o.search_steps);
     TrainRun run;
     run.out_dir = work_dir;
     run.label = "search";

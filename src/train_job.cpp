@@ -66,10 +66,12 @@ TrainJobResult run_train_job(const TrainJob& job) {
   TokenDataset data(job.data_dir, "train");
 
   // Output directory rules: a fresh run needs a new (or --force) directory; a
-  // resumed one needs the old one.
-  if (job.resume) {
+  // resumed one needs the old one. Only rank 0 judges: it creates the directory,
+  // and another rank could see it appear.
+  const bool main_rank = std::getenv("RANK") == nullptr || std::atoi(std::getenv("RANK")) == 0;
+  if (main_rank && job.resume) {
     if (!fs::exists(job.out_dir + "/checkpoints")) fail(job.out_dir, ": no checkpoints to resume (drop --resume)");
-  } else if (fs::exists(job.out_dir)) {
+  } else if (main_rank && fs::exists(job.out_dir)) {
     if (!job.force) fail(job.out_dir, ": already exists (pass --resume to continue it or --force to start over)");
   }
 

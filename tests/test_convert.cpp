@@ -11,6 +11,7 @@
 #include <random>
 
 #include "dha/align.h"
+#include "dha/convert.h"
 #include "dha/error.h"
 #include "dha/export.h"
 #include "dha/fusion.h"
@@ -365,4 +366,18 @@ TEST_F(ConvertCli, BadInputFailsBeforeAnyWorkAndLeavesNoDirectory) {
   const auto r = dha::test::run_tool(args(tmp_.file("exists")), true);
   EXPECT_EQ(r.code, 1);
   EXPECT_NE(r.out.find("already exists (pass --force"), std::string::npos) << r.out;
+}
+
+TEST(Configs, ShippedRecipesParse) {
+  const std::string dir = std::string(DHA_SOURCE_DIR) + "/configs/";
+  for (const char* name : {"convert-dha.json", "convert-gqa.json"})
+    EXPECT_NO_THROW(dha::convert_options_from_json(nlohmann::json::parse(dha::io::read_file(dir + name)), name)) << name;
+  EXPECT_NO_THROW(dha::train_config_from_json(nlohmann::json::parse(dha::io::read_file(dir + "train-continue.json")), "t"));
+  const dha::ModelConfig c =
+      dha::model_config_from_json(nlohmann::json::parse(dha::io::read_file(dir + "model-small-mha.json")), 4096, "m");
+  EXPECT_EQ(c.layout.uniform_gqa_kv_heads(), 8);
+  // The defaults written out in convert-dha.json are the built-in ones.
+  EXPECT_EQ(dha::convert_options_to_json(
+                dha::convert_options_from_json(nlohmann::json::parse(dha::io::read_file(dir + "convert-dha.json")), "c")),
+            dha::convert_options_to_json(dha::ConvertOptions{}));
 }

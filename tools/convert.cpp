@@ -53,7 +53,7 @@ int main(int argc, char** argv) {
   add("--seq-len", "seq_len", d.seq_len, "sequence length (0: the model's context)");
   add("--measure", "measure", d.measure, "search cost: weight | activation | fusion");
   add("--search-steps", "search_steps", d.search_steps, "fusion measure: steps of whole-pool fusion");
-  add("--search-average", "search_average", d.search_average, "fusion measure: average costs over the last N steps");
+  add("--search-average", "search_average", d.search_average, "fusion measure: average costs over the last N steps (0: all)");
   add("--max-group-size", "max_group_size", d.max_group_size, "cap on heads per group (0: none)");
   add_flag("--uniform", "uniform", true, "same K and V head count in every layer (ablation: w/o adaptive allocation)");
   add("--rounds", "rounds", d.rounds, "progressive search in N rounds");

@@ -24,7 +24,7 @@ struct ConvertOptions {
   // Stage 1: search
   std::string measure = "fusion";  // weight | activation | fusion
   int64_t search_steps = 40;       // fusion measure: steps of whole-pool fusion
-  int64_t search_average = 5;      // fusion measure: costs averaged over the last N steps
+  int64_t search_average = 0;      // fusion measure: costs averaged over the last N steps (0: all)
   int64_t max_group_size = 0;      // 0: no cap
   bool uniform = false;            // the same count in every pool (ablation "w/o adaptive")
   int64_t rounds = 1;              // progressive search in this many rounds
