@@ -12,6 +12,7 @@
 #include "dha/corpus.h"
 #include "dha/distributed.h"
 #include "dha/error.h"
+#include "json_fields.h"
 #include "dha/eval.h"
 #include "dha/export.h"
 #include "dha/fusion.h"
@@ -25,16 +26,10 @@
 
 namespace dha {
 namespace fs = std::filesystem;
+using detail::read_key;
 using nlohmann::json;
 
 namespace {
-
-template <typename T>
-void read_key(const json& j, const char* key, T& field, std::set<std::string>& seen) {
-  if (!j.contains(key)) return;
-  seen.insert(key);
-  field = j.at(key).get<T>();
-}
 
 double peak_rss_mb() {
   rusage usage{};
@@ -268,8 +263,7 @@ ConvertOptions convert_options_from_json(const json& j, const std::string& where
   } catch (const json::exception& e) {
     fail(where, ": a value has the wrong type (", e.what(), ")");
   }
-  for (const auto& [key, value] : j.items())
-    if (!seen.count(key) && key.rfind("_comment", 0) != 0) fail(where, ": unknown key \"", key, "\"");
+  detail::reject_unknown_keys(j, seen, where);
   return o;
 }
 

@@ -19,6 +19,7 @@
 #include <ATen/autocast_mode.h>
 
 #include "dha/error.h"
+#include "json_fields.h"
 #include "dha/eval.h"
 #include "dha/io/atomic_file.h"
 #include "dha/log.h"
@@ -27,6 +28,7 @@
 
 namespace dha {
 namespace fs = std::filesystem;
+using detail::read_key;
 using nlohmann::json;
 
 namespace {
@@ -154,13 +156,6 @@ EvalPoint evaluate(TrainTask& task, const std::vector<std::vector<int32_t>>& doc
   return point;
 }
 
-template <typename T>
-void read_key(const json& j, const char* key, T& field, std::set<std::string>& seen) {
-  if (!j.contains(key)) return;
-  seen.insert(key);
-  field = j.at(key).get<T>();
-}
-
 }  // namespace
 
 TrainConfig train_config_from_json(const json& j, const std::string& where) {
@@ -196,9 +191,7 @@ TrainConfig train_config_from_json(const json& j, const std::string& where) {
   } catch (const json::exception& e) {
     fail(where, ": a value has the wrong type (", e.what(), ")");
   }
-  for (const auto& [key, value] : j.items())
-    if (!seen.count(key) && key.rfind("_comment", 0) != 0)
-      fail(where, ": unknown key \"", key, "\" (see dha-train --help for the recipe keys)");
+  detail::reject_unknown_keys(j, seen, where);
   if (c.micro_batch <= 0 || c.grad_accum <= 0) fail(where, ": micro_batch and grad_accum must be positive");
   if (c.steps < 0 || c.tokens < 0) fail(where, ": steps and tokens must not be negative");
   if (!(c.lr >= 0)) fail(where, ": lr must not be negative");

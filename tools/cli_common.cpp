@@ -1,6 +1,9 @@
 // Option parsing and one-line errors for the command-line tools.
 #include "cli_common.h"
 
+#include "dha/error.h"
+#include "dha/io/atomic_file.h"
+
 #include <cstdio>
 #include <exception>
 
@@ -16,6 +19,20 @@ std::string first_line(const std::string& message) {
 }
 
 }  // namespace
+
+nlohmann::json RecipeOptions::resolve(const std::string& recipe_path) {
+  for (const auto& collect : collect_) collect();
+  nlohmann::json recipe = nlohmann::json::object();
+  if (!recipe_path.empty()) {
+    try {
+      recipe = nlohmann::json::parse(io::read_file(recipe_path));
+    } catch (const nlohmann::json::exception& e) {
+      fail(recipe_path, ": not valid JSON (", e.what(), ")");
+    }
+  }
+  for (const auto& [key, value] : given_.items()) recipe[key] = value;
+  return recipe;
+}
 
 int run(CLI::App& app, int argc, char** argv, const std::function<int()>& body) {
   const std::string tool = app.get_name();

@@ -3,11 +3,45 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 namespace dha::cli {
+
+// Options that mirror the keys of a JSON recipe (--config). Only the options a
+// user actually gives override the recipe; the others keep its values.
+class RecipeOptions {
+ public:
+  explicit RecipeOptions(CLI::App& app) : app_(app) {}
+
+  template <typename T>
+  void add(const char* flag, const char* key, T defaults, const char* help) {
+    auto value = std::make_shared<T>(defaults);
+    CLI::Option* option = app_.add_option(flag, *value, help);
+    if constexpr (!std::is_same_v<T, std::vector<std::string>>) option->capture_default_str();
+    collect_.push_back([this, option, key, value] {
+      if (option->count() > 0) given_[key] = *value;
+    });
+  }
+  // A flag that sets `key` to `value` when given.
+  void add_flag(const char* flag, const char* key, bool value, const char* help) {
+    CLI::Option* option = app_.add_flag(std::string(flag))->description(help);
+    collect_.push_back([this, option, key, value] {
+      if (option->count() > 0) given_[key] = value;
+    });
+  }
+  // The recipe file (empty path: none) with the given options applied on top.
+  nlohmann::json resolve(const std::string& recipe_path);
+
+ private:
+  CLI::App& app_;
+  std::vector<std::function<void()>> collect_;
+  nlohmann::json given_ = nlohmann::json::object();
+};
 
 // Parses argv into `app`, then runs `body`. --help prints usage and exits 0;
 // a bad option, a dha::Error or any other exception prints

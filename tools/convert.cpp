@@ -1,15 +1,12 @@
 // dha-convert: MHA/GQA checkpoint -> DHA (search, fusion, collapse, export), or
 // the GQA baselines, with report.json and pictures.
 #include <cstdio>
-#include <functional>
-#include <memory>
 
 #include <nlohmann/json.hpp>
 
 #include "cli_common.h"
 #include "dha/convert.h"
 #include "dha/error.h"
-#include "dha/io/atomic_file.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Convert a LLaMA checkpoint to Decoupled-Head Attention at a KV head budget", "dha-convert"};
@@ -21,29 +18,16 @@ int main(int argc, char** argv) {
   app.add_option("--out", out_dir, "output directory: the model, tokenizer, recipe.json, report.json, SVGs")->required();
   app.add_option("--config", recipe_path, "JSON recipe (configs/*.json); command-line options override it");
   app.add_flag("--force", force, "replace an existing --out");
-  nlohmann::json overrides = nlohmann::json::object();
-  std::vector<std::function<void()>> collect;
+  dha::cli::RecipeOptions recipe_options(app);
   auto add = [&](const char* flag, const char* key, auto defaults, const char* help) {
-    using T = decltype(defaults);
-    auto holder = std::make_shared<T>(defaults);
-    CLI::Option* option = app.add_option(flag, *holder, help)->capture_default_str();
-    collect.push_back([&overrides, option, key, holder] {
-      if (option->count() > 0) overrides[key] = *holder;
-    });
+    recipe_options.add(flag, key, defaults, help);
   };
   auto add_flag = [&](const char* flag, const char* key, bool value, const char* help) {
-    CLI::Option* option = app.add_flag(std::string(flag))->description(help);
-    collect.push_back([&overrides, option, key, value] {
-      if (option->count() > 0) overrides[key] = value;
-    });
+    recipe_options.add_flag(flag, key, value, help);
   };
   add("--budget", "budget", d.budget, "kept K+V heads over 2*L*H query heads, in (0, 1]");
   add("--method", "method", d.method, "dha | gqa (mean pooling) | aligned-gqa (Procrustes, then merge)");
-  std::vector<std::string> calib;
-  CLI::Option* calib_option = app.add_option("--calib", calib, "calibration text files (search, fusion, statistics)");
-  collect.push_back([&overrides, &calib, calib_option] {
-    if (calib_option->count() > 0) overrides["calib"] = calib;
-  });
+  add("--calib", "calib", d.calib, "calibration text files (search, fusion, statistics)");
   add("--eval-text", "eval_text", d.eval_text, "held-out text (default: the last --heldout of each calibration file)");
   add("--heldout", "heldout", d.heldout, "share of each calibration file held out for evaluation");
   add("--eval-docs", "eval_docs", d.eval_docs, "held-out documents evaluated (0: all)");
@@ -67,16 +51,7 @@ int main(int argc, char** argv) {
   add("--distill-weight", "distill_weight", d.distill_weight, "weight of KL(source || fusion model) next to the LM loss");
   add("--export", "export", d.export_format, "dha | gqa | mha");
   return dha::cli::run(app, argc, argv, [&] {
-    for (const auto& f : collect) f();
-    nlohmann::json recipe = nlohmann::json::object();
-    if (!recipe_path.empty()) {
-      try {
-        recipe = nlohmann::json::parse(dha::io::read_file(recipe_path));
-      } catch (const nlohmann::json::exception& e) {
-        dha::fail(recipe_path, ": not valid JSON (", e.what(), ")");
-      }
-    }
-    for (const auto& [key, value] : overrides.items()) recipe[key] = value;
+    const nlohmann::json recipe = recipe_options.resolve(recipe_path);
     const dha::ConvertOptions options =
         dha::convert_options_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
     const dha::ConvertSummary s = dha::run_convert(model_path, tokenizer_path, out_dir, force, options);

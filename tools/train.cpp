@@ -1,14 +1,11 @@
 // dha-train: continued pre-training (or pre-training from scratch, or
 // distillation) with exact resume and data parallelism over c10d.
 #include <cstdio>
-#include <functional>
-#include <memory>
 
 #include <nlohmann/json.hpp>
 
 #include "cli_common.h"
 #include "dha/error.h"
-#include "dha/io/atomic_file.h"
 #include "dha/train_job.h"
 
 int main(int argc, char** argv) {
@@ -28,16 +25,9 @@ int main(int argc, char** argv) {
   app.add_option("--eval-text", job.eval_text, "held-out text (dha-eval protocol); default: the data's heldout split");
   app.add_flag("--resume", job.resume, "continue from the newest checkpoint in --out");
   app.add_flag("--force", job.force, "replace an existing --out");
-  // Recipe overrides: only the ones given on the command line replace the recipe's values.
-  nlohmann::json overrides = nlohmann::json::object();
-  std::vector<std::function<void()>> collect_overrides;  // run after parsing
+  dha::cli::RecipeOptions recipe_options(app);
   auto add = [&](const char* flag, const char* key, auto defaults, const char* help) {
-    using T = decltype(defaults);
-    auto holder = std::make_shared<T>(defaults);
-    CLI::Option* option = app.add_option(flag, *holder, help)->capture_default_str();
-    collect_overrides.push_back([&overrides, option, key, holder] {
-      if (option->count() > 0) overrides[key] = *holder;
-    });
+    recipe_options.add(flag, key, defaults, help);
   };
   add("--steps", "steps", c.steps, "optimizer steps (0: from --tokens)");
   add("--tokens", "tokens", c.tokens, "token budget");
@@ -59,16 +49,7 @@ int main(int argc, char** argv) {
   add("--dist-timeout", "dist_timeout_s", c.dist_timeout_s, "seconds before a silent peer fails the run");
   add("--stop-after", "stop_after", c.stop_after, "stop with a checkpoint after N steps of this run (0: off)");
   return dha::cli::run(app, argc, argv, [&] {
-    for (const auto& collect : collect_overrides) collect();
-    nlohmann::json recipe = nlohmann::json::object();
-    if (!recipe_path.empty()) {
-      try {
-        recipe = nlohmann::json::parse(dha::io::read_file(recipe_path));
-      } catch (const nlohmann::json::exception& e) {
-        dha::fail(recipe_path, ": not valid JSON (", e.what(), ")");
-      }
-    }
-    for (const auto& [key, value] : overrides.items()) recipe[key] = value;
+    const nlohmann::json recipe = recipe_options.resolve(recipe_path);
     job.config = dha::train_config_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
     const dha::TrainJobResult r = dha::run_train_job(job);
     if (r.train.stopped_early) {
