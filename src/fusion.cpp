@@ -231,12 +231,8 @@ TensorMap FusionTask::state() {
 void FusionTask::load_state(const TensorMap& tensors, const std::string& source) {
   TensorMap model_tensors;
   torch::NoGradGuard no_grad;
-  for (const auto& [name, t] : tensors) {
-    if (name.rfind("fusion.", 0) != 0) {
-      model_tensors[name] = t;
-      continue;
-    }
-  }
+  for (const auto& [name, t] : tensors)
+    if (name.rfind("fusion.", 0) != 0) model_tensors[name] = t;
   model_->load_state(model_tensors, source);
   for (size_t p = 0; p < pools_.size(); ++p)
     for (size_t g = 0; g < omegas_[p].size(); ++g)

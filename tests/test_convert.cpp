@@ -381,3 +381,21 @@ TEST(Configs, ShippedRecipesParse) {
                 dha::convert_options_from_json(nlohmann::json::parse(dha::io::read_file(dir + "convert-dha.json")), "c")),
             dha::convert_options_to_json(dha::ConvertOptions{}));
 }
+
+TEST(Fusion, CheckpointStateRoundTrips) {
+  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 16);
+  dha::FusionTask a(dha::make_model(ck, "a"), sample_grouping(), 10, {}, std::nullopt);
+  {
+    torch::NoGradGuard no_grad;
+    a.omega(0, 0).add_(0.1);
+    a.omega(3, 1).mul_(0.5);
+  }
+  dha::FusionTask b(dha::make_model(dha::test::random_checkpoint(dha::test::tiny_config(), 17), "b"), sample_grouping(),
+                    10, {}, std::nullopt);
+  b.load_state(a.state(), "a");
+  const auto wa = a.effective_weights(), wb = b.effective_weights();
+  for (size_t p = 0; p < wa.size(); ++p) EXPECT_TRUE(torch::equal(wa[p], wb[p])) << p;
+  dha::TensorMap missing = a.state();
+  missing.erase("fusion.omega.L1V.1");
+  EXPECT_THROW(b.load_state(missing, "a"), dha::Error);
+}
