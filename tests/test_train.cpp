@@ -352,3 +352,39 @@ TEST_F(TrainCli, BadInputEachGivesOneClearError) {
   // An existing output directory without --resume/--force.
   expect_error(train_args(tmp_.file("o5"), 2), "already exists");
 }
+
+TEST_F(TrainCli, FromScratchPretrainsANewModelOfAnyLayout) {
+  // A small model with a decoupled layout; the vocab comes from the data.
+  dha::io::write_file_atomic(tmp_.file("scratch.json"), R"({
+    "dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64, "max_seq_len": 64, "tied_embeddings": true,
+    "dha": {"k_map": [[0, 0, 1, 1], [0, 1, 2, 0]], "v_map": [[0, 1, 0, 1], [0, 0, 0, 0]]}})");
+  const ToolRun r = run_tool("dha-train --from-scratch " + tmp_.file("scratch.json") + " --data " + tmp_.file("data") +
+                                 " --out " + tmp_.file("scratch") + " --steps 6 --seq-len 32 --batch 4 --lr 3e-3 --device cpu",
+                             true);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const dha::Checkpoint ck = dha::io::load_hf_dir(tmp_.file("scratch/model"));
+  EXPECT_EQ(ck.config.vocab_size, 512);
+  EXPECT_EQ(ck.config.layout.n_k_heads(1), 3);
+  EXPECT_EQ(ck.config.layout.n_v_heads(1), 1);
+  EXPECT_TRUE(fs::exists(tmp_.file("scratch/model/tokenizer.bin")));  // the data's tokenizer
+  const auto l = losses(tmp_.file("scratch/metrics.jsonl"));
+  ASSERT_EQ(l.size(), 6u);
+  EXPECT_NEAR(l.front(), std::log(512.0), 0.3);  // a fresh model starts near uniform
+  EXPECT_LT(l.back(), l.front());
+}
+
+TEST_F(TrainCli, TeacherAddsAKlTermThatIsZeroForAnIdenticalStudent) {
+  const ToolRun r = run_tool(train_args(tmp_.file("distil"), 2, 1) + " --teacher " + model_, true);
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::istringstream in(dha::io::read_file(tmp_.file("distil/metrics.jsonl")));
+  std::string line;
+  bool seen = false;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("kl")) continue;
+    seen = true;
+    EXPECT_NEAR(j["kl"].get<double>(), 0.0, 1e-6);  // step 1: student == teacher
+    EXPECT_NEAR(j["loss"].get<double>(), j["lm_loss"].get<double>(), 1e-5);
+  }
+  EXPECT_TRUE(seen);
+}
