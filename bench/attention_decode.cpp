@@ -27,16 +27,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (!dha::bench::require_cuda("bench_attention_decode")) return 0;
-    const int64_t h = o.integer("heads", 32), h_k = o.integer("k-heads", 8), h_v = o.integer("v-heads", 12);
-    const int64_t d = o.integer("dim", 128), t_q = o.integer("queries", 1);
+    const dha::bench::HeadSetup setup = dha::bench::head_setup(o);
+    const int64_t h = setup.h, h_k = setup.h_k, h_v = setup.h_v, d = setup.d, g = setup.g;
+    const std::string& dtype_name = setup.dtype_name;
+    const torch::TensorOptions& options = setup.options;
+    const torch::Tensor &k_map = setup.k_map, &v_map = setup.v_map;
+    const int64_t t_q = o.integer("queries", 1);
     const int iters = static_cast<int>(o.integer("iters", 20)), repeats = static_cast<int>(o.integer("repeats", 5));
-    const std::string dtype_name = o.text("dtype", "bf16");
-    const auto options = torch::TensorOptions().device(torch::kCUDA).dtype(dha::bench::dtype_of(dtype_name));
-    std::mt19937 rng(static_cast<unsigned>(o.integer("seed", 0)));
-    torch::manual_seed(o.integer("seed", 0));
-    const torch::Tensor k_map = dha::bench::random_onto(h, h_k, rng, torch::kCUDA);
-    const torch::Tensor v_map = dha::bench::random_onto(h, h_v, rng, torch::kCUDA);
-    const int64_t g = dha::bench::gqa_groups(h, h_k, h_v);
     const double copy = dha::bench::copy_gbps(torch::kCUDA);
     std::printf("device copy: %.0f GB/s (read + write)\n", copy);
     torch::NoGradGuard no_grad;

@@ -17,16 +17,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (!dha::bench::require_cuda("bench_attention_prefill")) return 0;
-    const int64_t b = o.integer("batch", 1), h = o.integer("heads", 32);
-    const int64_t h_k = o.integer("k-heads", 8), h_v = o.integer("v-heads", 12), d = o.integer("dim", 128);
+    const dha::bench::HeadSetup setup = dha::bench::head_setup(o);
+    const int64_t h = setup.h, h_k = setup.h_k, h_v = setup.h_v, d = setup.d, g = setup.g;
+    const std::string& dtype_name = setup.dtype_name;
+    const torch::TensorOptions& options = setup.options;
+    const torch::Tensor &k_map = setup.k_map, &v_map = setup.v_map;
+    const int64_t b = o.integer("batch", 1);
     const int iters = static_cast<int>(o.integer("iters", 10)), repeats = static_cast<int>(o.integer("repeats", 5));
-    const std::string dtype_name = o.text("dtype", "bf16");
-    const auto options = torch::TensorOptions().device(torch::kCUDA).dtype(dha::bench::dtype_of(dtype_name));
-    std::mt19937 rng(static_cast<unsigned>(o.integer("seed", 0)));
-    torch::manual_seed(o.integer("seed", 0));
-    const torch::Tensor k_map = dha::bench::random_onto(h, h_k, rng, torch::kCUDA);
-    const torch::Tensor v_map = dha::bench::random_onto(h, h_v, rng, torch::kCUDA);
-    const int64_t g = dha::bench::gqa_groups(h, h_k, h_v);
     torch::NoGradGuard no_grad;
 
     for (const int64_t t : o.integers("seq", {4096, 8192})) {

@@ -111,6 +111,32 @@ inline double copy_gbps(const torch::Device& device) {
   return 2.0 * a.numel() * 4 / (ms * 1e6);
 }
 
+// The head layout every benchmark times, from --heads, --k-heads, --v-heads,
+// --dim, --dtype and --seed: random unequal maps on the CUDA device, and the
+// GQA group count with the same KV budget.
+struct HeadSetup {
+  int64_t h = 0, h_k = 0, h_v = 0, d = 0, g = 0;
+  std::string dtype_name;
+  torch::TensorOptions options;
+  torch::Tensor k_map, v_map;
+};
+
+inline HeadSetup head_setup(const Options& o) {
+  HeadSetup s;
+  s.h = o.integer("heads", 32);
+  s.h_k = o.integer("k-heads", 8);
+  s.h_v = o.integer("v-heads", 12);
+  s.d = o.integer("dim", 128);
+  s.dtype_name = o.text("dtype", "bf16");
+  s.options = torch::TensorOptions().device(torch::kCUDA).dtype(dtype_of(s.dtype_name));
+  std::mt19937 rng(static_cast<unsigned>(o.integer("seed", 0)));
+  torch::manual_seed(o.integer("seed", 0));
+  s.k_map = random_onto(s.h, s.h_k, rng, torch::kCUDA);
+  s.v_map = random_onto(s.h, s.h_v, rng, torch::kCUDA);
+  s.g = gqa_groups(s.h, s.h_k, s.h_v);
+  return s;
+}
+
 inline bool require_cuda(const char* program) {
   if (torch::cuda::is_available()) return true;
   std::printf("%s: needs a CUDA device (none found); nothing timed\n", program);
