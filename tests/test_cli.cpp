@@ -13,14 +13,9 @@ namespace {
 
 using dha::test::run_tool;
 using dha::test::ToolRun;
+using dha::test::expect_one_error_line;
 
 // One line on stderr naming `expected`, exit code 1.
-void expect_one_error_line(const std::string& args, const std::string& expected) {
-  const ToolRun r = run_tool(args, /*stderr_only=*/true);
-  EXPECT_EQ(r.code, 1) << args;
-  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-  EXPECT_NE(r.out.find(expected), std::string::npos) << r.out;
-}
 
 std::string stories() { return dha::test::shared_path("models/stories260K/stories260K.bin"); }
 std::string valid_text() { return dha::test::shared_path("data/text/tinystories_valid_sample.txt"); }

@@ -5,6 +5,9 @@
 
 #include "dha/config.h"
 #include "dha/error.h"
+#include "test_util.h"
+
+using dha::test::expect_error_containing;
 
 namespace {
 
@@ -21,14 +24,6 @@ dha::ModelConfig small_config() {
   return c;
 }
 
-void expect_error_containing(const std::function<void()>& f, const std::string& text) {
-  try {
-    f();
-    FAIL() << "expected dha::Error containing '" << text << "'";
-  } catch (const dha::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
 
 }  // namespace
 

@@ -341,10 +341,7 @@ TEST_F(ConvertCli, BaselinesAndAblationsRun) {
 
 TEST_F(ConvertCli, BadInputFailsBeforeAnyWorkAndLeavesNoDirectory) {
   auto expect_error = [&](const std::string& command, const std::string& text) {
-    const auto r = dha::test::run_tool(command, true);
-    EXPECT_EQ(r.code, 1) << command;
-    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-    EXPECT_NE(r.out.find(text), std::string::npos) << r.out;
+    dha::test::expect_one_error_line(command, text);
     EXPECT_FALSE(fs::exists(tmp_.file("bad")));
   };
   expect_error(args(tmp_.file("bad"), "", "0"), "must be in (0, 1]");

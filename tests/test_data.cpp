@@ -10,16 +10,9 @@
 #include "dha/optim.h"
 #include "test_util.h"
 
-namespace {
+using dha::test::expect_error_containing;
 
-void expect_error_containing(const std::function<void()>& f, const std::string& text) {
-  try {
-    f();
-    FAIL() << "expected dha::Error containing '" << text << "'";
-  } catch (const dha::Error& e) {
-    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
-  }
-}
+namespace {
 
 // A dataset directory with one train shard whose token at position i is i + 2.
 std::string make_dataset(const dha::test::TempDir& tmp, int64_t n_tokens) {

@@ -310,12 +310,7 @@ TEST_F(TrainCli, SigtermSavesACheckpointAndResumeFinishes) {
 }
 
 TEST_F(TrainCli, BadInputEachGivesOneClearError) {
-  auto expect_error = [&](const std::string& args, const std::string& text) {
-    const ToolRun r = run_tool(args, true);
-    EXPECT_EQ(r.code, 1) << args;
-    EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-    EXPECT_NE(r.out.find(text), std::string::npos) << r.out;
-  };
+  const auto expect_error = dha::test::expect_one_error_line;
   // Empty data directory.
   fs::create_directories(tmp_.file("empty"));
   expect_error("dha-train --model " + model_ + " --data " + tmp_.file("empty") + " --out " + tmp_.file("o1") + " --steps 1",

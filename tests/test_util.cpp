@@ -1,11 +1,14 @@
 // Temporary directories for tests.
 #include "test_util.h"
 
+#include "dha/error.h"
+
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -45,6 +48,22 @@ ToolRun run_tool(const std::string& args, bool stderr_only) {
   const int status = pclose(pipe);
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+void expect_one_error_line(const std::string& args, const std::string& text) {
+  const ToolRun r = run_tool(args, /*stderr_only=*/true);
+  EXPECT_EQ(r.code, 1) << args;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_NE(r.out.find(text), std::string::npos) << r.out;
+}
+
+void expect_error_containing(const std::function<void()>& f, const std::string& text) {
+  try {
+    f();
+    ADD_FAILURE() << "expected dha::Error containing '" << text << "'";
+  } catch (const dha::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+  }
 }
 
 int free_port() {

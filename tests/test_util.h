@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -35,6 +36,13 @@ struct ToolRun {
 // environment assignments: "RANK=1 dha-train ..."). stderr_only: capture
 // stderr and drop stdout; else capture stdout and drop stderr.
 ToolRun run_tool(const std::string& args, bool stderr_only);
+
+// Runs a tool that must fail on bad input: exit code 1 and one line on stderr
+// containing `text`.
+void expect_one_error_line(const std::string& args, const std::string& text);
+
+// `f` must throw a dha::Error whose message contains `text`.
+void expect_error_containing(const std::function<void()>& f, const std::string& text);
 
 // A TCP port that was free a moment ago (for rendezvous in tests).
 int free_port();
