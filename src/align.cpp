@@ -49,7 +49,8 @@ std::vector<LayerActivations> collect_activations(Llama& model, const torch::Ten
   for (int64_t l = 0; l < n_layers; ++l) {
     auto& attention = *model->model->layers[l]->as<DecoderLayer>()->self_attn;
     attention.capture = false;
-    auto flatten = [](const torch::Tensor& x) {  // [B, n, T, d_h] -> [n, B*T, d_h]
+    auto flatten = [&](const torch::Tensor& x) {  // [B, n, T, d_h] -> [n, B*T, d_h]
+      if (!x.defined()) return torch::zeros({0, tokens.numel(), model->config().head_dim}, torch::kFloat64);  // no keys: shared attention
       return x.transpose(0, 1).reshape({x.size(1), -1, x.size(3)}).to(torch::kCPU, torch::kFloat64);
     };
     out.push_back({flatten(attention.captured_keys), flatten(attention.captured_values)});

@@ -24,8 +24,10 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
   for (int64_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     out.push_back({p + "input_layernorm.weight", {c.dim}});
-    out.push_back({p + "self_attn.q_proj.weight", {c.n_heads * c.head_dim, c.dim}});
-    out.push_back({p + "self_attn.k_proj.weight", {c.layout.n_k_heads(l) * c.head_dim, c.dim}});
+    if (!c.layout.shares_attention(l)) {  // a sharing layer has no queries or keys of its own
+      out.push_back({p + "self_attn.q_proj.weight", {c.n_heads * c.head_dim, c.dim}});
+      out.push_back({p + "self_attn.k_proj.weight", {c.layout.n_k_heads(l) * c.head_dim, c.dim}});
+    }
     out.push_back({p + "self_attn.v_proj.weight", {c.layout.n_v_heads(l) * c.head_dim, c.dim}});
     out.push_back({p + "self_attn.o_proj.weight", {c.dim, c.n_heads * c.head_dim}});
     out.push_back({p + "post_attention_layernorm.weight", {c.dim}});

@@ -16,11 +16,16 @@ int64_t map_width(const std::vector<int64_t>& map) {
 }
 
 void validate_map(const std::vector<std::vector<int64_t>>& maps, const char* name,
-                  int64_t n_layers, int64_t n_heads, const std::string& where) {
+                  int64_t n_layers, int64_t n_heads, const std::string& where, bool may_share) {
   if (static_cast<int64_t>(maps.size()) != n_layers)
     fail(where, ": ", name, " has ", maps.size(), " layers, expected ", n_layers);
   for (int64_t l = 0; l < n_layers; ++l) {
     const auto& map = maps[l];
+    if (map.empty() && may_share) {
+      if (l == 0)
+        fail(where, ": ", name, "[0] is empty, but layer 0 cannot share attention (there is no earlier layer)");
+      continue;
+    }
     if (static_cast<int64_t>(map.size()) != n_heads)
       fail(where, ": ", name, "[", l, "] has ", map.size(), " entries, expected one per query head (",
            n_heads, ")");
@@ -67,9 +72,25 @@ int64_t HeadLayout::uniform_gqa_kv_heads() const {
   return *this == reference ? n_kv : 0;
 }
 
+int64_t HeadLayout::attention_source(int64_t layer) const {
+  int64_t source = layer;
+  while (source > 0 && shares_attention(source)) --source;
+  return source;
+}
+
+std::vector<LayerSpan> HeadLayout::shared_spans() const {
+  std::vector<LayerSpan> spans;
+  for (int64_t l = 0; l < n_layers(); ++l) {
+    if (!shares_attention(l)) continue;
+    if (!spans.empty() && spans.back().second == l - 1) spans.back().second = l;
+    else spans.push_back({l, l});
+  }
+  return spans;
+}
+
 void HeadLayout::validate(int64_t n_layers, int64_t n_heads, const std::string& where) const {
-  validate_map(k_map, "k_map", n_layers, n_heads, where);
-  validate_map(v_map, "v_map", n_layers, n_heads, where);
+  validate_map(k_map, "k_map", n_layers, n_heads, where, /*may_share=*/true);
+  validate_map(v_map, "v_map", n_layers, n_heads, where, /*may_share=*/false);
 }
 
 void ModelConfig::validate(const std::string& where) const {
@@ -111,7 +132,7 @@ int64_t ModelConfig::parameter_count() const {
   for (int64_t l = 0; l < n_layers; ++l) {
     const int64_t kv_heads = layout.n_k_heads(l) + layout.n_v_heads(l);
     total += 2 * dim;                                   // two RMSNorm weights
-    total += 2 * n_heads * head_dim * dim;              // W_Q, W_O
+    total += (layout.shares_attention(l) ? 1 : 2) * n_heads * head_dim * dim;  // W_Q (unless shared), W_O
     total += kv_heads * head_dim * dim;                 // W_K, W_V
     total += 3 * hidden_dim * dim;                      // SwiGLU
   }
@@ -119,7 +140,11 @@ int64_t ModelConfig::parameter_count() const {
 }
 
 nlohmann::json layout_to_json(const HeadLayout& layout) {
-  return nlohmann::json{{"k_map", layout.k_map}, {"v_map", layout.v_map}};
+  nlohmann::json j{{"k_map", layout.k_map}, {"v_map", layout.v_map}};
+  // Redundant with the empty k_map rows, but what a reader looks for.
+  const auto spans = layout.shared_spans();
+  if (!spans.empty()) j["shared_attention"] = spans;
+  return j;
 }
 
 HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where) {
@@ -131,6 +156,26 @@ HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where) {
     fail(where, ": head layout needs \"k_map\" and \"v_map\" as arrays of integer arrays (",
          e.what(), ")");
   }
+  std::vector<LayerSpan> spans;
+  if (j.contains("shared_attention")) {
+    try {
+      spans = j.at("shared_attention").get<std::vector<LayerSpan>>();
+    } catch (const nlohmann::json::exception& e) {
+      fail(where, ": \"shared_attention\" must be an array of [first, last] layer pairs (", e.what(), ")");
+    }
+  }
+  // The spans and the empty k_map rows must say the same thing.
+  std::vector<bool> in_span(layout.k_map.size(), false);
+  for (const auto& [first, last] : spans)
+    for (int64_t l = first; l <= last; ++l) {
+      if (l < 0 || l >= static_cast<int64_t>(in_span.size()))
+        fail(where, ": shared_attention span [", first, ", ", last, "] is outside layers 0..", in_span.size() - 1);
+      in_span[l] = true;
+    }
+  for (size_t l = 0; l < in_span.size(); ++l)
+    if (in_span[l] != layout.k_map[l].empty())
+      fail(where, ": layer ", l, in_span[l] ? " is in shared_attention but k_map[" : " is in no shared_attention span but k_map[",
+           l, in_span[l] ? "] is not empty" : "] is empty");
   return layout;
 }
 
@@ -177,7 +222,10 @@ std::string describe_layout(const ModelConfig& config) {
   std::ostringstream out;
   for (int64_t l = 0; l < config.n_layers; ++l) {
     if (l) out << " | ";
-    out << "L" << l << " K" << config.layout.n_k_heads(l) << " V" << config.layout.n_v_heads(l);
+    out << "L" << l;
+    if (config.layout.shares_attention(l)) out << " attn=L" << config.layout.attention_source(l);
+    else out << " K" << config.layout.n_k_heads(l);
+    out << " V" << config.layout.n_v_heads(l);
   }
   return out.str();
 }

@@ -21,6 +21,7 @@
 #include "dha/io/load.h"
 #include "dha/log.h"
 #include "dha/search.h"
+#include "dha/shared_attention.h"
 #include "dha/svg.h"
 #include "dha/train.h"
 
@@ -122,6 +123,7 @@ std::vector<torch::Tensor> search_costs(const ConvertOptions& o, const Checkpoin
     Grouping whole(pools.size());
     for (size_t p = 0; p < pools.size(); ++p) {
       const int64_t n = pool_weights(current, pools[p]).size(0);
+      if (n == 0) continue;  // no keys: a layer that shares attention
       std::vector<int64_t> all(n);
       for (int64_t h = 0; h < n; ++h) all[h] = h;
       whole[p].push_back(all);
@@ -142,6 +144,10 @@ std::vector<torch::Tensor> search_costs(const ConvertOptions& o, const Checkpoin
     fs::create_directories(work_dir);
     train(task, sampler, stage_config(o, o.search_steps, seq_len, o.device), dist, run);
     for (size_t p = 0; p < pools.size(); ++p) {
+      if (whole[p].empty()) {
+        costs.push_back(torch::zeros({0, 0}, torch::kFloat64));
+        continue;
+      }
       const torch::Tensor original = pool_weights(current, pools[p]).to(torch::kFloat64).reshape({-1, current.config.head_dim * current.config.dim});
       const torch::Tensor norms = original.pow(2).sum(1);
       torch::Tensor cost = torch::zeros({original.size(0), original.size(0)}, torch::kFloat64);
@@ -175,6 +181,7 @@ void write_pictures(const std::string& dir, const ModelConfig& source, const Mod
     std::vector<svg::Panel> panels;
     const auto pools = all_pools(source.n_layers);
     for (size_t p = 0; p < pools.size(); ++p) {
+      if (costs[p].size(0) == 0) continue;  // no keys: the layer shares attention
       std::vector<std::vector<double>> similarity = to_matrix(1.0 - costs[p]);
       panels.push_back({"layer " + std::to_string(pools[p].layer) + (pools[p].value ? " values" : " keys"), similarity});
     }
@@ -222,10 +229,46 @@ void write_pictures(const std::string& dir, const ModelConfig& source, const Mod
 
 json layout_report(const ModelConfig& c) {
   json layers = json::array();
-  for (int64_t l = 0; l < c.n_layers; ++l)
-    layers.push_back({{"layer", l}, {"k_heads", c.layout.n_k_heads(l)}, {"v_heads", c.layout.n_v_heads(l)},
-                      {"k_map", c.layout.k_map[l]}, {"v_map", c.layout.v_map[l]}});
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    json layer = {{"layer", l}, {"k_heads", c.layout.n_k_heads(l)}, {"v_heads", c.layout.n_v_heads(l)},
+                  {"k_map", c.layout.k_map[l]}, {"v_map", c.layout.v_map[l]}};
+    if (c.layout.shares_attention(l)) layer["attention_from"] = c.layout.attention_source(l);
+    layers.push_back(layer);
+  }
   return layers;
+}
+
+// Calibration batches for the attention-similarity analysis: a few fixed ones.
+std::vector<torch::Tensor> analysis_batches(SequenceSampler& sampler, int64_t batch, int64_t seq_len,
+                                            const torch::Device& device) {
+  std::vector<torch::Tensor> out;
+  for (int64_t i = 0; i < 4; ++i) out.push_back(sampler.batch({}, i * batch, batch).narrow(1, 0, seq_len).to(device));
+  return out;
+}
+
+json similarity_report(const AttentionSimilarity& s) {
+  json consecutive = json::array();
+  for (int64_t l = 1; l < s.cosine.size(0); ++l)
+    consecutive.push_back({{"layers", {l - 1, l}}, {"cosine", s.cosine[l - 1][l].item<double>()},
+                           {"js", s.js[l - 1][l].item<double>()}});
+  return {{"cosine", to_matrix(s.cosine)}, {"js", to_matrix(s.js)}, {"rows", s.rows}, {"consecutive", consecutive}};
+}
+
+void write_similarity_pictures(const std::string& dir, const AttentionSimilarity& s, const std::string& model) {
+  std::vector<std::string> ticks;
+  for (int64_t l = 0; l < s.cosine.size(0); ++l) ticks.push_back("L" + std::to_string(l));
+  svg::HeatmapOptions options;
+  options.x_label = "layer";
+  options.y_label = "layer";
+  options.x_ticks = options.y_ticks = ticks;
+  options.annotate = true;
+  options.title = "Attention-map similarity across layers (mean cosine of rows), " + model;
+  options.colorbar_label = "cosine";
+  svg::write(dir + "/attention_similarity.svg", svg::heatmap(to_matrix(s.cosine), options));
+  options.title = "Attention-map divergence across layers (mean Jensen-Shannon, nats), " + model;
+  options.colorbar_label = "JS divergence";
+  options.vmin = 0.0;
+  svg::write(dir + "/attention_js.svg", svg::heatmap(to_matrix(s.js), options));
 }
 
 }  // namespace
@@ -237,6 +280,8 @@ ConvertOptions convert_options_from_json(const json& j, const std::string& where
   try {
     read_key(j, "method", o.method, seen);
     read_key(j, "budget", o.budget, seen);
+    read_key(j, "share_spans", o.share_spans, seen);
+    read_key(j, "analyze_attention", o.analyze_attention, seen);
     read_key(j, "calib", o.calib, seen);
     read_key(j, "eval_text", o.eval_text, seen);
     read_key(j, "heldout", o.heldout, seen);
@@ -269,6 +314,7 @@ ConvertOptions convert_options_from_json(const json& j, const std::string& where
 
 json convert_options_to_json(const ConvertOptions& o) {
   return {{"method", o.method},         {"budget", o.budget},
+          {"share_spans", o.share_spans}, {"analyze_attention", o.analyze_attention},
           {"calib", o.calib},           {"eval_text", o.eval_text},
           {"heldout", o.heldout},       {"eval_docs", o.eval_docs},
           {"seed", o.seed},             {"device", o.device},
@@ -287,11 +333,16 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
                            const std::string& out_dir, bool force, const ConvertOptions& o) {
   const auto wall_start = std::chrono::steady_clock::now();
   // ---- every check before any work --------------------------------------------
-  if (o.method != "dha" && o.method != "gqa" && o.method != "aligned-gqa")
-    fail("--method \"", o.method, "\" is not one of dha, gqa, aligned-gqa");
+  if (o.method != "dha" && o.method != "gqa" && o.method != "aligned-gqa" && o.method != "shared-attention")
+    fail("--method \"", o.method, "\" is not one of dha, gqa, aligned-gqa, shared-attention");
+  const bool shared_only = o.method == "shared-attention";
+  if (o.method == "aligned-gqa" && !o.share_spans.empty())
+    fail("--share-spans combines with --method dha, gqa or shared-attention, not aligned-gqa");
   if (o.measure != "weight" && o.measure != "activation" && o.measure != "fusion")
     fail("--measure \"", o.measure, "\" is not one of weight, activation, fusion");
   const ExportFormat export_format = parse_export_format(o.export_format);
+  if ((shared_only || !o.share_spans.empty()) && export_format != ExportFormat::kDha)
+    fail("--export ", o.export_format, ": layers that share attention can only be written in the dha format (--export dha)");
   if (out_dir.empty()) fail("--out DIR is required");
   if (fs::exists(out_dir) && !force) fail(out_dir, ": already exists (pass --force to overwrite)");
   if (o.calib.empty()) fail("no calibration text: pass --calib FILE (e.g. ../shared/data/text/tinystories_train_sample.txt)");
@@ -305,14 +356,29 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
 
   io::LoadedModel loaded = io::load_model(model_path, tokenizer_path, /*need_tokenizer=*/true);
   const ModelConfig source_config = loaded.model->config();
-  const int64_t target = budget_heads(source_config, o.budget);
-  const int64_t n_pools = 2 * source_config.n_layers;
-  if (o.method != "dha" && target % n_pools != 0)
-    fail("--method ", o.method, " puts the same number of heads in every pool: budget ", o.budget, " gives ", target,
-         " heads over ", n_pools, " pools, not a whole number");
-  if (o.method != "dha") contiguous_grouping(source_config, target / n_pools);  // divisibility check
-  if (o.uniform && target % n_pools != 0)
-    fail("--uniform: budget ", o.budget, " gives ", target, " heads over ", n_pools, " pools, not a whole number");
+  std::vector<LayerSpan> spans;
+  if (!o.share_spans.empty()) spans = parse_share_spans(o.share_spans, source_config.n_layers);
+  // Head sharing runs on the model with its spans applied: the budget counts
+  // their removed key heads, and their key pools take no heads.
+  ModelConfig shared_config = source_config;
+  for (const auto& [first, last] : spans)
+    for (int64_t l = first; l <= last; ++l) shared_config.layout.k_map[l].clear();
+  int64_t target = 0;
+  if (shared_only) {
+    // Fails when no choice of spans reaches the budget; that does not depend on the similarities.
+    if (spans.empty() && !o.analyze_attention)
+      choose_share_spans(source_config, torch::zeros({source_config.n_layers, source_config.n_layers}), o.budget);
+  } else if (!o.analyze_attention) {
+    target = budget_heads(shared_config, o.budget);
+    int64_t n_pools = 0;
+    for (int64_t l = 0; l < source_config.n_layers; ++l) n_pools += shared_config.layout.shares_attention(l) ? 1 : 2;
+    if (o.method != "dha" && target % n_pools != 0)
+      fail("--method ", o.method, " puts the same number of heads in every pool: budget ", o.budget, " gives ", target,
+           " heads over ", n_pools, " pools, not a whole number");
+    if (o.method != "dha") contiguous_grouping(shared_config, target / n_pools);  // divisibility check
+    if (o.uniform && target % n_pools != 0)
+      fail("--uniform: budget ", o.budget, " gives ", target, " heads over ", n_pools, " pools, not a whole number");
+  }
   const int64_t seq_len = o.seq_len > 0 ? std::min(o.seq_len, source_config.max_seq_len) : source_config.max_seq_len;
 
   // Calibration tokens: the documents of each file; its last `heldout` share is
@@ -346,6 +412,25 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   source->to(device);
   const torch::Tensor probe = sampler.batch({}, 0, o.batch).to(device);
 
+  std::optional<AttentionSimilarity> similarity;
+  if (o.analyze_attention || shared_only || !spans.empty()) {
+    clock.start("attention similarity");
+    similarity = measure_attention_similarity(source, analysis_batches(sampler, o.batch, seq_len, device));
+    report["attention_similarity"] = similarity_report(*similarity);
+    write_similarity_pictures(staged.path(), *similarity, fs::path(model_path).filename().string());
+    clock.stop(stages);
+  }
+  if (o.analyze_attention) {
+    report["method"] = "analyze-attention";
+    report["stages"] = stages;
+    io::write_file_atomic(staged.file("report.json"), report.dump(2) + "\n");
+    staged.commit();
+    return {report, out_dir};
+  }
+  if (shared_only && spans.empty()) spans = choose_share_spans(source_config, similarity->cosine, o.budget);
+  if (!spans.empty()) report["shared_spans"] = format_spans(spans);
+  if (shared_only) report.erase("target_heads");
+
   clock.start("measure source");
   const Measurement before = measure(source, probe, heldout, o.eval_docs);
   clock.stop(stages);
@@ -354,15 +439,24 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   clock.start("search");
   Checkpoint source_ck = source->to_checkpoint(torch::kFloat32);
   source_ck.storage_dtype = loaded.checkpoint.storage_dtype;
+  std::optional<Measurement> after_sharing;
+  if (!spans.empty()) {
+    source_ck = share_attention(source_ck, spans);
+    Llama shared = make_model(source_ck, "shared attention");
+    shared->to(device);
+    after_sharing = measure(shared, probe, heldout, o.eval_docs);
+  }
   Grouping grouping;
   std::vector<torch::Tensor> costs;
   json search_report = json::object();
-  if (o.method == "dha") {
+  if (shared_only) {
+    // Nothing to search: the spans are the conversion.
+  } else if (o.method == "dha") {
     int64_t have = 0;
     for (int64_t l = 0; l < source_config.n_layers; ++l)
-      have += source_config.layout.n_k_heads(l) + source_config.layout.n_v_heads(l);
+      have += shared_config.layout.n_k_heads(l) + shared_config.layout.n_v_heads(l);
     Checkpoint current = source_ck;
-    grouping = identity_grouping(source_config);
+    grouping = identity_grouping(shared_config);
     for (int64_t round = 1; round <= o.rounds; ++round) {
       // Progressive: the head count falls linearly to the target over the rounds.
       const int64_t round_target = have - (have - target) * round / o.rounds;
@@ -379,9 +473,11 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
       fs::remove_all(staged.file("search-round" + std::to_string(round)) + "/checkpoints");
     }
   } else {
-    grouping = contiguous_grouping(source_config, target / n_pools);
+    int64_t n_pools = 0;
+    for (int64_t l = 0; l < source_config.n_layers; ++l) n_pools += shared_config.layout.shares_attention(l) ? 1 : 2;
+    grouping = contiguous_grouping(shared_config, target / n_pools);
   }
-  search_report["groups"] = grouping;
+  if (!shared_only) search_report["groups"] = grouping;
   clock.stop(stages);
 
   // ---- stage 2 and 3: fusion (or pooling) and collapse -----------------------------
@@ -390,7 +486,9 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   bool have_fusion_stage = false;
   std::vector<FusionRecord> records;
   json fusion_report = json::object();
-  if (o.method == "dha" && o.fusion && o.fusion_steps > 0) {
+  if (shared_only) {
+    collapsed = source_ck;
+  } else if (o.method == "dha" && o.fusion && o.fusion_steps > 0) {
     clock.start("fusion");
     Llama model = make_model(source_ck, "fusion");
     model->to(device);
@@ -474,6 +572,7 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
                                   {"after", collapsed.config.kv_bytes_per_token(2)}};
   report["head_budget"] = {{"before", source_config.head_budget()}, {"after", collapsed.config.head_budget()}};
   report["before_search"] = measurement_json(before);
+  if (after_sharing) report["after_sharing"] = measurement_json(*after_sharing);
   if (have_fusion_stage) report["after_fusion"] = measurement_json(after_fusion);
   report["after_collapse"] = measurement_json(after);
   report["heldout_docs"] = std::min<int64_t>(o.eval_docs > 0 ? o.eval_docs : heldout.size(), heldout.size());

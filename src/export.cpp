@@ -30,6 +30,9 @@ const char* export_format_name(ExportFormat f) {
 Checkpoint export_checkpoint(const Checkpoint& model, ExportFormat format) {
   if (format == ExportFormat::kDha) return model;
   const ModelConfig& c = model.config;
+  if (!c.layout.shared_spans().empty())
+    fail("--export ", export_format_name(format), ": layers share attention (", describe_layout(c),
+         "), which only the dha format can hold; export dha");
   Checkpoint out = model;
   torch::NoGradGuard no_grad;
   for (int64_t l = 0; l < c.n_layers; ++l) {

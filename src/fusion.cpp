@@ -15,8 +15,10 @@ std::string proj_name(const PoolId& p) {
 }  // namespace
 
 torch::Tensor pool_weights(const Checkpoint& checkpoint, const PoolId& pool) {
+  const ModelConfig& c = checkpoint.config;
+  if (!pool.value && c.layout.shares_attention(pool.layer)) return torch::zeros({0, c.head_dim, c.dim});
   const torch::Tensor w = checkpoint.tensors.at(proj_name(pool));
-  return w.view({-1, checkpoint.config.head_dim, checkpoint.config.dim});
+  return w.view({-1, c.head_dim, c.dim});
 }
 
 Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
@@ -27,6 +29,7 @@ Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
   out.config.layout = apply_grouping(source.config.layout, grouping);
   torch::NoGradGuard no_grad;
   for (size_t p = 0; p < pools.size(); ++p) {
+    if (grouping[p].empty()) continue;  // the key pool of a layer that shares attention
     const torch::Tensor w = effective.empty() ? pool_weights(source, pools[p]) : effective[p];
     std::vector<torch::Tensor> heads;
     for (const auto& group : grouping[p])
@@ -72,8 +75,11 @@ FusionTask::FusionTask(Llama model, Grouping grouping, int64_t total_steps, cons
 
 torch::Tensor FusionTask::pool_weight(const PoolId& pool) {
   auto& attention = *model_->model->layers[pool.layer]->as<DecoderLayer>()->self_attn;
+  const int64_t head_dim = model_->config().head_dim, dim = model_->config().dim;
+  if (!pool.value && attention.shares_attention())
+    return torch::zeros({0, head_dim, dim}, attention.v_proj->weight.options());
   const torch::Tensor w = pool.value ? attention.v_proj->weight : attention.k_proj->weight;
-  return w.view({-1, model_->config().head_dim, model_->config().dim});
+  return w.view({-1, head_dim, dim});
 }
 
 torch::Tensor FusionTask::fused_pool(size_t p, const torch::Tensor& w) {
@@ -146,6 +152,7 @@ void FusionTask::set_overrides(const std::vector<torch::Tensor>& fused) {
   const int64_t dim = model_->config().dim;
   for (size_t p = 0; p < pools_.size(); ++p) {
     auto& attention = *model_->model->layers[pools_[p].layer]->as<DecoderLayer>()->self_attn;
+    if (!pools_[p].value && attention.shares_attention()) continue;
     (pools_[p].value ? attention.v_weight_override : attention.k_weight_override) = fused[p].reshape({-1, dim});
   }
 }

@@ -60,39 +60,61 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t layer)
     : n_heads_(c.n_heads),
       n_k_heads_(c.layout.n_k_heads(layer)),
       n_v_heads_(c.layout.n_v_heads(layer)),
-      head_dim_(c.head_dim) {
-  q_proj = register_module("q_proj", linear(c.dim, n_heads_ * head_dim_));
-  k_proj = register_module("k_proj", linear(c.dim, n_k_heads_ * head_dim_));
+      head_dim_(c.head_dim),
+      shares_(c.layout.shares_attention(layer)) {
+  if (!shares_) {
+    q_proj = register_module("q_proj", linear(c.dim, n_heads_ * head_dim_));
+    k_proj = register_module("k_proj", linear(c.dim, n_k_heads_ * head_dim_));
+  }
   v_proj = register_module("v_proj", linear(c.dim, n_v_heads_ * head_dim_));
   o_proj = register_module("o_proj", linear(n_heads_ * head_dim_, c.dim));
-  k_map = register_buffer("k_map", map_tensor(c.layout.k_map[layer]));
+  if (!shares_) k_map = register_buffer("k_map", map_tensor(c.layout.k_map[layer]));
   v_map = register_buffer("v_map", map_tensor(c.layout.v_map[layer]));
 }
 
 torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start,
-                                     torch::Tensor cache_k, torch::Tensor cache_v) {
+                                     torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities) {
   const int64_t b = x.size(0), t = x.size(1);
   auto heads = [&](const torch::Tensor& y, int64_t n) {
     return y.view({b, t, n, head_dim_}).transpose(1, 2);  // [B, n, T, d_h]
   };
-  const torch::Tensor k_weight = k_weight_override.defined() ? k_weight_override : k_proj->weight;
   const torch::Tensor v_weight = v_weight_override.defined() ? v_weight_override : v_proj->weight;
-  torch::Tensor q = rope->apply(heads(q_proj(x), n_heads_), start);
-  torch::Tensor k = heads(torch::nn::functional::linear(x, k_weight), n_k_heads_);
   torch::Tensor v = heads(torch::nn::functional::linear(x, v_weight), n_v_heads_);
   if (capture) {
-    captured_keys = k.detach();
+    captured_keys = torch::Tensor();
     captured_values = v.detach();
   }
+  if (cache_v.defined()) {
+    cache_v.narrow(2, start, t).copy_(v);
+    v = cache_v.narrow(2, 0, start + t).to(x.scalar_type());
+  }
+  auto output = [&](const torch::Tensor& o) {
+    return o_proj(o.transpose(1, 2).reshape({b, t, n_heads_ * head_dim_}));
+  };
+  if (shares_) {
+    if (!probabilities.defined() || probabilities.size(2) != t || probabilities.size(3) != v.size(2))
+      fail("attention: a layer that shares attention got no matching probabilities from its source layer");
+    if (capture_probabilities) captured_probabilities = probabilities.detach();
+    return output(apply_attention_probabilities(probabilities, v, v_map));
+  }
+
+  const torch::Tensor k_weight = k_weight_override.defined() ? k_weight_override : k_proj->weight;
+  torch::Tensor q = rope->apply(heads(q_proj(x), n_heads_), start);
+  torch::Tensor k = heads(torch::nn::functional::linear(x, k_weight), n_k_heads_);
+  if (capture) captured_keys = k.detach();
   k = rope->apply(k, start);
   if (cache_k.defined()) {
     cache_k.narrow(2, start, t).copy_(k);
-    cache_v.narrow(2, start, t).copy_(v);
     k = cache_k.narrow(2, 0, start + t).to(q.scalar_type());
-    v = cache_v.narrow(2, 0, start + t).to(q.scalar_type());
   }
-  const torch::Tensor o = grouped_attention(q, k, v, k_map, v_map, /*causal=*/true);
-  return o_proj(o.transpose(1, 2).reshape({b, t, n_heads_ * head_dim_}));
+  if (emits_probabilities || capture_probabilities) {
+    // Materialised: P goes on to the sharing layers (or to the analysis).
+    const torch::Tensor p = attention_probabilities(q, k, k_map, /*causal=*/true);
+    if (capture_probabilities) captured_probabilities = p.detach();
+    if (emits_probabilities) probabilities = p;
+    return output(apply_attention_probabilities(p, v, v_map).to(q.scalar_type()));
+  }
+  return output(grouped_attention(q, k, v, k_map, v_map, /*causal=*/true));
 }
 
 MlpImpl::MlpImpl(int64_t dim, int64_t hidden_dim) {
@@ -113,8 +135,8 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start,
-                                        torch::Tensor cache_k, torch::Tensor cache_v) {
-  const torch::Tensor h = x + self_attn(input_layernorm(x), rope, start, cache_k, cache_v);
+                                        torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities) {
+  const torch::Tensor h = x + self_attn->forward(input_layernorm(x), rope, start, cache_k, cache_v, probabilities);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -131,6 +153,9 @@ LlamaImpl::LlamaImpl(const ModelConfig& config) : config_(config) {
   if (!config_.tied_embeddings)
     lm_head = register_module("lm_head", linear(config_.dim, config_.vocab_size));
   rope_ = register_module("rotary", Rope(config_.head_dim, config_.max_seq_len, config_.rope_theta));
+  for (int64_t l = 0; l + 1 < config_.n_layers; ++l)
+    if (config_.layout.shares_attention(l + 1) && !config_.layout.shares_attention(l))
+      model->layers[l]->as<DecoderLayer>()->self_attn->emits_probabilities = true;
   torch::NoGradGuard no_grad;
   for (auto& p : parameters()) p.zero_();
 }
@@ -148,10 +173,11 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
       fail("forward: batch ", b, " does not match the KV cache batch ", cache->k.front().size(0));
   }
   torch::Tensor h = model->embed_tokens(tokens);
+  torch::Tensor probabilities;  // handed from a source layer to the layers that share its attention
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     torch::Tensor ck, cv;
     if (cache) ck = cache->k[l], cv = cache->v[l];
-    h = model->layers[l]->as<DecoderLayer>()->forward(h, rope_, start, ck, cv);
+    h = model->layers[l]->as<DecoderLayer>()->forward(h, rope_, start, ck, cv, probabilities);
   }
   h = model->norm(h);
   if (cache) cache->length = start + t;

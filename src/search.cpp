@@ -33,6 +33,10 @@ Grouping contiguous_grouping(const ModelConfig& c, int64_t per_pool) {
   Grouping grouping;
   for (const PoolId& p : all_pools(c.n_layers)) {
     const int64_t n = p.value ? c.layout.n_v_heads(p.layer) : c.layout.n_k_heads(p.layer);
+    if (n == 0) {  // the keys of a layer that shares attention
+      grouping.emplace_back();
+      continue;
+    }
     if (per_pool <= 0 || n % per_pool != 0)
       fail("GQA needs equal contiguous groups: pool ", p.name(), " has ", n, " heads, which ", per_pool,
            " groups cannot split equally; choose a budget giving a divisor of ", n, " heads per pool");
@@ -69,6 +73,7 @@ HeadLayout apply_grouping(const HeadLayout& layout, const Grouping& grouping) {
 torch::Tensor weight_cost(const torch::Tensor& w) {
   // Each head's slice [d_h, d] as d_h features over d inputs, centred over inputs.
   const int64_t n = w.size(0);
+  if (n == 0) return torch::zeros({0, 0}, torch::kFloat64);
   const torch::Tensor x = w.to(torch::kFloat64).transpose(1, 2);  // [n, d, d_h]
   const torch::Tensor centred = x - x.mean(1, true);
   torch::Tensor cost = torch::zeros({n, n}, torch::kFloat64);
@@ -86,6 +91,7 @@ torch::Tensor weight_cost(const torch::Tensor& w) {
 
 torch::Tensor activation_cost(const torch::Tensor& a) {
   const int64_t n = a.size(0);
+  if (n == 0) return torch::zeros({0, 0}, torch::kFloat64);
   const torch::Tensor flat = a.to(torch::kFloat64).reshape({n, -1});
   const torch::Tensor norms = flat.pow(2).sum(1);
   const torch::Tensor distances = torch::cdist(flat.unsqueeze(0), flat.unsqueeze(0)).squeeze(0).pow(2);
@@ -150,12 +156,12 @@ struct PoolClusters {
 
 Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOptions& options) {
   std::vector<PoolClusters> pools;
-  int64_t total = 0;
+  int64_t total = 0, n_pools = 0;  // n_pools: the pools that have heads (not the keys of a sharing layer)
   for (const auto& c : costs) {
     pools.emplace_back(c);
     total += c.size(0);
+    n_pools += c.size(0) > 0 ? 1 : 0;
   }
-  const int64_t n_pools = static_cast<int64_t>(pools.size());
   if (options.target_total < n_pools)
     fail("a budget of ", options.target_total, " heads is below one head per pool (", n_pools, " pools)");
   if (options.target_total > total)
@@ -167,6 +173,7 @@ Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOpti
            " heads over ", n_pools, " pools is not whole");
     const int64_t per_pool = options.target_total / n_pools;
     for (auto& pool : pools) {
+      if (pool.size() == 0) continue;
       if (pool.size() < per_pool) fail("--uniform: a pool has fewer than ", per_pool, " heads");
       while (pool.size() > per_pool) {
         const auto [cost, a, b] = pool.cheapest(options.max_group_size);
@@ -197,14 +204,15 @@ int64_t budget_heads(const ModelConfig& c, double budget) {
   if (!(budget > 0.0 && budget <= 1.0)) fail("--budget ", budget, " must be in (0, 1]");
   const int64_t full = 2 * c.n_layers * c.n_heads;
   const int64_t target = std::llround(budget * static_cast<double>(full));
-  const int64_t pools = 2 * c.n_layers;
+  int64_t pools = 0;  // pools with heads: a layer that shares attention has no key pool
+  for (int64_t l = 0; l < c.n_layers; ++l) pools += c.layout.shares_attention(l) ? 1 : 2;
   if (target < pools)
     fail("--budget ", budget, " keeps ", target, " of ", full, " heads, below one head per pool (", pools,
          " pools need at least ", static_cast<double>(pools) / full, ")");
   int64_t have = 0;
   for (int64_t l = 0; l < c.n_layers; ++l) have += c.layout.n_k_heads(l) + c.layout.n_v_heads(l);
   if (target > have)
-    fail("--budget ", budget, " keeps ", target, " heads but the source has only ", have, " K/V heads (budget ",
+    fail("--budget ", budget, " keeps ", target, " heads but the model has only ", have, " K/V heads (budget ",
          static_cast<double>(have) / full, "); choose a smaller budget");
   return target;
 }

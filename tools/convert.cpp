@@ -1,5 +1,6 @@
-// dha-convert: MHA/GQA checkpoint -> DHA (search, fusion, collapse, export), or
-// the GQA baselines, with report.json and pictures.
+// dha-convert: MHA/GQA checkpoint -> DHA (search, fusion, collapse, export), the
+// GQA baselines or Shared Attention (alone or with head sharing), with
+// report.json and pictures.
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -20,7 +21,13 @@ int main(int argc, char** argv) {
   app.add_flag("--force", force, "replace an existing --out");
   dha::cli::RecipeOptions recipe_keys(app);
   recipe_keys.add("--budget", "budget", d.budget, "kept K+V heads over 2*L*H query heads, in (0, 1]");
-  recipe_keys.add("--method", "method", d.method, "dha | gqa (mean pooling) | aligned-gqa (Procrustes, then merge)");
+  recipe_keys.add("--method", "method", d.method,
+                  "dha | gqa (mean pooling) | aligned-gqa (Procrustes, then merge) | shared-attention");
+  recipe_keys.add("--share-spans", "share_spans", d.share_spans,
+                  "layers A-B,C-D reuse the attention of the layer before each span (shared-attention: "
+                  "default chosen for --budget; dha/gqa: applied first, the budget counts the removed keys)");
+  recipe_keys.add_flag("--analyze-attention", "analyze_attention", true,
+                       "only measure cross-layer attention-map similarity: report.json and heatmaps, no model");
   recipe_keys.add("--calib", "calib", d.calib, "calibration text files (search, fusion, statistics)");
   recipe_keys.add("--eval-text", "eval_text", d.eval_text, "held-out text (default: the last --heldout of each calibration file)");
   recipe_keys.add("--heldout", "heldout", d.heldout, "share of each calibration file held out for evaluation");
@@ -50,11 +57,23 @@ int main(int argc, char** argv) {
         dha::convert_options_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
     const dha::ConvertSummary s = dha::run_convert(model_path, tokenizer_path, out_dir, force, options);
     const auto& r = s.report;
+    if (options.analyze_attention) {
+      std::printf("%s: attention-map similarity of consecutive layers -> %s\n", model_path.c_str(), out_dir.c_str());
+      std::printf("layers  cosine  JS (nats)\n");
+      for (const auto& c : r["attention_similarity"]["consecutive"])
+        std::printf("%2lld-%-3lld  %.4f  %.4f\n", c["layers"][0].get<long long>(), c["layers"][1].get<long long>(),
+                    c["cosine"].get<double>(), c["js"].get<double>());
+      return 0;
+    }
     std::printf("%s: %s at budget %.4g -> %s\n", model_path.c_str(), options.method.c_str(), options.budget,
                 out_dir.c_str());
+    if (r.contains("shared_spans"))
+      std::printf("shared spans       %s\n", r["shared_spans"].get<std::string>().c_str());
     std::printf("KV bytes/token     %lld -> %lld\n", r["kv_bytes_per_token"]["before"].get<long long>(),
                 r["kv_bytes_per_token"]["after"].get<long long>());
     std::printf("held-out NLL       source %.4f", r["before_search"]["heldout_nll"].get<double>());
+    if (r.contains("after_sharing") && options.method != "shared-attention")
+      std::printf(", after sharing %.4f", r["after_sharing"]["heldout_nll"].get<double>());
     if (r.contains("after_fusion")) std::printf(", after fusion %.4f", r["after_fusion"]["heldout_nll"].get<double>());
     std::printf(", converted %.4f\n", r["after_collapse"]["heldout_nll"].get<double>());
     std::printf("wall time          %.1f s\n", r["wall_seconds"].get<double>());

@@ -57,11 +57,22 @@ int main(int argc, char** argv) {
     std::printf("parameters:     %lld\n", static_cast<long long>(c.parameter_count()));
     std::printf("KV bytes/token: %lld (bf16 cache), head budget %.4f of MHA\n",
                 static_cast<long long>(c.kv_bytes_per_token(2)), c.head_budget());
+    const auto spans = c.layout.shared_spans();
+    if (!spans.empty()) {
+      std::printf("shared attention:");
+      for (const auto& [first, last] : spans)
+        std::printf(" layers %lld-%lld use layer %lld's", (long long)first, (long long)last,
+                    (long long)c.layout.attention_source(first));
+      std::printf(" (no queries, keys or key cache of their own)\n");
+    }
     std::printf("layer  H_K  H_V  key groups | value groups\n");
-    for (int64_t l = 0; l < c.n_layers; ++l)
+    for (int64_t l = 0; l < c.n_layers; ++l) {
+      const std::string keys = c.layout.shares_attention(l)
+                                   ? "attention of layer " + std::to_string(c.layout.attention_source(l))
+                                   : groups(c.layout.k_map[l]);
       std::printf("%5lld %4lld %4lld  %s | %s\n", (long long)l, (long long)c.layout.n_k_heads(l),
-                  (long long)c.layout.n_v_heads(l), groups(c.layout.k_map[l]).c_str(),
-                  groups(c.layout.v_map[l]).c_str());
+                  (long long)c.layout.n_v_heads(l), keys.c_str(), groups(c.layout.v_map[l]).c_str());
+    }
     return 0;
   });
 }

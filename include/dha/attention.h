@@ -39,6 +39,17 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> grouped_attention_backwa
     const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse,
     const torch::Tensor& k_map, const torch::Tensor& v_map, bool causal);
 
+// Shared Attention (method.md §4.3) passes attention probabilities from one
+// layer to the next, so they are materialised here, with plain differentiable
+// ops on any device.
+// q [B, H, T_q, d_h], k [B, H_K, T_k, d_h] (post-RoPE) -> P [B, H, T_q, T_k],
+// float64 for float64 inputs and float32 otherwise; masked as grouped_attention.
+torch::Tensor attention_probabilities(const torch::Tensor& q, const torch::Tensor& k,
+                                      const torch::Tensor& k_map, bool causal);
+// P [B, H, T_q, T_k] and v [B, H_V, T_k, d_h] -> [B, H, T_q, d_h] in v's dtype.
+torch::Tensor apply_attention_probabilities(const torch::Tensor& p, const torch::Tensor& v,
+                                            const torch::Tensor& v_map);
+
 namespace reference {
 
 // The same three functions written with plain tensor ops on any device: the

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -13,6 +14,13 @@ namespace dha {
 // For query head i of layer l, k_map[l][i] is the key head it reads and
 // v_map[l][i] the value head. Each map is onto 0..H_K[l]-1 (resp. H_V[l]-1);
 // groups may be unequal and non-contiguous.
+//
+// Shared Attention (method.md §4.3): an empty k_map row marks a layer that
+// reuses the attention probabilities of its source, the last earlier layer that
+// has keys. Such a layer has no query or key projection and no key cache
+// (H_K[l] = 0); it keeps its own values and output projection. Layer 0 never shares.
+using LayerSpan = std::pair<int64_t, int64_t>;  // first and last layer, inclusive
+
 struct HeadLayout {
   std::vector<std::vector<int64_t>> k_map;  // [L][H]
   std::vector<std::vector<int64_t>> v_map;  // [L][H]
@@ -24,11 +32,17 @@ struct HeadLayout {
   int64_t n_layers() const { return static_cast<int64_t>(k_map.size()); }
   int64_t n_k_heads(int64_t layer) const;  // H_K[l]
   int64_t n_v_heads(int64_t layer) const;  // H_V[l]
+  bool shares_attention(int64_t layer) const { return k_map.at(layer).empty(); }
+  // The layer whose attention probabilities `layer` uses (itself unless it shares).
+  int64_t attention_source(int64_t layer) const;
+  // Maximal runs of consecutive sharing layers, in order.
+  std::vector<LayerSpan> shared_spans() const;
   // The KV-head count when this is plain GQA (same contiguous equal groups for K
   // and V in every layer), else 0.
   int64_t uniform_gqa_kv_heads() const;
-  // Throws dha::Error naming `where` unless both maps have L rows of H entries,
-  // every entry is in range and every map is onto.
+  // Throws dha::Error naming `where` unless both maps have L rows of H entries
+  // (k_map rows of sharing layers: none), every entry is in range, every map
+  // is onto and layer 0 has keys.
   void validate(int64_t n_layers, int64_t n_heads, const std::string& where) const;
 
   bool operator==(const HeadLayout& other) const {

@@ -11,8 +11,14 @@
 namespace dha {
 
 struct ConvertOptions {
-  std::string method = "dha";      // dha | gqa | aligned-gqa
+  std::string method = "dha";      // dha | gqa | aligned-gqa | shared-attention
   double budget = 0.25;            // rho: kept K+V heads over 2 L H
+  // Shared Attention (method.md §4.3): "A-B,C-D" layer spans that reuse the
+  // attention of the layer before the span. With shared-attention, empty means
+  // "chosen for --budget"; with dha or gqa, the spans are applied first and the
+  // budget counts their removed key heads.
+  std::string share_spans;
+  bool analyze_attention = false;  // only measure cross-layer attention similarity (no model written)
   std::vector<std::string> calib;  // calibration text files
   std::string eval_text;           // held-out text; default: the last `heldout` of each calibration file
   double heldout = 0.05;

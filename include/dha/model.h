@@ -20,7 +20,8 @@
 namespace dha {
 
 // Per layer: k [B, H_K[l], capacity, d_h], v [B, H_V[l], capacity, d_h];
-// positions [0, length) are filled.
+// positions [0, length) are filled. A layer that shares attention has H_K = 0:
+// its k entry holds no elements.
 struct KVCache {
   std::vector<torch::Tensor> k;
   std::vector<torch::Tensor> v;
@@ -59,21 +60,36 @@ class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& config, int64_t layer);
   // x: [B, T, d]; cache_k/cache_v: this layer's cache or undefined.
+  // probabilities: for a sharing layer, the source's attention probabilities
+  // [B, H, T, T_k] (read); for a layer that emits them, written here.
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start,
-                        torch::Tensor cache_k, torch::Tensor cache_v);
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
-  torch::Tensor k_map, v_map;  // int64 [H] buffers
+                        torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities);
+  // Null in a layer that shares attention (it has no queries or keys).
+  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr};
+  torch::nn::Linear v_proj{nullptr}, o_proj{nullptr};
+  torch::Tensor k_map, v_map;  // int64 [H] buffers (k_map undefined when sharing)
+
+  bool shares_attention() const { return shares_; }
+  // Set on the source layer of a shared span: it materialises its attention
+  // probabilities (instead of the fused op) and hands them on.
+  bool emits_probabilities = false;
+  // When set, forward() keeps this layer's attention probabilities (the
+  // cross-layer similarity analysis of Shared Attention).
+  bool capture_probabilities = false;
+  torch::Tensor captured_probabilities;
 
   // Used instead of k_proj/v_proj's weights when defined: the fusion stage of
   // dha-convert feeds effective (operator-mixed) weights through here.
   torch::Tensor k_weight_override, v_weight_override;
   // When set, forward() keeps this layer's keys before RoPE and values,
-  // [B, H_K, T, d_h] and [B, H_V, T, d_h] (calibration statistics).
+  // [B, H_K, T, d_h] and [B, H_V, T, d_h] (calibration statistics; no keys
+  // for a sharing layer).
   bool capture = false;
   torch::Tensor captured_keys, captured_values;
 
  private:
   int64_t n_heads_, n_k_heads_, n_v_heads_, head_dim_;
+  bool shares_;
 };
 TORCH_MODULE(Attention);
 
@@ -89,7 +105,7 @@ class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& config, int64_t layer);
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start,
-                        torch::Tensor cache_k, torch::Tensor cache_v);
+                        torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
   Mlp mlp{nullptr};
