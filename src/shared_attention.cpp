@@ -99,11 +99,16 @@ AttentionSimilarity measure_attention_similarity(Llama& model, const std::vector
   out.cosine = torch::zeros({n_layers, n_layers}, torch::kFloat64);
   out.js = torch::zeros({n_layers, n_layers}, torch::kFloat64);
   for (int64_t l = 0; l < n_layers; ++l) attention(l).capture_probabilities = true;
-  for (const torch::Tensor& batch : batches) {
-    model->forward(batch);
+  // One sequence at a time: L x [H, T, T] probabilities fit where
+  // L x [B, H, T, T] may not (a large model).
+  std::vector<torch::Tensor> sequences;
+  for (const torch::Tensor& batch : batches)
+    for (int64_t i = 0; i < batch.size(0); ++i) sequences.push_back(batch.narrow(0, i, 1));
+  for (const torch::Tensor& sequence : sequences) {
+    model->forward(sequence);
     // float64: in float32, (p + q) / 2 of two tiny probabilities can flush to
     // zero where p does not, and the divergence would read infinite.
-    std::vector<torch::Tensor> p(n_layers);  // [B, H, T, T]
+    std::vector<torch::Tensor> p(n_layers);  // [1, H, T, T]
     for (int64_t l = 0; l < n_layers; ++l) {
       p[l] = attention(l).captured_probabilities.to(torch::kFloat64);
       attention(l).captured_probabilities = torch::Tensor();
