@@ -370,8 +370,7 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
       choose_share_spans(source_config, torch::zeros({source_config.n_layers, source_config.n_layers}), o.budget);
   } else if (!o.analyze_attention) {
     target = budget_heads(shared_config, o.budget);
-    int64_t n_pools = 0;
-    for (int64_t l = 0; l < source_config.n_layers; ++l) n_pools += shared_config.layout.shares_attention(l) ? 1 : 2;
+    const int64_t n_pools = pools_with_heads(shared_config);
     if (o.method != "dha" && target % n_pools != 0)
       fail("--method ", o.method, " puts the same number of heads in every pool: budget ", o.budget, " gives ", target,
            " heads over ", n_pools, " pools, not a whole number");
@@ -436,16 +435,20 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   clock.stop(stages);
 
   // ---- stage 1: grouping ---------------------------------------------------------
-  clock.start("search");
   Checkpoint source_ck = source->to_checkpoint(torch::kFloat32);
   source_ck.storage_dtype = loaded.checkpoint.storage_dtype;
-  std::optional<Measurement> after_sharing;
+  std::optional<Measurement> after_sharing;  // before head sharing, when both are combined
   if (!spans.empty()) {
+    clock.start("share attention");
     source_ck = share_attention(source_ck, spans);
-    Llama shared = make_model(source_ck, "shared attention");
-    shared->to(device);
-    after_sharing = measure(shared, probe, heldout, o.eval_docs);
+    if (!shared_only) {
+      Llama shared = make_model(source_ck, "shared attention");
+      shared->to(device);
+      after_sharing = measure(shared, probe, heldout, o.eval_docs);
+    }
+    clock.stop(stages);
   }
+  clock.start("search");
   Grouping grouping;
   std::vector<torch::Tensor> costs;
   json search_report = json::object();
@@ -473,9 +476,7 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
       fs::remove_all(staged.file("search-round" + std::to_string(round)) + "/checkpoints");
     }
   } else {
-    int64_t n_pools = 0;
-    for (int64_t l = 0; l < source_config.n_layers; ++l) n_pools += shared_config.layout.shares_attention(l) ? 1 : 2;
-    grouping = contiguous_grouping(shared_config, target / n_pools);
+    grouping = contiguous_grouping(shared_config, target / pools_with_heads(shared_config));
   }
   if (!shared_only) search_report["groups"] = grouping;
   clock.stop(stages);

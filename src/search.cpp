@@ -18,6 +18,12 @@ std::vector<PoolId> all_pools(int64_t n_layers) {
   return pools;
 }
 
+int64_t pools_with_heads(const ModelConfig& c) {
+  int64_t pools = 0;
+  for (int64_t l = 0; l < c.n_layers; ++l) pools += c.layout.shares_attention(l) ? 1 : 2;
+  return pools;
+}
+
 Grouping identity_grouping(const ModelConfig& c) {
   Grouping grouping;
   for (const PoolId& p : all_pools(c.n_layers)) {
@@ -204,8 +210,7 @@ int64_t budget_heads(const ModelConfig& c, double budget) {
   if (!(budget > 0.0 && budget <= 1.0)) fail("--budget ", budget, " must be in (0, 1]");
   const int64_t full = 2 * c.n_layers * c.n_heads;
   const int64_t target = std::llround(budget * static_cast<double>(full));
-  int64_t pools = 0;  // pools with heads: a layer that shares attention has no key pool
-  for (int64_t l = 0; l < c.n_layers; ++l) pools += c.layout.shares_attention(l) ? 1 : 2;
+  const int64_t pools = pools_with_heads(c);
   if (target < pools)
     fail("--budget ", budget, " keeps ", target, " of ", full, " heads, below one head per pool (", pools,
          " pools need at least ", static_cast<double>(pools) / full, ")");

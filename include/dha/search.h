@@ -23,6 +23,8 @@ struct PoolId {
 
 // The 2L pools in order (L0 K, L0 V, L1 K, ...).
 std::vector<PoolId> all_pools(int64_t n_layers);
+// The pools that have heads: a layer that shares attention has an empty key pool.
+int64_t pools_with_heads(const ModelConfig& config);
 
 // groups[p][g] lists the pool heads (indices into pool p) that form group g.
 // Groups are ordered by their smallest member.
