@@ -138,6 +138,15 @@ TEST(SharedAttention, LayoutJsonMustAgreeWithItself) {
   ModelConfig c = four_layer_config();
   c.layout.k_map[0].clear();
   expect_error_containing([&] { c.validate("config.json"); }, "layer 0 cannot share attention");
+
+  // dha-train --from-scratch takes the same layout: a shared model can be pre-trained.
+  const ModelConfig fresh = dha::model_config_from_json(
+      nlohmann::json::parse(R"({"dim": 32, "n_layers": 3, "n_heads": 4, "hidden_dim": 48, "max_seq_len": 16,
+        "dha": {"k_map": [[0, 0, 1, 1], [], [0, 1, 2, 3]], "v_map": [[0, 1, 2, 3], [0, 0, 0, 0], [0, 1, 2, 3]],
+                "shared_attention": [[1, 1]]}})"),
+      61, "model.json");
+  EXPECT_EQ(fresh.layout.attention_source(1), 0);
+  EXPECT_EQ(fresh.kv_elements_per_token(), (2 + 4 + 0 + 1 + 4 + 4) * 8);
 }
 
 TEST(SharedAttention, KvAndParameterAccounting) {
