@@ -214,10 +214,7 @@ TEST(SharedAttention, SpanSyntaxAndBadSpans) {
 class SharedAttentionCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!fs::exists(dha::test::shared_path("models/stories260K/stories260K.bin")))
-      GTEST_SKIP() << "../shared/models/stories260K is absent";
-    model_ = dha::test::shared_path("models/stories260K/stories260K.bin");
-    tokenizer_ = dha::test::shared_path("models/stories260K/tok512.bin");
+    DHA_REQUIRE_SHARED("models/stories260K/stories260K.bin");
     std::string text;
     for (int i = 0; i < 40; ++i)
       text += "Once upon a time, a little girl named Lily number " + std::to_string(i) + " found a red ball.\n\n";
@@ -232,7 +229,8 @@ class SharedAttentionCli : public ::testing::Test {
     return nlohmann::json::parse(dha::io::read_file(dir + "/report.json"));
   }
   dha::test::TempDir tmp_;
-  std::string model_, tokenizer_;
+  const std::string model_ = dha::test::shared_path("models/stories260K/stories260K.bin");
+  const std::string tokenizer_ = dha::test::shared_path("models/stories260K/tok512.bin");
 };
 
 TEST_F(SharedAttentionCli, ConvertTrainEvaluateGenerateInspect) {
