@@ -158,20 +158,21 @@ HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where) {
   }
   std::vector<LayerSpan> spans;
   if (j.contains("shared_attention")) {
-    try {
-      spans = j.at("shared_attention").get<std::vector<LayerSpan>>();
-    } catch (const nlohmann::json::exception& e) {
-      fail(where, ": \"shared_attention\" must be an array of [first, last] layer pairs (", e.what(), ")");
-    }
+    const auto& list = j.at("shared_attention");
+    bool ok = list.is_array();
+    for (const auto& span : ok ? list : nlohmann::json::array())
+      ok = ok && span.is_array() && span.size() == 2 && span[0].is_number_integer() && span[1].is_number_integer();
+    if (!ok) fail(where, ": \"shared_attention\" must be an array of [first, last] layer pairs, got ", list.dump());
+    spans = list.get<std::vector<LayerSpan>>();
   }
   // The spans and the empty k_map rows must say the same thing.
-  std::vector<bool> in_span(layout.k_map.size(), false);
-  for (const auto& [first, last] : spans)
-    for (int64_t l = first; l <= last; ++l) {
-      if (l < 0 || l >= static_cast<int64_t>(in_span.size()))
-        fail(where, ": shared_attention span [", first, ", ", last, "] is outside layers 0..", in_span.size() - 1);
-      in_span[l] = true;
-    }
+  const int64_t n_layers = static_cast<int64_t>(layout.k_map.size());
+  std::vector<bool> in_span(n_layers, false);
+  for (const auto& [first, last] : spans) {
+    if (first < 0 || last < first || last >= n_layers)
+      fail(where, ": shared_attention span [", first, ", ", last, "] does not fit layers 0..", n_layers - 1);
+    for (int64_t l = first; l <= last; ++l) in_span[l] = true;
+  }
   for (size_t l = 0; l < in_span.size(); ++l)
     if (in_span[l] != layout.k_map[l].empty())
       fail(where, ": layer ", l, in_span[l] ? " is in shared_attention but k_map[" : " is in no shared_attention span but k_map[",

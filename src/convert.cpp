@@ -5,6 +5,7 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <set>
 
@@ -181,7 +182,11 @@ void write_pictures(const std::string& dir, const ModelConfig& source, const Mod
     std::vector<svg::Panel> panels;
     const auto pools = all_pools(source.n_layers);
     for (size_t p = 0; p < pools.size(); ++p) {
-      if (costs[p].size(0) == 0) continue;  // no keys: the layer shares attention
+      if (costs[p].size(0) == 0) {
+        // No keys (the layer shares attention): a blank cell keeps the K/V columns aligned.
+        panels.push_back({"layer " + std::to_string(pools[p].layer) + " keys: shared attention", {{NAN}}});
+        continue;
+      }
       std::vector<std::vector<double>> similarity = to_matrix(1.0 - costs[p]);
       panels.push_back({"layer " + std::to_string(pools[p].layer) + (pools[p].value ? " values" : " keys"), similarity});
     }
@@ -238,11 +243,15 @@ json layout_report(const ModelConfig& c) {
   return layers;
 }
 
-// Calibration batches for the attention-similarity analysis: a few fixed ones.
+// Calibration batches for the attention-similarity analysis: a few fixed
+// ones, at most kAnalysisSeqLen long, since the analysis holds L x [H, T, T]
+// float64 probabilities of one sequence.
+constexpr int64_t kAnalysisSeqLen = 256;
 std::vector<torch::Tensor> analysis_batches(SequenceSampler& sampler, int64_t batch, int64_t seq_len,
                                             const torch::Device& device) {
   std::vector<torch::Tensor> out;
-  for (int64_t i = 0; i < 4; ++i) out.push_back(sampler.batch({}, i * batch, batch).narrow(1, 0, seq_len).to(device));
+  const int64_t t = std::min(seq_len, kAnalysisSeqLen);
+  for (int64_t i = 0; i < 4; ++i) out.push_back(sampler.batch({}, i * batch, batch).narrow(1, 0, t).to(device));
   return out;
 }
 
@@ -340,6 +349,7 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
     fail("--share-spans combines with --method dha, gqa or shared-attention, not aligned-gqa");
   if (o.measure != "weight" && o.measure != "activation" && o.measure != "fusion")
     fail("--measure \"", o.measure, "\" is not one of weight, activation, fusion");
+  if (!(o.budget > 0.0 && o.budget <= 1.0)) fail("--budget ", o.budget, " must be in (0, 1]");
   const ExportFormat export_format = parse_export_format(o.export_format);
   if ((shared_only || !o.share_spans.empty()) && export_format != ExportFormat::kDha)
     fail("--export ", o.export_format, ": layers that share attention can only be written in the dha format (--export dha)");
@@ -356,6 +366,13 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
 
   io::LoadedModel loaded = io::load_model(model_path, tokenizer_path, /*need_tokenizer=*/true);
   const ModelConfig source_config = loaded.model->config();
+  if (!source_config.layout.shared_spans().empty()) {  // a model that already shares attention
+    if (o.method == "aligned-gqa")
+      fail(model_path, ": layers share attention (", describe_layout(source_config),
+           "); aligned-gqa needs every layer's queries and keys");
+    if (export_format != ExportFormat::kDha)
+      fail(model_path, ": layers share attention, which only the dha format can hold (--export dha)");
+  }
   std::vector<LayerSpan> spans;
   if (!o.share_spans.empty()) spans = parse_share_spans(o.share_spans, source_config.n_layers);
   // Head sharing runs on the model with its spans applied: the budget counts
@@ -420,6 +437,8 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
     clock.stop(stages);
   }
   if (o.analyze_attention) {
+    report.erase("budget");
+    report.erase("target_heads");
     report["method"] = "analyze-attention";
     report["stages"] = stages;
     io::write_file_atomic(staged.file("report.json"), report.dump(2) + "\n");
@@ -428,7 +447,10 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   }
   if (shared_only && spans.empty()) spans = choose_share_spans(source_config, similarity->cosine, o.budget);
   if (!spans.empty()) report["shared_spans"] = format_spans(spans);
-  if (shared_only) report.erase("target_heads");
+  if (shared_only) {
+    report.erase("target_heads");
+    if (!o.share_spans.empty()) report.erase("budget");  // the spans were given: no budget was used
+  }
 
   clock.start("measure source");
   const Measurement before = measure(source, probe, heldout, o.eval_docs);

@@ -168,6 +168,7 @@ Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOpti
     total += c.size(0);
     n_pools += c.size(0) > 0 ? 1 : 0;
   }
+  if (n_pools == 0) fail("head grouping: no pool has any heads");
   if (options.target_total < n_pools)
     fail("a budget of ", options.target_total, " heads is below one head per pool (", n_pools, " pools)");
   if (options.target_total > total)

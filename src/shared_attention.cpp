@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "dha/error.h"
@@ -145,14 +146,24 @@ std::vector<LayerSpan> choose_share_spans(const ModelConfig& config, const torch
   const int64_t target = std::llround(budget * static_cast<double>(full));
   HeadLayout layout = config.layout;
   const auto similarity = cosine.to(torch::kFloat64).contiguous();
+  // How alike every sharing layer is to the layer it actually takes attention
+  // from. Sharing layer l also re-points the sharers after it that used l, so
+  // each candidate is scored by the total it leaves, not by its own pair alone.
+  auto total_similarity = [&](const HeadLayout& candidate) {
+    double total = 0.0;
+    for (int64_t l = 1; l < n_layers; ++l)
+      if (candidate.shares_attention(l)) total += similarity[candidate.attention_source(l)][l].item<double>();
+    return total;
+  };
   while (kept_heads(layout) > target) {
     int64_t best = -1;
-    double best_similarity = -1.0;
+    double best_total = -std::numeric_limits<double>::infinity();
     for (int64_t l = 1; l < n_layers; ++l) {
       if (layout.shares_attention(l)) continue;
-      const int64_t source = layout.attention_source(l - 1);
-      const double s = similarity[source][l].item<double>();
-      if (s >= best_similarity) best_similarity = s, best = l;  // ">=": ties go to the later layer
+      HeadLayout candidate = layout;
+      candidate.k_map[l].clear();
+      const double total = total_similarity(candidate);
+      if (total >= best_total) best_total = total, best = l;  // ">=": ties go to the later layer
     }
     if (best < 0) {
       HeadLayout all = config.layout;

@@ -12,6 +12,7 @@
 #include "dha/export.h"
 #include "dha/io/atomic_file.h"
 #include "dha/io/hf_dir.h"
+#include "dha/io/load.h"
 #include "dha/search.h"
 #include "dha/shared_attention.h"
 #include "model_fixtures.h"
@@ -78,9 +79,11 @@ TEST(SharedAttention, GenerationWithCacheEqualsFullForward) {
     const torch::Tensor tokens = dha::test::random_tokens(2, 14, ck.config.vocab_size, 5);
     const torch::Tensor full = model->forward(tokens);
     dha::KVCache cache = model->make_cache(2, 20, torch::kFloat32);
-    // A prefill of 6 positions, then one position at a time.
-    std::vector<torch::Tensor> pieces = {model->forward(tokens.narrow(1, 0, 6), &cache)};
-    for (int64_t t = 6; t < 14; ++t) pieces.push_back(model->forward(tokens.narrow(1, t, 1), &cache));
+    // A prefill of 6 positions, a chunk of 3 (queries offset against the
+    // cached keys), then one position at a time.
+    std::vector<torch::Tensor> pieces = {model->forward(tokens.narrow(1, 0, 6), &cache),
+                                         model->forward(tokens.narrow(1, 6, 3), &cache)};
+    for (int64_t t = 9; t < 14; ++t) pieces.push_back(model->forward(tokens.narrow(1, t, 1), &cache));
     EXPECT_LT((torch::cat(pieces, 1) - full).abs().max().item<double>(), 1e-5) << dha::format_spans(spans);
     // Sharing layers cache no keys: the cache is what the accounting says.
     for (const auto& [first, last] : spans)
@@ -180,6 +183,14 @@ TEST(SharedAttention, SpansForABudgetFollowTheSimilarity) {
   EXPECT_EQ(dha::choose_share_spans(c, cosine, 15.0 / 32), (std::vector<LayerSpan>{{2, 2}}));
   // Two: then layer 3, whose source is now layer 1 (similarity 0.8 > layer 1's 0.2).
   EXPECT_EQ(dha::choose_share_spans(c, cosine, 13.0 / 32), (std::vector<LayerSpan>{{2, 3}}));
+  // Sharing layer 2 would re-point layer 3 (chosen first) to layer 1, which it
+  // does not resemble: the choice counts that and shares layer 1 instead.
+  torch::Tensor chain = torch::eye(4, torch::kFloat64);
+  chain[0][1] = chain[1][0] = 0.5;
+  chain[1][2] = chain[2][1] = 0.6;
+  chain[2][3] = chain[3][2] = 0.9;
+  chain[1][3] = chain[3][1] = 0.1;
+  EXPECT_EQ(dha::choose_share_spans(c, chain, 13.0 / 32), (std::vector<LayerSpan>{{1, 1}, {3, 3}}));
   // The floor: every layer but 0 shares, 2 K + 9 V heads.
   expect_error_containing([&] { dha::choose_share_spans(c, cosine, 10.0 / 32); }, "keeps 11 of 32 heads");
 }
@@ -191,7 +202,6 @@ TEST(SharedAttention, SimilarityOfIdenticalAttentionIsOne) {
   EXPECT_EQ(s.rows, 2 * 2 * 4 * 12);
   EXPECT_NEAR(s.cosine[1][2].item<double>(), 1.0, 1e-6);
   EXPECT_NEAR(s.js[1][2].item<double>(), 0.0, 1e-6);
-  EXPECT_TRUE(torch::allclose(s.cosine, s.cosine.t()));
   EXPECT_TRUE(torch::allclose(s.cosine.diagonal(), torch::ones({4}, torch::kFloat64)));
   EXPECT_LT(s.cosine[0][3].item<double>(), 0.999);
   EXPECT_GT(s.js[0][3].item<double>(), 1e-4);
@@ -270,7 +280,15 @@ TEST_F(SharedAttentionCli, AutomaticSpansCombinedWithDhaAndAnalysisOnly) {
   // Budget 0.4 of 80 heads = 32 of the 40 the model has: two layers' keys go.
   auto r = dha::test::run_tool(convert(tmp_.file("auto"), "--method shared-attention --budget 0.4"), true);
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_EQ(report(tmp_.file("auto"))["kv_bytes_per_token"]["after"], 32 * 8 * 2);
+  const auto automatic = report(tmp_.file("auto"));
+  EXPECT_EQ(automatic["kv_bytes_per_token"]["after"], 32 * 8 * 2);
+  // The spans are the choice for the similarities the same run measured.
+  std::vector<double> flat;
+  for (const auto& row : automatic["attention_similarity"]["cosine"])
+    for (double x : row) flat.push_back(x);
+  const ModelConfig stories = dha::io::load_model(model_, tokenizer_, false).model->config();
+  EXPECT_EQ(automatic["shared_spans"],
+            dha::format_spans(dha::choose_share_spans(stories, torch::tensor(flat, torch::kFloat64).view({5, 5}), 0.4)));
 
   // Combined: layers 3-4 share, then DHA reaches 0.25 of 80 = 20 heads over the remaining pools.
   r = dha::test::run_tool(convert(tmp_.file("both"), "--method dha --share-spans 3-4 --budget 0.25"), true);
@@ -287,7 +305,12 @@ TEST_F(SharedAttentionCli, AutomaticSpansCombinedWithDhaAndAnalysisOnly) {
 
   r = dha::test::run_tool(convert(tmp_.file("analysis"), "--analyze-attention"), false);
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find(" 3-4"), std::string::npos) << r.out;
+  // The printed table is the report's: layers 3-4 with their cosine.
+  const auto analysis = report(tmp_.file("analysis"));
+  char line[64];
+  std::snprintf(line, sizeof(line), " 3-4    %.4f", analysis["attention_similarity"]["cosine"][3][4].get<double>());
+  EXPECT_NE(r.out.find(line), std::string::npos) << r.out << "\nexpected: " << line;
+  EXPECT_FALSE(analysis.contains("target_heads"));
   EXPECT_TRUE(fs::exists(tmp_.file("analysis/attention_similarity.svg")));
   EXPECT_FALSE(fs::exists(tmp_.file("analysis/config.json")));
 }
@@ -303,4 +326,20 @@ TEST_F(SharedAttentionCli, BadSpansFailWithOneLine) {
   expect_error("--method shared-attention --budget 0.2", "cannot be reached by sharing attention alone");
   expect_error("--method shared-attention --share-spans 3-4 --export gqa", "only be written in the dha format");
   expect_error("--method aligned-gqa --share-spans 3-4 --budget 0.2", "not aligned-gqa");
+  expect_error("--method shared-attention --share-spans 3-4 --budget 5", "must be in (0, 1]");
+
+  // A model that already shares attention is refused where it cannot go, before any work.
+  ASSERT_EQ(dha::test::run_tool(convert(tmp_.file("shared"), "--method shared-attention --share-spans 4-4"), true).code, 0);
+  auto from_shared = [&](const std::string& extra) {
+    std::string command = convert(tmp_.file("bad"), extra);
+    command.replace(command.find(model_), model_.size(), tmp_.file("shared"));
+    return command;
+  };
+  dha::test::expect_one_error_line(from_shared("--method aligned-gqa --budget 0.2"), "aligned-gqa needs every layer's queries");
+  dha::test::expect_one_error_line(from_shared("--method dha --budget 0.25 --export mha"), "only the dha format can hold");
+  EXPECT_FALSE(fs::exists(tmp_.file("bad")));
+  // ... and converts further where it can: DHA on top of the shared model.
+  const auto r = dha::test::run_tool(from_shared("--method dha --budget 0.25"), true);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(report(tmp_.file("bad"))["kv_bytes_per_token"]["after"], 20 * 8 * 2);
 }

@@ -65,8 +65,11 @@ int main(int argc, char** argv) {
                     c["cosine"].get<double>(), c["js"].get<double>());
       return 0;
     }
-    std::printf("%s: %s at budget %.4g -> %s\n", model_path.c_str(), options.method.c_str(), options.budget,
-                out_dir.c_str());
+    if (r.contains("budget"))
+      std::printf("%s: %s at budget %.4g -> %s\n", model_path.c_str(), options.method.c_str(), options.budget,
+                  out_dir.c_str());
+    else
+      std::printf("%s: %s -> %s\n", model_path.c_str(), options.method.c_str(), out_dir.c_str());
     if (r.contains("shared_spans"))
       std::printf("shared spans       %s\n", r["shared_spans"].get<std::string>().c_str());
     std::printf("KV bytes/token     %lld -> %lld\n", r["kv_bytes_per_token"]["before"].get<long long>(),

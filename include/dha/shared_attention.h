@@ -40,10 +40,12 @@ struct AttentionSimilarity {
 };
 AttentionSimilarity measure_attention_similarity(Llama& model, const std::vector<torch::Tensor>& batches);
 
-// Spans for a KV budget rho (kept K+V heads over 2 L H): repeatedly shares the
-// layer whose attention is most like that of its would-be source (the last
-// earlier layer that keeps its keys), ties to the later layer, until the model
-// keeps at most round(rho * 2 L H) heads. Sharing removes only key heads, so a
+// Spans for a KV budget rho (kept K+V heads over 2 L H): greedily shares one
+// more layer at a time, the one that leaves the largest total similarity
+// between every sharing layer and the layer it then takes attention from (the
+// last earlier layer that keeps its keys; sharing a layer re-points the
+// sharers after it), ties to the later layer, until the model keeps at most
+// round(rho * 2 L H) heads. Sharing removes only key heads, so a
 // budget below what sharing every layer but 0 gives is an error naming that floor.
 std::vector<LayerSpan> choose_share_spans(const ModelConfig& config, const torch::Tensor& cosine, double budget);
 

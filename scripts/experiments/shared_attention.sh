@@ -13,11 +13,18 @@
 # analysis) and lets DHA reach the budget over the remaining pools.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-BIN="$ROOT/build"
+BIN=${DHA_BUILD_DIR:-"$ROOT/build"}
 SHARED="$ROOT/../shared"
 WHICH=${1:?usage: shared_attention.sh stories260k|demo [WORK_DIR]}
 WORK=${2:-"$ROOT/build/experiments/shared-attention-$WHICH"}
 mkdir -p "$WORK"
+[ -x "$BIN/dha-convert" ] || { echo "shared_attention.sh: $BIN/dha-convert is missing; build first (scripts/test)" >&2; exit 1; }
+# Runs a tool into a log; on failure shows the log's end instead of dying silently.
+logged() {  # log-file command...
+  local log=$1
+  shift
+  "$@" > "$log" 2>&1 || { echo "shared_attention.sh: failed: $* (last lines of $log):" >&2; tail -20 "$log" >&2; exit 1; }
+}
 
 case "$WHICH" in
   stories260k)
@@ -38,10 +45,10 @@ case "$WHICH" in
 esac
 STEPS=120
 
-"$BIN/dha-tokenize" --tokenizer "$TOKENIZER" --out "$WORK/data" --force "${CALIB[@]}" >/dev/null
+logged "$WORK/tokenize.log" "$BIN/dha-tokenize" --tokenizer "$TOKENIZER" --out "$WORK/data" --force "${CALIB[@]}"
 common=(--model "$MODEL" --tokenizer "$TOKENIZER" --calib "${CALIB[@]}" --eval-text "$VALID" --eval-docs "$EVAL_DOCS")
 
-"$BIN/dha-convert" "${common[@]}" --analyze-attention --out "$WORK/analysis" --force > "$WORK/analysis.log" 2>&1
+logged "$WORK/analysis.log" "$BIN/dha-convert" "${common[@]}" --analyze-attention --out "$WORK/analysis" --force
 MOST_SIMILAR=$(python3 - "$WORK/analysis/report.json" <<'PY'
 import json, sys
 pairs = json.load(open(sys.argv[1]))["attention_similarity"]["consecutive"]
@@ -53,9 +60,9 @@ PY
 run() {  # name convert-args...
   local name=$1
   shift
-  "$BIN/dha-convert" "${common[@]}" --budget "$BUDGET" --out "$WORK/$name" --force "$@" > "$WORK/$name-convert.log" 2>&1
-  "$BIN/dha-train" --model "$WORK/$name" --data "$WORK/data" --out "$WORK/$name-train" --force --steps "$STEPS" \
-    --batch "$BATCH" --seq-len 256 --lr "$LR" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" > "$WORK/$name-train.log" 2>&1
+  logged "$WORK/$name-convert.log" "$BIN/dha-convert" "${common[@]}" --budget "$BUDGET" --out "$WORK/$name" --force "$@"
+  logged "$WORK/$name-train.log" "$BIN/dha-train" --model "$WORK/$name" --data "$WORK/data" --out "$WORK/$name-train" \
+    --force --steps "$STEPS" --batch "$BATCH" --seq-len 256 --lr "$LR" --eval-text "$VALID" --eval-docs "$EVAL_DOCS"
   python3 - "$WORK/$name" "$name" <<'PY'
 import json, sys
 out, name = sys.argv[1], sys.argv[2]
