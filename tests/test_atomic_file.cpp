@@ -8,6 +8,7 @@
 #include "test_util.h"
 
 namespace fs = std::filesystem;
+using dha::test::expect_one_line_error;
 
 namespace {
 
@@ -16,19 +17,6 @@ std::set<std::string> listing(const std::string& dir) {
   std::set<std::string> out;
   for (const auto& e : fs::directory_iterator(dir)) out.insert(e.path().filename().string());
   return out;
-}
-
-// Expects a dha::Error whose single-line message contains every needle.
-template <typename F>
-void expect_error(F&& f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a dha::Error";
-  } catch (const dha::Error& e) {
-    const std::string m = e.what();
-    for (const auto& n : needles) EXPECT_NE(m.find(n), std::string::npos) << "message: " << m;
-    EXPECT_EQ(m.find('\n'), std::string::npos) << "message: " << m;
-  }
 }
 
 }  // namespace
@@ -51,19 +39,19 @@ TEST(AtomicFile, WriteThenReadBack) {
 TEST(AtomicFile, WriteIntoMissingDirectoryThrowsAndLeavesNothing) {
   dha::test::TempDir dir;
   const std::string path = dir.file("no/such/dir/file.txt");
-  expect_error([&] { dha::io::write_file_atomic(path, "x"); }, {path, "does not exist"});
+  expect_one_line_error([&] { dha::io::write_file_atomic(path, "x"); }, {path, "does not exist"});
   EXPECT_TRUE(listing(dir.path()).empty());
 }
 
 TEST(AtomicFile, ReadMissingFileThrows) {
   dha::test::TempDir dir;
   const std::string path = dir.file("missing.txt");
-  expect_error([&] { dha::io::read_file(path); }, {path, "cannot open"});
+  expect_one_line_error([&] { dha::io::read_file(path); }, {path, "cannot open"});
 }
 
 TEST(AtomicFile, ReadDirectoryThrows) {
   dha::test::TempDir dir;
-  expect_error([&] { dha::io::read_file(dir.path()); }, {dir.path(), "not a regular file"});
+  expect_one_line_error([&] { dha::io::read_file(dir.path()); }, {dir.path(), "not a regular file"});
 }
 
 TEST(StagedDirectory, CommitProducesTargetWithoutLeftovers) {
@@ -102,7 +90,7 @@ TEST(StagedDirectory, ExistingTargetWithoutOverwriteThrows) {
   const std::string target = dir.file("model");
   fs::create_directory(target);
   dha::io::write_file_atomic(target + "/keep.txt", "old");
-  expect_error([&] { dha::io::StagedDirectory staged(target, false); },
+  expect_one_line_error([&] { dha::io::StagedDirectory staged(target, false); },
                {target + ": already exists (pass --force to overwrite)"});
   EXPECT_EQ(dha::io::read_file(target + "/keep.txt"), "old");
   EXPECT_EQ(listing(dir.path()), (std::set<std::string>{"model"}));
@@ -138,6 +126,6 @@ TEST(StagedDirectory, TrailingSlashNamesTheSameTarget) {
 TEST(StagedDirectory, MissingParentThrows) {
   dha::test::TempDir dir;
   const std::string target = dir.file("no/such/model");
-  expect_error([&] { dha::io::StagedDirectory staged(target, false); }, {target, "does not exist"});
+  expect_one_line_error([&] { dha::io::StagedDirectory staged(target, false); }, {target, "does not exist"});
   EXPECT_TRUE(listing(dir.path()).empty());
 }

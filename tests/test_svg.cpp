@@ -12,6 +12,7 @@
 #include "test_util.h"
 
 namespace svg = dha::svg;
+using dha::test::expect_one_line_error;
 
 namespace {
 
@@ -155,19 +156,6 @@ void expect_document(const std::string& svg, int width, int height) {
         contains(svg, "width=\"" + w + "\" height=\"" + h + "\" viewBox=\"0 0 " + w + " " + h + "\""));
   }
   EXPECT_TRUE(contains(svg, "fill=\"#ffffff\"/>"));  // white background
-}
-
-// Expects a dha::Error whose single-line message contains every needle.
-template <typename F>
-void expect_error(F&& f, std::initializer_list<std::string> needles) {
-  try {
-    f();
-    ADD_FAILURE() << "expected a dha::Error";
-  } catch (const dha::Error& e) {
-    const std::string m = e.what();
-    for (const auto& n : needles) EXPECT_NE(m.find(n), std::string::npos) << "message: " << m;
-    EXPECT_EQ(m.find('\n'), std::string::npos) << "message: " << m;
-  }
 }
 
 std::vector<svg::Series> two_series() {
@@ -334,9 +322,9 @@ TEST(SvgLineChart, LegendAvoidsData) {
 }
 
 TEST(SvgLineChart, BadInputThrows) {
-  expect_error([] { svg::line_chart({}, {}); }, {"line_chart", "no series"});
-  expect_error([] { svg::line_chart({svg::Series{"empty", {}, {}}}, {}); }, {"\"empty\"", "no y values"});
-  expect_error(
+  expect_one_line_error([] { svg::line_chart({}, {}); }, {"line_chart", "no series"});
+  expect_one_line_error([] { svg::line_chart({svg::Series{"empty", {}, {}}}, {}); }, {"\"empty\"", "no y values"});
+  expect_one_line_error(
       [] {
         svg::line_chart({svg::Series{"m", {1, 2, 3}, {1, 2}}}, {});
       },
@@ -344,7 +332,7 @@ TEST(SvgLineChart, BadInputThrows) {
   svg::LineChartOptions tiny;
   tiny.width = 50;
   tiny.title = "T";
-  expect_error([&] { svg::line_chart({svg::Series{"a", {}, {1}}}, tiny); }, {"too small", "\"T\""});
+  expect_one_line_error([&] { svg::line_chart({svg::Series{"a", {}, {1}}}, tiny); }, {"too small", "\"T\""});
 }
 
 // ---- heatmaps -----------------------------------------------------------------------------------
@@ -430,28 +418,28 @@ TEST(SvgHeatmap, FixedSize) {
   expect_document(s, 500, 400);
   o.width = 60;
   o.height = 60;
-  expect_error([&] { svg::heatmap(identity(6), o); }, {"svg::heatmap", "too small"});
+  expect_one_line_error([&] { svg::heatmap(identity(6), o); }, {"svg::heatmap", "too small"});
 }
 
 TEST(SvgHeatmap, BadInputThrows) {
-  expect_error([] { svg::heatmap({}, {}); }, {"svg::heatmap", "empty"});
-  expect_error([] { svg::heatmap({{}}, {}); }, {"svg::heatmap", "empty"});
-  expect_error([] { svg::heatmap({{1, 2}, {3}}, {}); }, {"row 1 has 1 values but row 0 has 2"});
+  expect_one_line_error([] { svg::heatmap({}, {}); }, {"svg::heatmap", "empty"});
+  expect_one_line_error([] { svg::heatmap({{}}, {}); }, {"svg::heatmap", "empty"});
+  expect_one_line_error([] { svg::heatmap({{1, 2}, {3}}, {}); }, {"row 1 has 1 values but row 0 has 2"});
   svg::HeatmapOptions o;
   o.x_ticks = {"a", "b", "c"};
-  expect_error([&] { svg::heatmap({{1, 2}}, o); }, {"2 columns", "x_ticks has 3"});
+  expect_one_line_error([&] { svg::heatmap({{1, 2}}, o); }, {"2 columns", "x_ticks has 3"});
   o.x_ticks.clear();
   o.y_ticks = {"a", "b"};
-  expect_error([&] { svg::heatmap({{1, 2}}, o); }, {"1 rows", "y_ticks has 2"});
+  expect_one_line_error([&] { svg::heatmap({{1, 2}}, o); }, {"1 rows", "y_ticks has 2"});
   o.y_ticks.clear();
   o.vmin = 2;
   o.vmax = 1;
-  expect_error([&] { svg::heatmap({{1, 2}}, o); }, {"vmin 2 is above vmax 1"});
+  expect_one_line_error([&] { svg::heatmap({{1, 2}}, o); }, {"vmin 2 is above vmax 1"});
   o.vmax = kNan;
   o.vmin = 5;
-  expect_error([&] { svg::heatmap({{1, 2}}, o); }, {"vmin 5 is above vmax 2", "from the data"});
+  expect_one_line_error([&] { svg::heatmap({{1, 2}}, o); }, {"vmin 5 is above vmax 2", "from the data"});
   o.vmin = kInf;
-  expect_error([&] { svg::heatmap({{1, 2}}, o); }, {"vmin must be finite"});
+  expect_one_line_error([&] { svg::heatmap({{1, 2}}, o); }, {"vmin must be finite"});
 }
 
 // ---- heatmap grids ------------------------------------------------------------------------------
@@ -486,17 +474,17 @@ TEST(SvgHeatmapGrid, SmallMultiplesShareOneScaleAndColourBar) {
 }
 
 TEST(SvgHeatmapGrid, BadInputThrows) {
-  expect_error([] { svg::heatmap_grid({}, 2, {}); }, {"svg::heatmap_grid", "no panels"});
-  expect_error([] { svg::heatmap_grid({{"a", identity(2)}}, 0, {}); }, {"columns must be at least 1, got 0"});
-  expect_error(
+  expect_one_line_error([] { svg::heatmap_grid({}, 2, {}); }, {"svg::heatmap_grid", "no panels"});
+  expect_one_line_error([] { svg::heatmap_grid({{"a", identity(2)}}, 0, {}); }, {"columns must be at least 1, got 0"});
+  expect_one_line_error(
       [] {
         svg::heatmap_grid({{"a", identity(2)}, {"b", {{1, 2}, {3}}}}, 2, {});
       },
       {"panel 1 \"b\"", "row 1 has 1 values"});
-  expect_error([] { svg::heatmap_grid({{"a", identity(2)}, {"b", {}}}, 2, {}); }, {"panel 1 \"b\"", "empty"});
+  expect_one_line_error([] { svg::heatmap_grid({{"a", identity(2)}, {"b", {}}}, 2, {}); }, {"panel 1 \"b\"", "empty"});
   svg::HeatmapOptions o;
   o.x_ticks = {"h0", "h1"};
-  expect_error(
+  expect_one_line_error(
       [&] {
         svg::heatmap_grid({{"a", identity(2)}, {"b", identity(3)}}, 2, o);
       },
@@ -566,14 +554,14 @@ TEST(SvgBarChart, ManyCategoriesStayWellFormed) {
 }
 
 TEST(SvgBarChart, BadInputThrows) {
-  expect_error([] { svg::bar_chart({}, {{"a", {}}}, {}); }, {"bar_chart", "no categories"});
-  expect_error([] { svg::bar_chart({"a"}, {}, {}); }, {"bar_chart", "no series"});
-  expect_error([] { svg::bar_chart({"a", "b"}, {{"s", {1}}}, {}); }, {"\"s\"", "1 values for 2 categories"});
+  expect_one_line_error([] { svg::bar_chart({}, {{"a", {}}}, {}); }, {"bar_chart", "no categories"});
+  expect_one_line_error([] { svg::bar_chart({"a"}, {}, {}); }, {"bar_chart", "no series"});
+  expect_one_line_error([] { svg::bar_chart({"a", "b"}, {{"s", {1}}}, {}); }, {"\"s\"", "1 values for 2 categories"});
   svg::BarChartOptions o;
   o.y_max = -1;
-  expect_error([&] { svg::bar_chart({"a"}, {{"s", {1}}}, o); }, {"y_max -1"});
+  expect_one_line_error([&] { svg::bar_chart({"a"}, {{"s", {1}}}, o); }, {"y_max -1"});
   o.y_max = kInf;
-  expect_error([&] { svg::bar_chart({"a"}, {{"s", {1}}}, o); }, {"y_max must be finite"});
+  expect_one_line_error([&] { svg::bar_chart({"a"}, {{"s", {1}}}, o); }, {"y_max must be finite"});
 }
 
 // ---- output -------------------------------------------------------------------------------------
@@ -586,8 +574,8 @@ TEST(SvgWrite, WritesAtomicallyAndRejectsEmpty) {
   EXPECT_EQ(dha::io::read_file(path), s);
   svg::write(path, svg::heatmap(identity(2), {}));  // overwrite in place
   EXPECT_EQ(dha::io::read_file(path), svg::heatmap(identity(2), {}));
-  expect_error([&] { svg::write(path, ""); }, {"svg::write", path});
-  expect_error([&] { svg::write(dir.file("missing/dir/chart.svg"), s); }, {"missing/dir"});
+  expect_one_line_error([&] { svg::write(path, ""); }, {"svg::write", path});
+  expect_one_line_error([&] { svg::write(dir.file("missing/dir/chart.svg"), s); }, {"missing/dir"});
 }
 
 TEST(SvgText, ControlCharactersAreDropped) {

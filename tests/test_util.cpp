@@ -66,6 +66,17 @@ void expect_error_containing(const std::function<void()>& f, const std::string& 
   }
 }
 
+void expect_one_line_error(const std::function<void()>& f, std::initializer_list<std::string> needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected a dha::Error";
+  } catch (const dha::Error& e) {
+    const std::string m = e.what();
+    for (const auto& n : needles) EXPECT_NE(m.find(n), std::string::npos) << "message: " << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << "message: " << m;
+  }
+}
+
 int free_port() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

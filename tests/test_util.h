@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <initializer_list>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -43,6 +44,12 @@ void expect_one_error_line(const std::string& args, const std::string& text);
 
 // `f` must throw a dha::Error whose message contains `text`.
 void expect_error_containing(const std::function<void()>& f, const std::string& text);
+
+// `f` must throw a dha::Error whose message is one line containing every needle.
+void expect_one_line_error(const std::function<void()>& f, std::initializer_list<std::string> needles);
+inline void expect_one_line_error(const std::function<void()>& f, const std::string& needle) {
+  expect_one_line_error(f, {needle});
+}
 
 // A TCP port that was free a moment ago (for rendezvous in tests).
 int free_port();
