@@ -112,19 +112,20 @@ void ModelConfig::validate(const std::string& where) const {
   layout.validate(n_layers, n_heads, where);
 }
 
-int64_t ModelConfig::kv_elements_per_token() const {
+int64_t HeadLayout::kv_heads() const {
   int64_t heads = 0;
-  for (int64_t l = 0; l < layout.n_layers(); ++l) heads += layout.n_k_heads(l) + layout.n_v_heads(l);
-  return heads * head_dim;
+  for (int64_t l = 0; l < n_layers(); ++l) heads += n_k_heads(l) + n_v_heads(l);
+  return heads;
 }
+
+int64_t ModelConfig::kv_elements_per_token() const { return layout.kv_heads() * head_dim; }
 
 int64_t ModelConfig::kv_bytes_per_token(int64_t bytes_per_element) const {
   return kv_elements_per_token() * bytes_per_element;
 }
 
 double ModelConfig::head_budget() const {
-  return static_cast<double>(kv_elements_per_token() / head_dim) /
-         static_cast<double>(2 * n_layers * n_heads);
+  return static_cast<double>(layout.kv_heads()) / static_cast<double>(2 * n_layers * n_heads);
 }
 
 int64_t ModelConfig::parameter_count() const {

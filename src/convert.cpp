@@ -378,8 +378,7 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   // Head sharing runs on the model with its spans applied: the budget counts
   // their removed key heads, and their key pools take no heads.
   ModelConfig shared_config = source_config;
-  for (const auto& [first, last] : spans)
-    for (int64_t l = first; l <= last; ++l) shared_config.layout.k_map[l].clear();
+  shared_config.layout = with_shared_spans(source_config.layout, spans);
   int64_t target = 0;
   if (shared_only) {
     // Fails when no choice of spans reaches the budget; that does not depend on the similarities.
@@ -477,9 +476,7 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   if (shared_only) {
     // Nothing to search: the spans are the conversion.
   } else if (o.method == "dha") {
-    int64_t have = 0;
-    for (int64_t l = 0; l < source_config.n_layers; ++l)
-      have += shared_config.layout.n_k_heads(l) + shared_config.layout.n_v_heads(l);
+    const int64_t have = shared_config.layout.kv_heads();
     Checkpoint current = source_ck;
     grouping = identity_grouping(shared_config);
     for (int64_t round = 1; round <= o.rounds; ++round) {

@@ -215,8 +215,7 @@ int64_t budget_heads(const ModelConfig& c, double budget) {
   if (target < pools)
     fail("--budget ", budget, " keeps ", target, " of ", full, " heads, below one head per pool (", pools,
          " pools need at least ", static_cast<double>(pools) / full, ")");
-  int64_t have = 0;
-  for (int64_t l = 0; l < c.n_layers; ++l) have += c.layout.n_k_heads(l) + c.layout.n_v_heads(l);
+  const int64_t have = c.layout.kv_heads();
   if (target > have)
     fail("--budget ", budget, " keeps ", target, " heads but the model has only ", have, " K/V heads (budget ",
          static_cast<double>(have) / full, "); choose a smaller budget");

@@ -24,12 +24,6 @@ int64_t parse_layer(const std::string& text, const std::string& whole) {
   return value;
 }
 
-int64_t kept_heads(const HeadLayout& layout) {
-  int64_t heads = 0;
-  for (int64_t l = 0; l < layout.n_layers(); ++l) heads += layout.n_k_heads(l) + layout.n_v_heads(l);
-  return heads;
-}
-
 }  // namespace
 
 std::vector<LayerSpan> parse_share_spans(const std::string& text, int64_t n_layers) {
@@ -67,12 +61,21 @@ std::string format_spans(const std::vector<LayerSpan>& spans) {
   return out;
 }
 
+HeadLayout with_shared_spans(HeadLayout layout, const std::vector<LayerSpan>& spans) {
+  const int64_t n_layers = layout.n_layers();
+  for (const auto& [first, last] : spans) {
+    if (first < 1 || last >= n_layers || last < first)
+      fail("shared attention: span ", first, "-", last, " does not fit a model of ", n_layers, " layers");
+    for (int64_t l = first; l <= last; ++l) layout.k_map[l].clear();
+  }
+  return layout;
+}
+
 Checkpoint share_attention(const Checkpoint& source, const std::vector<LayerSpan>& spans) {
   Checkpoint out = source;
   ModelConfig& c = out.config;
-  for (const auto& [first, last] : spans) {
-    if (first < 1 || last >= c.n_layers || last < first)
-      fail("shared attention: span ", first, "-", last, " does not fit a model of ", c.n_layers, " layers");
+  c.layout = with_shared_spans(c.layout, spans);
+  for (const auto& [first, last] : spans)
     for (int64_t l = first; l <= last; ++l) {
       // The probabilities are per query head, so source and sharer must agree
       // on H; every layer of a LLaMA config has the same H, checked here
@@ -81,11 +84,9 @@ Checkpoint share_attention(const Checkpoint& source, const std::vector<LayerSpan
       const auto o_proj = source.tensors.find(prefix + "o_proj.weight");
       if (o_proj == source.tensors.end() || o_proj->second.size(1) != c.n_heads * c.head_dim)
         fail("shared attention: layer ", l, " does not have ", c.n_heads, " query heads like the others");
-      c.layout.k_map[l].clear();
       out.tensors.erase(prefix + "q_proj.weight");
       out.tensors.erase(prefix + "k_proj.weight");
     }
-  }
   c.validate("shared-attention model");
   return out;
 }
@@ -155,24 +156,21 @@ std::vector<LayerSpan> choose_share_spans(const ModelConfig& config, const torch
       if (candidate.shares_attention(l)) total += similarity[candidate.attention_source(l)][l].item<double>();
     return total;
   };
-  while (kept_heads(layout) > target) {
+  while (layout.kv_heads() > target) {
     int64_t best = -1;
     double best_total = -std::numeric_limits<double>::infinity();
     for (int64_t l = 1; l < n_layers; ++l) {
       if (layout.shares_attention(l)) continue;
-      HeadLayout candidate = layout;
-      candidate.k_map[l].clear();
-      const double total = total_similarity(candidate);
+      const double total = total_similarity(with_shared_spans(layout, {{l, l}}));
       if (total >= best_total) best_total = total, best = l;  // ">=": ties go to the later layer
     }
     if (best < 0) {
-      HeadLayout all = config.layout;
-      for (int64_t l = 1; l < n_layers; ++l) all.k_map[l].clear();
+      const HeadLayout all = n_layers > 1 ? with_shared_spans(config.layout, {{1, n_layers - 1}}) : config.layout;
       fail("--budget ", budget, " cannot be reached by sharing attention alone: sharing every layer but 0 keeps ",
-           kept_heads(all), " of ", full, " heads (budget ", static_cast<double>(kept_heads(all)) / full,
+           all.kv_heads(), " of ", full, " heads (budget ", static_cast<double>(all.kv_heads()) / full,
            "); raise --budget or combine with head sharing (--method dha --share-spans ...)");
     }
-    layout.k_map[best].clear();
+    layout = with_shared_spans(layout, {{best, best}});
   }
   return layout.shared_spans();
 }

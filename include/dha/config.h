@@ -32,6 +32,7 @@ struct HeadLayout {
   int64_t n_layers() const { return static_cast<int64_t>(k_map.size()); }
   int64_t n_k_heads(int64_t layer) const;  // H_K[l]
   int64_t n_v_heads(int64_t layer) const;  // H_V[l]
+  int64_t kv_heads() const;                 // sum_l H_K[l] + H_V[l]
   bool shares_attention(int64_t layer) const { return k_map.at(layer).empty(); }
   // The layer whose attention probabilities `layer` uses (itself unless it shares).
   int64_t attention_source(int64_t layer) const;

@@ -24,6 +24,10 @@ namespace dha {
 std::vector<LayerSpan> parse_share_spans(const std::string& text, int64_t n_layers);
 std::string format_spans(const std::vector<LayerSpan>& spans);  // "2-3,5-5"
 
+// `layout` with the layers of `spans` sharing attention (their k_map rows
+// emptied); throws unless every span fits layers 1..L-1.
+HeadLayout with_shared_spans(HeadLayout layout, const std::vector<LayerSpan>& spans);
+
 // The model with the layers of `spans` sharing attention: their q_proj and
 // k_proj are dropped (and their key caches with them); values, output
 // projections and everything else are kept. Layers that already share stay so.
