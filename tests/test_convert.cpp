@@ -7,8 +7,10 @@
 #include <torch/torch.h>
 
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 
 #include "dha/align.h"
 #include "dha/convert.h"
@@ -17,6 +19,7 @@
 #include "dha/fusion.h"
 #include "dha/io/atomic_file.h"
 #include "dha/io/hf_dir.h"
+#include "dha/io/load.h"
 #include "dha/io/llama2c.h"
 #include "dha/search.h"
 #include "model_fixtures.h"
@@ -203,7 +206,7 @@ TEST(Search, WeightCostIsZeroForCopiesAndDeterministic) {
 TEST(Search, MhaTwinOfStories260kPairsTheCopiesAtHalfBudget) {
   DHA_REQUIRE_SHARED("models/stories260K/stories260K.bin");
   const dha::Checkpoint gqa = dha::io::load_llama2c(dha::test::shared_path("models/stories260K/stories260K.bin"));
-  const dha::Checkpoint twin = dha::export_checkpoint(gqa, dha::ExportFormat::kMha);
+  const dha::Checkpoint twin = dha::relayout_heads(gqa, dha::HeadRelayout::kMha);
   std::vector<torch::Tensor> costs;
   for (const auto& p : dha::all_pools(twin.config.n_layers)) costs.push_back(dha::weight_cost(dha::pool_weights(twin, p)));
   dha::GroupingOptions options;
@@ -229,24 +232,64 @@ TEST(Baselines, GqaMeanPoolingEqualsHandComputedPooling) {
   EXPECT_THROW(dha::contiguous_grouping(ck.config, 3), dha::Error);
 }
 
-TEST(Export, EveryExportReloadsToTheSameLogits) {
-  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_dha_config(), 12);
-  dha::Llama original = dha::make_model(ck, "dha");
-  const torch::Tensor tokens = dha::test::random_tokens(2, 10, 61, 13);
-  const torch::Tensor want = logits(original, tokens);
+// Every format of the list, for a decoupled layout and for plain MHA: written,
+// read back by load_checkpoint, the same logits; or, where the format cannot
+// hold the layout, one clear error that says what to export instead.
+TEST(Export, EveryFormatReloadsToTheSameLogitsOrRefusesTheLayout) {
   TempDir tmp;
-  for (auto format : {dha::ExportFormat::kDha, dha::ExportFormat::kGqa, dha::ExportFormat::kMha}) {
-    const dha::Checkpoint exported = dha::export_checkpoint(ck, format);
-    if (format == dha::ExportFormat::kMha) {
-      EXPECT_EQ(exported.config.layout.uniform_gqa_kv_heads(), 4);
+  for (const bool decoupled : {true, false}) {
+    const dha::Checkpoint ck =
+        dha::test::random_checkpoint(decoupled ? dha::test::tiny_dha_config() : dha::test::tiny_config(), 12);
+    dha::Llama original = dha::make_model(ck, "source");
+    const torch::Tensor tokens = dha::test::random_tokens(2, 10, 61, 13);
+    const torch::Tensor want = logits(original, tokens);
+    for (const auto& format : dha::export_formats()) {
+      SCOPED_TRACE(format.name + (decoupled ? " (decoupled)" : " (mha)"));
+      const std::string path = tmp.file(format.name + (decoupled ? "-dha" : "-mha"));
+      const bool holds = !decoupled || format.relayout != dha::HeadRelayout::kKeep || format.name == "dha";
+      auto write = [&] {
+        const dha::Checkpoint exported = dha::export_checkpoint(ck, format);
+        if (format.single_file) {
+          format.write(path, exported, {});
+        } else {
+          dha::io::StagedDirectory staged(path, false);
+          format.write(staged.path(), exported, {});
+          staged.commit();
+        }
+        return exported;
+      };
+      if (!holds) {
+        dha::test::expect_one_line_error(write, "holds only MHA/GQA");
+        EXPECT_FALSE(fs::exists(path));
+        continue;
+      }
+      const dha::Checkpoint exported = write();
+      if (format.relayout == dha::HeadRelayout::kMha) {
+        EXPECT_EQ(exported.config.layout.uniform_gqa_kv_heads(), 4);
+      }
+      if (format.relayout == dha::HeadRelayout::kPerLayerGqa) {
+        for (int64_t l = 0; l < 2; ++l) EXPECT_EQ(exported.config.layout.k_map[l], exported.config.layout.v_map[l]);
+      }
+      dha::Llama reloaded = dha::make_model(dha::io::load_checkpoint(path), path);
+      expect_close(logits(reloaded, tokens), want, 1e-5);
     }
-    if (format == dha::ExportFormat::kGqa) {
-      for (int64_t l = 0; l < 2; ++l) EXPECT_EQ(exported.config.layout.k_map[l], exported.config.layout.v_map[l]);
-    }
-    const std::string dir = tmp.file(dha::export_format_name(format));
-    dha::io::save_hf_dir(dir, exported, dha::io::DirSaveOptions{});
-    dha::Llama reloaded = dha::make_model(dha::io::load_hf_dir(dir), dir);
-    expect_close(logits(reloaded, tokens), want, 1e-5);
+  }
+}
+
+TEST(Export, FormatNamesAreUniqueAndAnUnknownOneListsThemAll) {
+  std::set<std::string> names;
+  for (const auto& format : dha::export_formats()) {
+    EXPECT_TRUE(names.insert(format.name).second) << format.name;
+    EXPECT_EQ(&dha::find_export_format(format.name), &format);
+    EXPECT_NE(dha::export_formats_help().find(format.name + ": "), std::string::npos) << format.name;
+  }
+  try {
+    dha::find_export_format("onnx", "--format");
+    ADD_FAILURE() << "no error";
+  } catch (const dha::Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("--format \"onnx\" is not one of"), std::string::npos) << message;
+    for (const auto& name : names) EXPECT_NE(message.find(name), std::string::npos) << name;
   }
 }
 
@@ -331,11 +374,91 @@ TEST_F(ConvertCli, WritesTheModelReportAndPicturesDeterministically) {
   EXPECT_DOUBLE_EQ(model.config.head_budget(), 0.5);
 }
 
-TEST_F(ConvertCli, BaselinesAndAblationsRun) {
-  for (const std::string extra : {"--method gqa", "--method aligned-gqa", "--uniform", "--no-fusion",
-                                  "--measure weight --export mha", "--measure activation --export gqa --rounds 2"}) {
-    const auto r = dha::test::run_tool(args(tmp_.file("x"), extra + " --force"), true);
-    EXPECT_EQ(r.code, 0) << extra << "\n" << r.out;
+// Each baseline and ablation runs, and its report says it did what was asked.
+TEST_F(ConvertCli, BaselinesAndAblationsDoWhatTheyAsk) {
+  using nlohmann::json;
+  auto heads = [](const json& layout, const char* kind) {
+    std::vector<int64_t> out;
+    for (const auto& layer : layout) out.push_back(layer[kind].get<int64_t>());
+    return out;
+  };
+  auto total = [&](const json& layout) {
+    int64_t sum = 0;
+    for (const char* kind : {"k_heads", "v_heads"})
+      for (int64_t h : heads(layout, kind)) sum += h;
+    return sum;
+  };
+  auto stages = [](const json& report) {
+    std::set<std::string> out;
+    for (const auto& s : report["stages"]) out.insert(s["stage"].get<std::string>());
+    return out;
+  };
+  const std::vector<int64_t> two = {2, 2}, four = {4, 4};
+  struct Case {
+    std::string extra;
+    std::function<void(const json&)> check;
+  };
+  const std::vector<Case> cases = {
+      {"--method gqa",
+       [&](const json& r) {  // the same count in every pool, pooled without training
+         EXPECT_EQ(heads(r["layout"], "k_heads"), two);
+         EXPECT_EQ(heads(r["layout"], "v_heads"), two);
+         EXPECT_FALSE(r.contains("after_fusion"));
+         EXPECT_TRUE(stages(r).count("mean pooling"));
+       }},
+      {"--method aligned-gqa",
+       [&](const json& r) {
+         EXPECT_EQ(heads(r["layout"], "k_heads"), two);
+         EXPECT_EQ(heads(r["layout"], "v_heads"), two);
+         EXPECT_FALSE(r.contains("after_fusion"));
+         EXPECT_TRUE(stages(r).count("align and merge"));
+       }},
+      {"--uniform",
+       [&](const json& r) {  // searched and fused, but equal counts
+         EXPECT_EQ(heads(r["layout"], "k_heads"), two);
+         EXPECT_EQ(heads(r["layout"], "v_heads"), two);
+         EXPECT_TRUE(r.contains("after_fusion"));
+         EXPECT_FALSE(r["fusion"]["groups"].empty());
+       }},
+      {"--no-fusion",
+       [&](const json& r) {  // searched groups, mean-pooled: no fusion stage at all
+         EXPECT_FALSE(r.contains("after_fusion"));
+         EXPECT_TRUE(r["fusion"].empty());
+         EXPECT_TRUE(stages(r).count("mean pooling"));
+         EXPECT_FALSE(stages(r).count("fusion"));
+       }},
+      {"--measure weight --export mha",
+       [&](const json& r) {  // written expanded: every query head has its own K and V
+         EXPECT_EQ(r["export"]["format"], "mha");
+         EXPECT_EQ(heads(r["export"]["layout"], "k_heads"), four);
+         EXPECT_EQ(heads(r["export"]["layout"], "v_heads"), four);
+         EXPECT_FALSE(r["search"].contains("fusion_measure_final_loss"));
+         // a plain HF LLaMA directory, which transformers loads as it is
+         const auto config = json::parse(dha::io::read_file(r["_dir"].get<std::string>() + "/config.json"));
+         EXPECT_EQ(config["model_type"], "llama");
+         EXPECT_FALSE(config.contains("dha"));
+       }},
+      {"--measure activation --export gqa --rounds 2",
+       [&](const json& r) {  // K and V on one partition per layer
+         EXPECT_EQ(r["export"]["format"], "gqa");
+         for (const auto& layer : r["export"]["layout"]) EXPECT_EQ(layer["k_map"], layer["v_map"]);
+         EXPECT_FALSE(r["search"].contains("fusion_measure_final_loss"));
+       }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.extra);
+    const auto run = dha::test::run_tool(args(tmp_.file("x"), c.extra + " --force"), true);
+    ASSERT_EQ(run.code, 0) << run.out;
+    json report = json::parse(dha::io::read_file(tmp_.file("x/report.json")));
+    // An MHA source: H K and V heads in every layer before, the budget's 8 of 16 after.
+    EXPECT_EQ(heads(report["source_layout"], "k_heads"), four);
+    EXPECT_EQ(heads(report["source_layout"], "v_heads"), four);
+    EXPECT_EQ(total(report["layout"]), 8);
+    EXPECT_EQ(report["kv_bytes_per_token"]["before"], 16 * 8 * 2);
+    EXPECT_EQ(report["kv_bytes_per_token"]["after"], 8 * 8 * 2);
+    EXPECT_LT(report["export"]["max_abs_logit_diff"].get<double>(), 1e-4);
+    report["_dir"] = tmp_.file("x");
+    c.check(report);
   }
 }
 

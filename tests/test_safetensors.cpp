@@ -212,41 +212,6 @@ TEST(Safetensors, FileShorterThan8Bytes) {
   expect_open_error(path, "file is 3 bytes");
 }
 
-TEST(Safetensors, HeaderLengthLargerThanFile) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, "{}", "", 1000);
-  expect_open_error(path, "header length 1000 exceeds the file size 10");
-}
-
-TEST(Safetensors, HeaderLengthZero) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, "", "abcd");
-  expect_open_error(path, "header length is 0");
-}
-
-TEST(Safetensors, HeaderNotJson) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, "{\"x\": not json", "");
-  expect_open_error(path, "header is not valid JSON");
-}
-
-TEST(Safetensors, HeaderNotObject) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, "[1, 2]", "");
-  expect_open_error(path, "header is a JSON array (expected a JSON object)");
-}
-
-TEST(Safetensors, DeeplyNestedHeader) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, std::string(100000, '['), "");
-  expect_open_error(path, "nests deeper");
-}
-
 TEST(Safetensors, TruncatedDataSection) {
   dha::test::TempDir dir;
   const std::string path = dir.file("t.safetensors");
@@ -255,102 +220,44 @@ TEST(Safetensors, TruncatedDataSection) {
   expect_open_error(path, "tensor 'w' data_offsets [0, 64] extend past the end of the data section (60 bytes");
 }
 
-TEST(Safetensors, OffsetsOutOfBounds) {
+// Each malformed file, written byte by byte as u64 header length | header |
+// data, gets one error naming the file and what is wrong.
+TEST(Safetensors, MalformedHeadersAreOneLineErrors) {
+  struct Case {
+    const char* name;
+    std::string header, data;
+    uint64_t header_len;  // UINT64_MAX: the header's own length
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {"HeaderLengthLargerThanFile", "{}", "", 1000, "header length 1000 exceeds the file size 10"},
+      {"HeaderLengthZero", "", "abcd", UINT64_MAX, "header length is 0"},
+      {"HeaderNotJson", "{\"x\": not json", "", UINT64_MAX, "header is not valid JSON"},
+      {"HeaderNotObject", "[1, 2]", "", UINT64_MAX, "header is a JSON array (expected a JSON object)"},
+      {"DeeplyNestedHeader", std::string(100000, '['), "", UINT64_MAX, "nests deeper"},
+      {"OffsetsOutOfBounds", R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}})", std::string(16, '\0'), UINT64_MAX, "tensor 'x' data_offsets [16, 32] extend past the end of the data section"},
+      {"OffsetsDoNotMatchShapeAndDtype", R"({"x":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})", std::string(16, '\0'), UINT64_MAX, "tensor 'x' data_offsets [0, 12] do not match dtype F32 and shape [2, 2] "
+                    "(expected 16 bytes"},
+      {"OffsetsBeginAfterEnd", R"({"x":{"dtype":"F16","shape":[2],"data_offsets":[8,4]}})", std::string(8, '\0'), UINT64_MAX, "begin after end"},
+      {"OffsetsMalformed", R"({"x":{"dtype":"F16","shape":[2],"data_offsets":[-4,0]}})", std::string(8, '\0'), UINT64_MAX, "tensor 'x' data_offsets [-4,0] is malformed"},
+      {"OverlappingRanges", R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
+            R"("b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})", std::string(24, '\0'), UINT64_MAX, "tensors 'a' [0, 16] and 'b' [8, 24] overlap"},
+      {"UnsupportedDtypeF64", R"({"x":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})", std::string(16, '\0'), UINT64_MAX, "unsupported dtype F64 for tensor 'x' (supported: F32, F16, BF16)"},
+      {"UnknownDtype", R"({"x":{"dtype":"Q7","shape":[2],"data_offsets":[0,2]}})", std::string(2, '\0'), UINT64_MAX, "unknown dtype Q7 for tensor 'x'"},
+      {"MissingDtypeField", R"({"x":{"shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0'), UINT64_MAX, "tensor 'x' has no \"dtype\" field"},
+      {"EntryNotObject", R"({"x":[1,2]})", "", UINT64_MAX, "tensor 'x' is a array"},
+      {"NegativeShapeEntry", R"({"x":{"dtype":"F32","shape":[-1,4],"data_offsets":[0,16]}})", std::string(16, '\0'), UINT64_MAX, "tensor 'x' shape [-1,4] has entry -1 (expected non-negative integers)"},
+      {"ShapeOverflow", R"({"x":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})", "", UINT64_MAX, "is too large"},
+      {"MetadataNonStringValue", R"({"__metadata__":{"k":1},"x":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})", std::string(4, '\0'), UINT64_MAX, "__metadata__ value for key 'k' is a number 1 (expected a string)"},
+      {"MetadataNotObject", R"({"__metadata__":"text"})", "", UINT64_MAX, "__metadata__ is a string (expected an object of strings)"},
+  };
   dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":{"dtype":"F32","shape":[4],"data_offsets":[16,32]}})", std::string(16, '\0'));
-  expect_open_error(path, "tensor 'x' data_offsets [16, 32] extend past the end of the data section");
-}
-
-TEST(Safetensors, OffsetsDoNotMatchShapeAndDtype) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})", std::string(16, '\0'));
-  expect_open_error(path,
-                    "tensor 'x' data_offsets [0, 12] do not match dtype F32 and shape [2, 2] "
-                    "(expected 16 bytes");
-}
-
-TEST(Safetensors, OffsetsBeginAfterEnd) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":{"dtype":"F16","shape":[2],"data_offsets":[8,4]}})", std::string(8, '\0'));
-  expect_open_error(path, "begin after end");
-}
-
-TEST(Safetensors, OffsetsMalformed) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":{"dtype":"F16","shape":[2],"data_offsets":[-4,0]}})", std::string(8, '\0'));
-  expect_open_error(path, "tensor 'x' data_offsets [-4,0] is malformed");
-}
-
-TEST(Safetensors, OverlappingRanges) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path,
-            R"({"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},)"
-            R"("b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}})",
-            std::string(24, '\0'));
-  expect_open_error(path, "tensors 'a' [0, 16] and 'b' [8, 24] overlap");
-}
-
-TEST(Safetensors, UnsupportedDtypeF64) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":{"dtype":"F64","shape":[2],"data_offsets":[0,16]}})", std::string(16, '\0'));
-  expect_open_error(path, "unsupported dtype F64 for tensor 'x' (supported: F32, F16, BF16)");
-}
-
-TEST(Safetensors, UnknownDtype) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":{"dtype":"Q7","shape":[2],"data_offsets":[0,2]}})", std::string(2, '\0'));
-  expect_open_error(path, "unknown dtype Q7 for tensor 'x'");
-}
-
-TEST(Safetensors, MissingDtypeField) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":{"shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0'));
-  expect_open_error(path, "tensor 'x' has no \"dtype\" field");
-}
-
-TEST(Safetensors, EntryNotObject) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":[1,2]})", "");
-  expect_open_error(path, "tensor 'x' is a array");
-}
-
-TEST(Safetensors, NegativeShapeEntry) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"x":{"dtype":"F32","shape":[-1,4],"data_offsets":[0,16]}})", std::string(16, '\0'));
-  expect_open_error(path, "tensor 'x' shape [-1,4] has entry -1 (expected non-negative integers)");
-}
-
-TEST(Safetensors, ShapeOverflow) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path,
-            R"({"x":{"dtype":"F32","shape":[4294967296,4294967296,0],"data_offsets":[0,0]}})", "");
-  expect_open_error(path, "is too large");
-}
-
-TEST(Safetensors, MetadataNonStringValue) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"__metadata__":{"k":1},"x":{"dtype":"F32","shape":[],"data_offsets":[0,4]}})",
-            std::string(4, '\0'));
-  expect_open_error(path, "__metadata__ value for key 'k' is a number 1 (expected a string)");
-}
-
-TEST(Safetensors, MetadataNotObject) {
-  dha::test::TempDir dir;
-  const std::string path = dir.file("t.safetensors");
-  write_raw(path, R"({"__metadata__":"text"})", "");
-  expect_open_error(path, "__metadata__ is a string (expected an object of strings)");
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string path = dir.file(std::string(c.name) + ".safetensors");
+    write_raw(path, c.header, c.data, c.header_len);
+    expect_open_error(path, c.needle);
+  }
 }
 
 // ---- writer errors ------------------------------------------------------------

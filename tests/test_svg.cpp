@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -237,14 +238,32 @@ TEST(SvgLineChart, SingleSeriesHasNoLegend) {
   EXPECT_EQ(count(s, "<circle "), 3u);
 }
 
-TEST(SvgLineChart, Deterministic) {
-  svg::LineChartOptions o;
-  o.title = "same";
-  const std::string a = svg::line_chart(two_series(), o);
-  const std::string b = svg::line_chart(two_series(), o);
-  EXPECT_EQ(a, b);
-  o.log_y = true;
-  EXPECT_EQ(svg::line_chart(two_series(), o), svg::line_chart(two_series(), o));
+// The path's vertices are an affine map of the data: x and y each scale by one
+// factor (y flipped, as SVG's y grows downwards), whatever the values.
+TEST(SvgLineChart, PathVerticesAreAnAffineMapOfTheData) {
+  svg::Series line{"line", {}, {}};
+  const std::vector<double> xs = {0, 1, 3, 4, 10}, ys = {2.0, 2.5, 7.0, 3.0, 5.5};
+  line.x = xs;
+  line.y = ys;
+  const std::string doc = svg::line_chart({line}, {});
+  const size_t start = doc.find("<path d=\"M");
+  ASSERT_NE(start, std::string::npos) << doc;
+  std::string d = doc.substr(start + 9, doc.find('"', start + 9) - start - 9);  // "M x y L x y ..."
+  for (char& c : d)
+    if (c == 'M' || c == 'L') c = ' ';
+  std::vector<std::pair<double, double>> points;
+  std::istringstream in(d);
+  double px, py;
+  while (in >> px >> py) points.emplace_back(px, py);
+  ASSERT_EQ(points.size(), xs.size()) << d;
+  const double sx = (points[4].first - points[0].first) / (xs[4] - xs[0]);
+  const double sy = (points[2].second - points[0].second) / (ys[2] - ys[0]);
+  EXPECT_GT(sx, 0);
+  EXPECT_LT(sy, 0);
+  for (size_t i = 0; i < xs.size(); ++i) {
+    EXPECT_NEAR(points[i].first, points[0].first + sx * (xs[i] - xs[0]), 0.02) << i;
+    EXPECT_NEAR(points[i].second, points[0].second + sy * (ys[i] - ys[0]), 0.02) << i;
+  }
 }
 
 TEST(SvgLineChart, NonFiniteValuesLeaveGaps) {

@@ -133,7 +133,9 @@ TEST(Train, ResumeWithDifferentOptionsIsRefused) {
   run_library(tmp.file("run"), data, first, false);
   dha::TrainConfig changed = small_config(8);
   changed.lr = 1e-2;
-  EXPECT_THROW(run_library(tmp.file("run"), data, changed, true), dha::Error);
+  dha::test::expect_one_line_error([&] { run_library(tmp.file("run"), data, changed, true); },
+                                   {"the training options differ from the checkpoint's", "\"lr\":0.01",
+                                    "resume with the same options"});
 }
 
 TEST(Train, NanLossStopsWithAClearErrorAndKeepsTheLastCheckpoint) {

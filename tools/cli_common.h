@@ -10,6 +10,8 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "dha/recipe.h"
+
 namespace dha::cli {
 
 // Options that mirror the keys of a JSON recipe (--config). Only the options a
@@ -19,7 +21,7 @@ class RecipeOptions {
   explicit RecipeOptions(CLI::App& app) : app_(app) {}
 
   template <typename T>
-  void add(const char* flag, const char* key, T defaults, const char* help) {
+  void add(const std::string& flag, const std::string& key, T defaults, const std::string& help) {
     auto value = std::make_shared<T>(defaults);
     CLI::Option* option = app_.add_option(flag, *value, help);
     if constexpr (!std::is_same_v<T, std::vector<std::string>>) option->capture_default_str();
@@ -28,11 +30,27 @@ class RecipeOptions {
     });
   }
   // A flag that sets `key` to `value` when given.
-  void add_flag(const char* flag, const char* key, bool value, const char* help) {
-    CLI::Option* option = app_.add_flag(std::string(flag))->description(help);
+  void add_flag(const std::string& flag, const std::string& key, bool value, const std::string& help) {
+    CLI::Option* option = app_.add_flag(flag)->description(help);
     collect_.push_back([this, option, key, value] {
       if (option->count() > 0) given_[key] = value;
     });
+  }
+  // Every field of a recipe table that has a flag, with `defaults` shown in --help.
+  template <class Options>
+  void add_fields(const RecipeFields<Options>& fields, const Options& defaults) {
+    for (const auto& field : fields) {
+      if (field.flag.empty()) continue;
+      std::visit(
+          [&](auto member) {
+            using T = std::decay_t<decltype(defaults.*member)>;
+            if constexpr (std::is_same_v<T, bool>) {
+              if (field.flag_sets) return add_flag(field.flag, field.key, *field.flag_sets, field.help);
+            }
+            add<T>(field.flag, field.key, defaults.*member, field.help);
+          },
+          field.member);
+    }
   }
   // The recipe file (empty path: none) with the given options applied on top.
   nlohmann::json resolve(const std::string& recipe_path);

@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
       tokenizer_name = "tokenizer.model";
       dha::train_sentencepiece(files, train_vocab, options.heldout, staged.file(tokenizer_name), seed);
     } else {
-      tokenizer_name = std::filesystem::path(tokenizer_path).extension() == ".model" ? "tokenizer.model" : "tokenizer.bin";
+      tokenizer_name = dha::tokenizer_file_name(tokenizer_path);
       std::filesystem::copy_file(tokenizer_path, staged.file(tokenizer_name));
     }
     const auto tokenizer = dha::load_tokenizer(staged.file(tokenizer_name));

@@ -14,7 +14,6 @@ int main(int argc, char** argv) {
                "dha-train"};
   dha::TrainJob job;
   std::string recipe_path;
-  dha::TrainConfig c;  // defaults, for --help
   app.add_option("--model", job.model_path, "model to continue: llama2.c .bin, HF or dha directory");
   app.add_option("--from-scratch", job.from_scratch_path, "instead: a JSON model description to pre-train");
   app.add_option("--tokenizer", job.tokenizer_path, "tokenizer (default: the model's, else the data's)");
@@ -26,25 +25,7 @@ int main(int argc, char** argv) {
   app.add_flag("--resume", job.resume, "continue from the newest checkpoint in --out");
   app.add_flag("--force", job.force, "replace an existing --out");
   dha::cli::RecipeOptions recipe_keys(app);
-  recipe_keys.add("--steps", "steps", c.steps, "optimizer steps (0: from --tokens)");
-  recipe_keys.add("--tokens", "tokens", c.tokens, "token budget");
-  recipe_keys.add("--batch", "micro_batch", c.micro_batch, "sequences per rank per micro-step");
-  recipe_keys.add("--grad-accum", "grad_accum", c.grad_accum, "micro-steps per optimizer step");
-  recipe_keys.add("--seq-len", "seq_len", c.seq_len, "sequence length (0: the model's context)");
-  recipe_keys.add("--lr", "lr", c.lr, "peak learning rate");
-  recipe_keys.add("--min-lr-ratio", "min_lr_ratio", c.min_lr_ratio, "cosine floor relative to the peak");
-  recipe_keys.add("--warmup", "warmup", c.warmup, "warmup: fraction of the steps (< 1) or steps (>= 1)");
-  recipe_keys.add("--weight-decay", "weight_decay", c.weight_decay, "AdamW weight decay");
-  recipe_keys.add("--clip", "grad_clip", c.grad_clip, "gradient-norm clipping (<= 0: off)");
-  recipe_keys.add("--eval-every", "eval_every", c.eval_every, "steps between held-out evaluations (0: start and end)");
-  recipe_keys.add("--eval-docs", "eval_docs", c.eval_docs, "held-out documents per evaluation (0: all)");
-  recipe_keys.add("--checkpoint-every", "checkpoint_every", c.checkpoint_every, "steps between checkpoints (0: end and signals)");
-  recipe_keys.add("--keep", "keep_checkpoints", c.keep_checkpoints, "checkpoints kept");
-  recipe_keys.add("--seed", "seed", c.seed, "seed (data order, initialisation)");
-  recipe_keys.add("--distill-weight", "distill_weight", c.distill_weight, "weight of the KL term with --teacher");
-  recipe_keys.add("--device", "device", c.device, "auto | cpu | cuda");
-  recipe_keys.add("--dist-timeout", "dist_timeout_s", c.dist_timeout_s, "seconds before a silent peer fails the run");
-  recipe_keys.add("--stop-after", "stop_after", c.stop_after, "stop with a checkpoint after N steps of this run (0: off)");
+  recipe_keys.add_fields(dha::train_recipe_fields(), dha::TrainConfig{});
   return dha::cli::run(app, argc, argv, [&] {
     const nlohmann::json recipe = recipe_keys.resolve(recipe_path);
     job.config = dha::train_config_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);

@@ -1,6 +1,8 @@
-// dha-convert's pipeline: head-dependence search -> fusion under an augmented
-// Lagrangian -> collapse -> export (method dha), or the GQA baselines (mean
-// pooling, align-then-merge), with a report and pictures.
+// dha-convert's pipeline (docs/method.md §2, §4): a plan decided from the
+// options and the source config alone, then the stages — attention analysis,
+// head-dependence search, fusion under an augmented Lagrangian (or the GQA
+// baselines' pooling / alignment), collapse, export — and a report built from
+// their results.
 #pragma once
 
 #include <string>
@@ -8,15 +10,23 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dha/config.h"
+#include "dha/fusion.h"
+#include "dha/recipe.h"
+#include "dha/train.h"
+
 namespace dha {
 
+struct ExportFormat;
+struct SearchMeasure;
+
 struct ConvertOptions {
-  std::string method = "dha";      // dha | gqa | aligned-gqa | shared-attention
+  std::string method = "dha";      // see convert_methods()
   double budget = 0.25;            // rho: kept K+V heads over 2 L H
-  // Shared Attention (method.md §4.3): "A-B,C-D" layer spans that reuse the
-  // attention of the layer before the span. With shared-attention, empty means
-  // "chosen for --budget"; with dha or gqa, the spans are applied first and the
-  // budget counts their removed key heads.
+  // Shared Attention (docs/method.md §4.3): "A-B,C-D" layer spans that reuse
+  // the attention of the layer before the span. With shared-attention, empty
+  // means "chosen for --budget"; with dha or gqa, the spans are applied first
+  // and the budget counts their removed key heads.
   std::string share_spans;
   bool analyze_attention = false;  // only measure cross-layer attention similarity (no model written)
   std::vector<std::string> calib;  // calibration text files
@@ -28,7 +38,7 @@ struct ConvertOptions {
   int64_t batch = 8;               // sequences per step (search, fusion, calibration statistics)
   int64_t seq_len = 256;           // 0: the model's context
   // Stage 1: search
-  std::string measure = "fusion";  // weight | activation | fusion
+  std::string measure = "fusion";  // see search_measures()
   int64_t search_steps = 40;       // fusion measure: steps of whole-pool fusion
   int64_t search_average = 0;      // fusion measure: costs averaged over the last N steps (0: all)
   int64_t max_group_size = 0;      // 0: no cap
@@ -44,19 +54,58 @@ struct ConvertOptions {
   bool per_channel = false;        // Omega n x n x d_h instead of n x n
   double distill_weight = 0.0;     // KL(source || fusion model)
   // Export
-  std::string export_format = "dha";  // dha | gqa | mha
+  std::string export_format = "dha";  // see export_formats()
 };
 
-// Reads a JSON recipe (keys as the fields above); unknown keys are errors.
+// The recipe keys of ConvertOptions, with their flags and help.
+const RecipeFields<ConvertOptions>& convert_recipe_fields();
+// Reads a JSON recipe; an unknown key or a value of the wrong type is an error naming `where`.
 ConvertOptions convert_options_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json convert_options_to_json(const ConvertOptions& options);
+
+enum class ConvertMethod {
+  kDha,              // search, fusion, collapse
+  kGqa,              // contiguous equal groups, mean pooling (Ainslie et al.)
+  kAlignedGqa,       // contiguous equal groups, Procrustes alignment, then mean (Jin et al.)
+  kSharedAttention,  // layers reuse an earlier layer's attention (Liao & Vargas)
+};
+struct ConvertMethodInfo {
+  ConvertMethod method;
+  std::string name, help;
+};
+const std::vector<ConvertMethodInfo>& convert_methods();
+
+// What a conversion will do, decided from the options and the source config
+// before any model is loaded: every refusal of the options happens here.
+struct ConvertPlan {
+  ConvertMethod method = ConvertMethod::kDha;
+  bool analyze_only = false;                 // --analyze-attention: similarity only, no model written
+  const SearchMeasure* measure = nullptr;    // how dha scores heads
+  const ExportFormat* export_format = nullptr;
+  std::vector<LayerSpan> spans;              // layers that share attention (given; or chosen when choose_spans)
+  bool choose_spans = false;                 // shared-attention without spans: chosen for the budget
+  bool measure_similarity = false;           // the cross-layer attention analysis runs
+  bool uses_budget = true;                   // false for analysis, and for shared-attention with given spans
+  bool shares_heads = true;                  // head sharing (search/pooling) follows the spans
+  bool fusion_stage = false;                 // dha with fusion: a trained stage before the collapse
+  ModelConfig source;                        // the source model's config
+  ModelConfig shared;                        // the source with the given spans applied: where head sharing starts
+  int64_t target_heads = 0;                  // K+V heads after head sharing (0: none)
+  int64_t seq_len = 0;                       // calibration sequence length
+};
+ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& source, const std::string& model_path);
+
+// The training settings of a conversion stage that trains (the search's
+// fusion measure and the fusion stage): constant rate, no warmup, clip 1.
+TrainConfig conversion_train_config(const ConvertOptions& options, int64_t steps, int64_t seq_len);
+FusionOptions conversion_fusion_options(const ConvertOptions& options);
 
 struct ConvertSummary {
   nlohmann::json report;  // what report.json holds
   std::string out_dir;
 };
 
-// Checks every input before any work, then runs the pipeline and writes
+// Checks every input before any work, then runs the plan's stages and writes
 // out_dir atomically (an interrupted run leaves no out_dir behind).
 ConvertSummary run_convert(const std::string& model_path, const std::string& tokenizer_path,
                            const std::string& out_dir, bool force, const ConvertOptions& options);

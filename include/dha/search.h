@@ -45,6 +45,10 @@ HeadLayout apply_grouping(const HeadLayout& layout, const Grouping& grouping);
 torch::Tensor weight_cost(const torch::Tensor& w);
 // ||a_i - a_j||^2 / (||a_i||^2 + ||a_j||^2) of activations a [n, N, d_h];
 torch::Tensor activation_cost(const torch::Tensor& a);
+// ||W~_i - W~_j||^2 / (||W_i||^2 + ||W_j||^2) averaged over snapshots of the
+// effective weights W~ [n, d_h, d] taken during whole-pool fusion, with W [n, d_h, d]
+// the weights before fusion (the fusion measure, docs/method.md §2).
+torch::Tensor fusion_cost(const torch::Tensor& original, const std::vector<torch::Tensor>& snapshots);
 
 struct GroupingOptions {
   int64_t target_total = 0;    // heads over all pools after grouping

@@ -40,8 +40,14 @@ class Tokenizer {
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expected_vocab = 0);
 
 // The tokenizer that belongs to a model path: inside a model directory
-// (tokenizer.model, then tokenizer.bin), or beside a .bin checkpoint
-// (tokenizer.model, tokenizer.bin, tok<vocab>.bin). Empty if none is found.
+// (find_tokenizer_in_dir), or beside a .bin checkpoint (the same names, then
+// tok<vocab>.bin). Empty if none is found.
 std::string find_tokenizer_for_model(const std::string& model_path, int64_t vocab_size);
+// The tokenizer file inside a directory: tokenizer.model, then tokenizer.bin. Empty if none.
+std::string find_tokenizer_in_dir(const std::string& dir);
+// The name a tokenizer file takes inside a model directory, so that
+// find_tokenizer_in_dir finds it: tokenizer.model for a sentencepiece .model
+// file, tokenizer.bin otherwise.
+std::string tokenizer_file_name(const std::string& tokenizer_path);
 
 }  // namespace dha

@@ -18,6 +18,7 @@
 #include "dha/distributed.h"
 #include "dha/model.h"
 #include "dha/optim.h"
+#include "dha/recipe.h"
 
 namespace dha {
 
@@ -47,7 +48,9 @@ struct TrainConfig {
   int64_t stop_after = 0;        // stop (with a checkpoint) after this many steps of this run; 0: off
 };
 
-// Reads a JSON recipe; an unknown key is an error naming it and `where`.
+// The recipe keys of TrainConfig, with their flags and help.
+const RecipeFields<TrainConfig>& train_recipe_fields();
+// Reads a JSON recipe; an unknown key or a value of the wrong type is an error naming `where`.
 TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json train_config_to_json(const TrainConfig& config);
 
@@ -86,12 +89,6 @@ class LanguageModelTask : public TrainTask {
   double distill_weight_, temperature_;
 };
 
-// Mean next-token cross-entropy of logits [B, T, V] against targets [B, T].
-torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets);
-// Mean per-token KL(teacher || student) at a temperature.
-torch::Tensor distill_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
-                         double temperature);
-
 struct EvalPoint {
   int64_t step = 0;
   int64_t tokens = 0;
@@ -121,9 +118,6 @@ struct TrainResult {
 // tokens; every rank reads a disjoint slice of each global batch.
 TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& config,
                   Distributed& dist, const TrainRun& run);
-
-// The device a config asks for ("auto": CUDA when available).
-torch::Device resolve_device(const std::string& name, int local_rank);
 
 // Steps implied by a token budget: ceil(tokens / (world * micro_batch * accum * seq_len)).
 int64_t steps_for_tokens(const TrainConfig& config, int world_size, int64_t seq_len);

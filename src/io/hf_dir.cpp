@@ -161,7 +161,7 @@ json config_to_hf_json(const ModelConfig& c, DirFormat format, torch::ScalarType
   return j;
 }
 
-Checkpoint load_hf_dir(const std::string& dir) {
+ModelConfig load_hf_dir_config(const std::string& dir) {
   const std::string config_path = dir + "/config.json";
   if (!fs::exists(config_path)) fail(dir, ": no config.json (expected an HF LLaMA or dha model directory)");
   json j;
@@ -170,8 +170,12 @@ Checkpoint load_hf_dir(const std::string& dir) {
   } catch (const json::exception& e) {
     fail(config_path, ": not valid JSON (", e.what(), ")");
   }
+  return config_from_hf_json(j, config_path);
+}
+
+Checkpoint load_hf_dir(const std::string& dir) {
   Checkpoint checkpoint;
-  checkpoint.config = config_from_hf_json(j, config_path);
+  checkpoint.config = load_hf_dir_config(dir);
 
   std::map<std::string, std::string> files;  // tensor -> file
   if (fs::exists(dir + "/" + kIndexFile)) {

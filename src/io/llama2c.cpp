@@ -107,22 +107,21 @@ torch::Tensor rotate_half_to_interleaved(const torch::Tensor& w, int64_t n_heads
   return w.reshape({n_heads, 2, head_dim / 2, w.size(1)}).transpose(1, 2).reshape({rows, w.size(1)}).contiguous();
 }
 
-Checkpoint load_llama2c(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
+namespace {
+
+// Reads and checks the header; the file size must match it exactly.
+ModelConfig read_header(std::ifstream& in, const std::string& path) {
   if (!in) fail(path, ": cannot open (no such file or not readable)");
+  in.seekg(0, std::ios::end);
   const int64_t file_size = static_cast<int64_t>(in.tellg());
   if (file_size < kHeaderBytes)
     fail(path, ": file is ", file_size, " bytes, shorter than the 28-byte llama2.c header");
   in.seekg(0);
   Header h{};
   in.read(reinterpret_cast<char*>(&h), kHeaderBytes);
-
-  Checkpoint checkpoint;
-  checkpoint.config = config_from_header(h, path);
-  const ModelConfig& c = checkpoint.config;
-  const std::vector<Slot> slots = file_order(c);
+  const ModelConfig c = config_from_header(h, path);
   int64_t floats = 0;
-  for (const auto& slot : slots) floats += numel(slot.shape);
+  for (const auto& slot : file_order(c)) floats += numel(slot.shape);
   const int64_t rope_floats = c.max_seq_len * c.head_dim;  // cos and sin tables, d_h/2 each
   const int64_t classifier = c.tied_embeddings ? 0 : c.vocab_size * c.dim;
   const int64_t expected = kHeaderBytes + 4 * (floats + rope_floats + classifier);
@@ -131,6 +130,23 @@ Checkpoint load_llama2c(const std::string& path) {
          ", layers ", c.n_layers, ", heads ", c.n_heads, "/", c.layout.n_k_heads(0), " kv, vocab ",
          h.vocab_size, ", seq_len ", c.max_seq_len, ") implies ", expected,
          file_size < expected ? " (truncated?)" : " (trailing data; not a legacy v0 checkpoint?)");
+  return c;
+}
+
+}  // namespace
+
+ModelConfig load_llama2c_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return read_header(in, path);
+}
+
+Checkpoint load_llama2c(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  Checkpoint checkpoint;
+  checkpoint.config = read_header(in, path);
+  const ModelConfig& c = checkpoint.config;
+  const std::vector<Slot> slots = file_order(c);
+  const int64_t rope_floats = c.max_seq_len * c.head_dim;
 
   auto read_tensor = [&](const std::vector<int64_t>& shape) {
     torch::Tensor t = torch::empty(shape, torch::kFloat32);

@@ -10,14 +10,28 @@
 namespace dha::io {
 namespace fs = std::filesystem;
 
-Checkpoint load_checkpoint(const std::string& path) {
+namespace {
+
+enum class CheckpointKind { kDirectory, kLlama2c };
+
+CheckpointKind checkpoint_kind(const std::string& path) {
   std::error_code error;
   const auto status = fs::status(path, error);
   if (error || !fs::exists(status)) fail(path, ": no such file or directory");
-  if (fs::is_directory(status)) return load_hf_dir(path);
+  if (fs::is_directory(status)) return CheckpointKind::kDirectory;
   if (path.size() >= 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0)
     fail(path, ": pass the model directory (with config.json), not the .safetensors file");
-  return load_llama2c(path);
+  return CheckpointKind::kLlama2c;
+}
+
+}  // namespace
+
+Checkpoint load_checkpoint(const std::string& path) {
+  return checkpoint_kind(path) == CheckpointKind::kDirectory ? load_hf_dir(path) : load_llama2c(path);
+}
+
+ModelConfig load_model_config(const std::string& path) {
+  return checkpoint_kind(path) == CheckpointKind::kDirectory ? load_hf_dir_config(path) : load_llama2c_config(path);
 }
 
 LoadedModel load_model(const std::string& model_path, const std::string& tokenizer_path,

@@ -31,6 +31,8 @@ struct DirSaveOptions {
 
 // Reads an HF or toolkit directory; q/k rows are already rotate-half there.
 Checkpoint load_hf_dir(const std::string& dir);
+// Only the config (config.json), without reading any weights.
+ModelConfig load_hf_dir_config(const std::string& dir);
 // Writes the directory atomically (staged, then renamed into place).
 void save_hf_dir(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options);
 // Writes config.json, the weights and the extra files into an existing

@@ -12,6 +12,8 @@ namespace dha::io {
 
 // Reads and validates a .bin checkpoint; the file size must match the header exactly.
 Checkpoint load_llama2c(const std::string& path);
+// Only the config (the header, checked against the file size).
+ModelConfig load_llama2c_config(const std::string& path);
 
 // Writes a .bin checkpoint atomically (fp32). The layout must be plain GQA,
 // the only one the format can express.

@@ -12,6 +12,8 @@
 namespace dha::io {
 
 Checkpoint load_checkpoint(const std::string& path);
+// Only the config of any checkpoint load_checkpoint reads (cheap: no weights).
+ModelConfig load_model_config(const std::string& path);
 
 // The model (CPU, float32, eval mode) and its tokenizer: `tokenizer_path`, or
 // when empty the tokenizer inside / beside the model. A tokenizer whose vocab

@@ -103,20 +103,37 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expec
   }
 }
 
+namespace {
+
+// The names find_tokenizer_in_dir looks for, in order.
+constexpr const char* kTokenizerNames[] = {"tokenizer.model", "tokenizer.bin"};
+
+}  // namespace
+
+std::string tokenizer_file_name(const std::string& tokenizer_path) {
+  return fs::path(tokenizer_path).extension() == ".model" ? "tokenizer.model" : "tokenizer.bin";
+}
+
+std::string find_tokenizer_in_dir(const std::string& dir) {
+  std::error_code ec;
+  for (const char* name : kTokenizerNames) {
+    const fs::path candidate = fs::path(dir) / name;
+    if (fs::is_regular_file(candidate, ec)) return candidate.string();
+  }
+  return "";
+}
+
 std::string find_tokenizer_for_model(const std::string& model_path, int64_t vocab_size) {
   std::error_code ec;
   const fs::path model(model_path);
-  std::vector<fs::path> candidates;
-  if (fs::is_directory(model, ec)) {
-    candidates = {model / "tokenizer.model", model / "tokenizer.bin"};
-  } else {
-    const fs::path dir = model.parent_path();  // empty for a bare file name: the cwd
-    candidates = {dir / "tokenizer.model", dir / "tokenizer.bin"};
-    if (vocab_size > 0) candidates.push_back(dir / ("tok" + std::to_string(vocab_size) + ".bin"));
+  if (fs::is_directory(model, ec)) return find_tokenizer_in_dir(model_path);
+  const fs::path dir = model.parent_path();  // empty for a bare file name: the cwd
+  std::string found = find_tokenizer_in_dir(dir.empty() ? "." : dir.string());
+  if (found.empty() && vocab_size > 0) {
+    const fs::path candidate = dir / ("tok" + std::to_string(vocab_size) + ".bin");
+    if (fs::is_regular_file(candidate, ec)) found = candidate.string();
   }
-  for (const fs::path& candidate : candidates)
-    if (fs::is_regular_file(candidate, ec)) return candidate.string();
-  return "";
+  return found;
 }
 
 }  // namespace dha

@@ -2,93 +2,30 @@
 // evaluation, metrics, checkpoints, exact resume, signals and the NaN guard.
 #include "dha/train.h"
 
-#include <csignal>
 #include <chrono>
 #include <cmath>
-#include <filesystem>
-#include <cstring>
 #include <fstream>
-#include <mutex>
-#include <set>
 #include <sstream>
 
 #if __has_include(<ATen/cuda/CUDAContext.h>)
 #include <ATen/cuda/CUDAContext.h>
 #define DHA_HAVE_ATEN_CUDA 1
 #endif
-#include <ATen/autocast_mode.h>
 
 #include "dha/error.h"
-#include "json_fields.h"
 #include "dha/eval.h"
 #include "dha/io/atomic_file.h"
 #include "dha/log.h"
+#include "dha/loss.h"
 #include "dha/progress.h"
 #include "dha/train_checkpoint.h"
+#include "run_state.h"
 
 namespace dha {
-namespace fs = std::filesystem;
-using detail::read_key;
 using nlohmann::json;
+using namespace train_detail;
 
 namespace {
-
-volatile std::sig_atomic_t g_stop_signal = 0;
-void on_stop_signal(int signal) { g_stop_signal = signal; }
-
-// Installs SIGINT/SIGTERM handlers for the duration of a run.
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal = 0;
-    previous_int_ = std::signal(SIGINT, on_stop_signal);
-    previous_term_ = std::signal(SIGTERM, on_stop_signal);
-  }
-  ~StopSignals() {
-    std::signal(SIGINT, previous_int_);
-    std::signal(SIGTERM, previous_term_);
-  }
-  bool raised() const { return g_stop_signal != 0; }
-
- private:
-  void (*previous_int_)(int);
-  void (*previous_term_)(int);
-};
-
-// bf16 autocast on CUDA (fp32 master weights stay in the optimizer); nothing on CPU.
-class Autocast {
- public:
-  explicit Autocast(const torch::Device& device) : enabled_(device.is_cuda()) {
-    if (!enabled_) return;
-    at::autocast::set_autocast_enabled(at::kCUDA, true);
-    at::autocast::set_autocast_dtype(at::kCUDA, at::kBFloat16);
-  }
-  ~Autocast() {
-    if (!enabled_) return;
-    at::autocast::set_autocast_enabled(at::kCUDA, false);
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool enabled_;
-};
-
-json rng_state() {
-  auto generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  const torch::Tensor state = generator.get_state();
-  const uint8_t* p = state.data_ptr<uint8_t>();
-  return json{{"cpu", std::vector<uint8_t>(p, p + state.numel())}};
-}
-
-void restore_rng_state(const json& j) {
-  const auto bytes = j.at("cpu").get<std::vector<uint8_t>>();
-  torch::Tensor state = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
-  std::memcpy(state.data_ptr<uint8_t>(), bytes.data(), bytes.size());
-  auto generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  generator.set_state(state);
-}
 
 // Peak dense bf16 FLOP/s of known GPUs, for MFU; 0 when unknown.
 double peak_flops(const torch::Device& device) {
@@ -108,28 +45,45 @@ double flops_per_token(const ModelConfig& c, int64_t seq_len) {
   return 6.0 * weights + 6.0 * c.n_layers * c.n_heads * c.head_dim * seq_len;
 }
 
-// Keeps the metrics lines up to `step` (a resumed run rewrites what follows).
-void truncate_metrics(const std::string& path, int64_t step) {
-  if (!fs::exists(path)) return;
-  std::istringstream in(io::read_file(path));
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    if (line.empty()) continue;
-    try {
-      if (json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
-    } catch (const json::exception&) {
-      // a torn last line from a killed run
-    }
-  }
-  io::write_file_atomic(path, kept);
-}
-
 std::vector<torch::Tensor> all_params(const std::vector<ParamGroup>& groups) {
   std::vector<torch::Tensor> out;
   for (const auto& group : groups)
     for (const auto& [name, p] : group.params) out.push_back(p);
   return out;
 }
+
+// metrics.jsonl, written by rank 0 only. A resumed run first drops the lines
+// after its checkpoint's step, so the file reads as one uninterrupted run.
+class MetricsLog {
+ public:
+  MetricsLog(const std::string& path, bool main, std::optional<int64_t> resumed_at) : main_(main) {
+    if (!main_) return;
+    if (resumed_at) truncate_after(path, *resumed_at);
+    out_.open(path, std::ios::app);
+    if (!out_) fail(path, ": cannot open for writing");
+  }
+  void write(const json& line) {
+    if (main_) out_ << line.dump() << "\n" << std::flush;
+  }
+
+ private:
+  static void truncate_after(const std::string& path, int64_t step) {
+    if (!std::filesystem::exists(path)) return;
+    std::istringstream in(io::read_file(path));
+    std::string line, kept;
+    while (std::getline(in, line)) {
+      if (line.empty()) continue;
+      try {
+        if (json::parse(line).value("step", int64_t{0}) <= step) kept += line + "\n";
+      } catch (const json::exception&) {
+        // a torn last line from a killed run
+      }
+    }
+    io::write_file_atomic(path, kept);
+  }
+  bool main_;
+  std::ofstream out_;
+};
 
 // Held-out NLL, documents split over ranks and summed.
 EvalPoint evaluate(TrainTask& task, const std::vector<std::vector<int32_t>>& docs, Distributed& dist,
@@ -156,85 +110,41 @@ EvalPoint evaluate(TrainTask& task, const std::vector<std::vector<int32_t>>& doc
   return point;
 }
 
-}  // namespace
+// Options that may change between a run and its resume: they do not change what is computed.
+constexpr const char* kResumeFreeKeys[] = {"stop_after", "dist_timeout_s", "eval_every",
+                                           "eval_docs",  "log_every",      "keep_checkpoints"};
 
-TrainConfig train_config_from_json(const json& j, const std::string& where) {
-  if (!j.is_object()) fail(where, ": a training recipe must be a JSON object");
-  TrainConfig c;
-  std::set<std::string> seen;
-  try {
-    read_key(j, "steps", c.steps, seen);
-    read_key(j, "tokens", c.tokens, seen);
-    read_key(j, "micro_batch", c.micro_batch, seen);
-    read_key(j, "grad_accum", c.grad_accum, seen);
-    read_key(j, "seq_len", c.seq_len, seen);
-    read_key(j, "lr", c.lr, seen);
-    read_key(j, "min_lr_ratio", c.min_lr_ratio, seen);
-    read_key(j, "warmup", c.warmup, seen);
-    read_key(j, "weight_decay", c.weight_decay, seen);
-    read_key(j, "beta1", c.beta1, seen);
-    read_key(j, "beta2", c.beta2, seen);
-    read_key(j, "eps", c.eps, seen);
-    read_key(j, "grad_clip", c.grad_clip, seen);
-    read_key(j, "eval_every", c.eval_every, seen);
-    read_key(j, "eval_docs", c.eval_docs, seen);
-    read_key(j, "checkpoint_every", c.checkpoint_every, seen);
-    read_key(j, "keep_checkpoints", c.keep_checkpoints, seen);
-    read_key(j, "log_every", c.log_every, seen);
-    read_key(j, "seed", c.seed, seen);
-    read_key(j, "distill_weight", c.distill_weight, seen);
-    read_key(j, "distill_temperature", c.distill_temperature, seen);
-    read_key(j, "device", c.device, seen);
-    read_key(j, "bucket_mb", c.bucket_mb, seen);
-    read_key(j, "dist_timeout_s", c.dist_timeout_s, seen);
-    read_key(j, "stop_after", c.stop_after, seen);
-  } catch (const json::exception& e) {
-    fail(where, ": a value has the wrong type (", e.what(), ")");
+// Restores task, optimizer, RNG and data cursor from the newest valid checkpoint.
+// Refuses one of another world size, another model or other training options.
+void resume(TrainTask& task, AdamW& optimizer, const std::string& root, const TrainRun& run, const json& recipe,
+            Distributed& dist, TrainResult& result, DataCursor& cursor) {
+  std::optional<TrainCheckpoint> ck = load_latest_train_checkpoint(root);
+  if (!ck) fail(root, ": no checkpoint to resume from");
+  if (ck->world_size != dist.world_size())
+    fail(ck->path, ": written by a run of ", ck->world_size, " processes, this one has ", dist.world_size(),
+         " (resume with the same world size)");
+  if (ck->meta.value("model_config", json()) != run.meta.value("model_config", json()))
+    fail(ck->path, ": the checkpoint is of a different model than the one given");
+  json saved = ck->meta.value("train_config", json::object()), given = recipe;
+  for (const char* free_key : kResumeFreeKeys) {
+    saved.erase(free_key);
+    given.erase(free_key);
   }
-  detail::reject_unknown_keys(j, seen, where);
-  if (c.micro_batch <= 0 || c.grad_accum <= 0) fail(where, ": micro_batch and grad_accum must be positive");
-  if (c.steps < 0 || c.tokens < 0) fail(where, ": steps and tokens must not be negative");
-  if (!(c.lr >= 0)) fail(where, ": lr must not be negative");
-  return c;
+  if (saved != given)
+    fail(ck->path, ": the training options differ from the checkpoint's (", saved.dump(), " vs ", given.dump(),
+         "); resume with the same options");
+  task.load_state(ck->tensors, ck->path);
+  optimizer.load_state(ck->optimizer, ck->step, ck->path);
+  task.load_extra_state(ck->meta.value("task", json::object()));
+  restore_rng_state(ck->meta.at("rng"));
+  result.steps = ck->step;
+  result.tokens = ck->tokens;
+  result.last_checkpoint = ck->path;
+  cursor = ck->cursor;
+  if (dist.is_main()) log::info("resumed from ", ck->path, " at step ", ck->step);
 }
 
-json train_config_to_json(const TrainConfig& c) {
-  return json{{"steps", c.steps},
-              {"tokens", c.tokens},
-              {"micro_batch", c.micro_batch},
-              {"grad_accum", c.grad_accum},
-              {"seq_len", c.seq_len},
-              {"lr", c.lr},
-              {"min_lr_ratio", c.min_lr_ratio},
-              {"warmup", c.warmup},
-              {"weight_decay", c.weight_decay},
-              {"beta1", c.beta1},
-              {"beta2", c.beta2},
-              {"eps", c.eps},
-              {"grad_clip", c.grad_clip},
-              {"eval_every", c.eval_every},
-              {"eval_docs", c.eval_docs},
-              {"checkpoint_every", c.checkpoint_every},
-              {"keep_checkpoints", c.keep_checkpoints},
-              {"log_every", c.log_every},
-              {"seed", c.seed},
-              {"distill_weight", c.distill_weight},
-              {"distill_temperature", c.distill_temperature},
-              {"device", c.device},
-              {"bucket_mb", c.bucket_mb},
-              {"dist_timeout_s", c.dist_timeout_s},
-              {"stop_after", c.stop_after}};
-}
-
-torch::Device resolve_device(const std::string& name, int local_rank) {
-  if (name == "cpu") return torch::kCPU;
-  const bool cuda = torch::cuda::is_available();
-  if (name == "cuda" && !cuda) fail("--device cuda: no CUDA device is visible");
-  if (name == "cuda" || (name == "auto" && cuda))
-    return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(local_rank % torch::cuda::device_count()));
-  if (name != "auto") fail("--device \"", name, "\" is not one of auto, cpu, cuda");
-  return torch::kCPU;
-}
+}  // namespace
 
 int64_t steps_for_tokens(const TrainConfig& c, int world_size, int64_t seq_len) {
   if (c.steps > 0) return c.steps;
@@ -247,20 +157,6 @@ TensorMap TrainTask::state() { return model()->state(); }
 
 void TrainTask::load_state(const TensorMap& tensors, const std::string& source) {
   model()->load_state(tensors, source);
-}
-
-torch::Tensor lm_loss(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(torch::kFloat32),
-                                              targets.reshape({-1}));
-}
-
-torch::Tensor distill_kl(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits,
-                         double temperature) {
-  const int64_t vocab = student_logits.size(-1);
-  const torch::Tensor s = torch::log_softmax(student_logits.to(torch::kFloat32) / temperature, -1).reshape({-1, vocab});
-  const torch::Tensor t = torch::log_softmax(teacher_logits.to(torch::kFloat32) / temperature, -1).reshape({-1, vocab});
-  // KL(teacher || student) per token, averaged; T^2 keeps gradients comparable across temperatures.
-  return (t.exp() * (t - s)).sum(-1).mean() * (temperature * temperature);
 }
 
 LanguageModelTask::LanguageModelTask(Llama model, std::optional<Llama> teacher, double distill_weight,
@@ -317,49 +213,15 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   schedule.floor_ratio = config.min_lr_ratio;
 
   const std::string checkpoint_root = run.out_dir + "/checkpoints";
-  const std::string metrics_path = run.out_dir + "/metrics.jsonl";
   const json recipe = train_config_to_json(config);
   TrainResult result;
   DataCursor cursor;
-
-  if (run.resume) {
-    std::optional<TrainCheckpoint> ck = load_latest_train_checkpoint(checkpoint_root);
-    if (!ck) fail(checkpoint_root, ": no checkpoint to resume from");
-    if (ck->world_size != dist.world_size())
-      fail(ck->path, ": written by a run of ", ck->world_size, " processes, this one has ", dist.world_size(),
-           " (resume with the same world size)");
-    if (ck->meta.value("model_config", json()) != run.meta.value("model_config", json()))
-      fail(ck->path, ": the checkpoint is of a different model than the one given");
-    json saved = ck->meta.value("train_config", json::object()), given = recipe;
-    for (const char* free_key : {"stop_after", "dist_timeout_s", "eval_every", "eval_docs", "log_every", "keep_checkpoints"}) {
-      saved.erase(free_key);
-      given.erase(free_key);
-    }
-    if (saved != given)
-      fail(ck->path, ": the training options differ from the checkpoint's (", saved.dump(), " vs ", given.dump(),
-           "); resume with the same options");
-    task.load_state(ck->tensors, ck->path);
-    optimizer.load_state(ck->optimizer, ck->step, ck->path);
-    task.load_extra_state(ck->meta.value("task", json::object()));
-    restore_rng_state(ck->meta.at("rng"));
-    result.steps = ck->step;
-    result.tokens = ck->tokens;
-    result.last_checkpoint = ck->path;
-    cursor = ck->cursor;
-    if (dist.is_main()) {
-      truncate_metrics(metrics_path, ck->step);
-      log::info("resumed from ", ck->path, " at step ", ck->step);
-    }
-  } else {
-    dist.broadcast(params);  // every rank starts from rank 0's weights
-  }
-
+  if (run.resume) resume(task, optimizer, checkpoint_root, run, recipe, dist, result, cursor);
+  else dist.broadcast(params);  // every rank starts from rank 0's weights
   if (dist.is_main() && !run.description.empty()) log::info(run.description);
-  std::ofstream metrics;
-  if (dist.is_main()) {
-    metrics.open(metrics_path, std::ios::app);
-    if (!metrics) fail(metrics_path, ": cannot open for writing");
-  }
+  MetricsLog metrics(run.out_dir + "/metrics.jsonl", dist.is_main(),
+                     run.resume ? std::optional<int64_t>(result.steps) : std::nullopt);
+
   auto save_checkpoint = [&] {
     TrainCheckpoint ck;
     ck.step = result.steps;
@@ -379,14 +241,11 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
     if (run.eval_docs.empty()) return;
     const EvalPoint point = evaluate(task, run.eval_docs, dist, device, config.eval_docs, result.steps, result.tokens);
     result.evals.push_back(point);
-    if (dist.is_main()) {
-      metrics << json{{"event", "eval"}, {"step", point.step}, {"tokens", point.tokens}, {"eval_nll", point.mean_nll}}.dump()
-              << "\n" << std::flush;
-      log::info(run.label, " step ", point.step, ": held-out NLL ", point.mean_nll);
-    }
+    metrics.write({{"event", "eval"}, {"step", point.step}, {"tokens", point.tokens}, {"eval_nll", point.mean_nll}});
+    if (dist.is_main()) log::info(run.label, " step ", point.step, ": held-out NLL ", point.mean_nll);
   };
 
-  if (!run.resume && run.eval_docs.size() > 0) record_eval();  // the starting point
+  if (!run.resume) record_eval();  // the starting point
   StopSignals signals;
   Progress progress(run.label, total_steps, "steps");
   const double peak = peak_flops(device);
@@ -414,6 +273,7 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
     }
     cursor = sampler.advance(cursor, per_step_sequences);
     dist.average_gradients(params, config.bucket_mb << 20);
+    // Loss and task metrics averaged over ranks, in one collective.
     std::vector<double> reduced{loss_sum};
     for (const auto& [key, value] : step_metrics) reduced.push_back(value);
     reduced = dist.sum(reduced);
@@ -436,13 +296,12 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
 
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double tokens_per_s = tokens_per_step / std::max(seconds, 1e-9);
-    if (dist.is_main() && (result.steps % std::max<int64_t>(config.log_every, 1) == 0 || result.steps == total_steps)) {
-      json line = {{"step", result.steps},      {"tokens", result.tokens},
-                   {"loss", loss_sum},          {"lr", config.lr * factor},
-                   {"grad_norm", grad_norm},    {"tokens_per_s", tokens_per_s}};
+    if (result.steps % std::max<int64_t>(config.log_every, 1) == 0 || result.steps == total_steps) {
+      json line = {{"step", result.steps},   {"tokens", result.tokens},       {"loss", loss_sum},
+                   {"lr", config.lr * factor}, {"grad_norm", grad_norm}, {"tokens_per_s", tokens_per_s}};
       if (peak > 0) line["mfu"] = tokens_per_s * flops_token / (peak * dist.world_size());
       for (const auto& [key, value] : step_metrics) line[key] = value;
-      metrics << line.dump() << "\n" << std::flush;
+      metrics.write(line);
     }
     if (dist.is_main() && run.show_progress) {
       std::ostringstream status;
@@ -454,7 +313,6 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
 
     const bool stop_requested =
         dist.max(signals.raised() || (config.stop_after > 0 && steps_this_run >= config.stop_after) ? 1.0 : 0.0) > 0;
-    const bool periodic = config.checkpoint_every > 0 && result.steps % config.checkpoint_every == 0;
     if (stop_requested && result.steps < total_steps) {
       save_checkpoint();
       result.stopped_early = true;
@@ -465,7 +323,8 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
       }
       return result;
     }
-    if (periodic && result.steps < total_steps) save_checkpoint();
+    if (config.checkpoint_every > 0 && result.steps % config.checkpoint_every == 0 && result.steps < total_steps)
+      save_checkpoint();
   }
   if (dist.is_main() && run.show_progress) progress.finish();
   record_eval();

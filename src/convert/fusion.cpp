@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "dha/error.h"
+#include "dha/loss.h"
 
 namespace dha {
 namespace {

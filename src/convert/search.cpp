@@ -106,6 +106,21 @@ torch::Tensor activation_cost(const torch::Tensor& a) {
   return cost;
 }
 
+torch::Tensor fusion_cost(const torch::Tensor& original, const std::vector<torch::Tensor>& snapshots) {
+  const int64_t n = original.size(0);
+  if (snapshots.empty()) fail("fusion cost: no snapshots of the effective weights (search steps must be positive)");
+  const torch::Tensor norms = original.to(torch::kFloat64).reshape({n, -1}).pow(2).sum(1);
+  torch::Tensor cost = torch::zeros({n, n}, torch::kFloat64);
+  for (const auto& snapshot : snapshots) {
+    const torch::Tensor w = snapshot.reshape({n, -1});
+    const torch::Tensor d = torch::cdist(w.unsqueeze(0), w.unsqueeze(0)).squeeze(0).pow(2);
+    cost += d / (norms.unsqueeze(0) + norms.unsqueeze(1));
+  }
+  cost /= static_cast<double>(snapshots.size());
+  cost.fill_diagonal_(0.0);
+  return cost;
+}
+
 namespace {
 
 // Average-linkage clusters of one pool.

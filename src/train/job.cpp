@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dha/device.h"
 #include "dha/error.h"
 #include "dha/eval.h"
 #include "dha/io/atomic_file.h"
@@ -19,12 +20,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 namespace {
-
-std::string data_tokenizer(const std::string& data_dir) {
-  for (const char* name : {"tokenizer.model", "tokenizer.bin"})
-    if (fs::exists(data_dir + "/" + name)) return data_dir + "/" + name;
-  return "";
-}
 
 // The loss (per step) and held-out NLL (per evaluation) against tokens.
 void write_loss_curve(const std::string& metrics_path, const std::string& svg_path, const std::string& title) {
@@ -86,12 +81,12 @@ TrainJobResult run_train_job(const TrainJob& job) {
     }
     const ModelConfig model_config = model_config_from_json(description, data.vocab_size(), job.from_scratch_path);
     model = make_random_model(model_config, config.seed);
-    if (tokenizer_path.empty()) tokenizer_path = data_tokenizer(job.data_dir);
+    if (tokenizer_path.empty()) tokenizer_path = find_tokenizer_in_dir(job.data_dir);
   } else {
     io::LoadedModel loaded = io::load_model(job.model_path, job.tokenizer_path, /*need_tokenizer=*/false);
     model = loaded.model;
     if (tokenizer_path.empty()) tokenizer_path = find_tokenizer_for_model(job.model_path, model->config().vocab_size);
-    if (tokenizer_path.empty()) tokenizer_path = data_tokenizer(job.data_dir);
+    if (tokenizer_path.empty()) tokenizer_path = find_tokenizer_in_dir(job.data_dir);
   }
   const ModelConfig& model_config = model->config();
   if (data.vocab_size() > model_config.vocab_size)
@@ -160,7 +155,7 @@ TrainJobResult run_train_job(const TrainJob& job) {
       options.format = io::DirFormat::kDha;
       options.overwrite = true;
       if (!tokenizer_path.empty())
-        options.extra_files.push_back({tokenizer_path, fs::path(tokenizer_path).extension() == ".model" ? "tokenizer.model" : "tokenizer.bin"});
+        options.extra_files.push_back({tokenizer_path, tokenizer_file_name(tokenizer_path)});
       result.model_dir = job.out_dir + "/model";
       model->to(torch::kCPU);
       io::save_hf_dir(result.model_dir, model->to_checkpoint(torch::kFloat32), options);

@@ -1,0 +1,97 @@
+// The table of search measures: how stage 1 scores the heads of every pool.
+#include "dha/search_measures.h"
+
+#include <filesystem>
+
+#include "dha/align.h"
+#include "dha/error.h"
+#include "dha/fusion.h"
+#include "dha/search.h"
+
+namespace dha {
+namespace {
+
+std::vector<torch::Tensor> weight_costs(const MeasureInputs& in) {
+  std::vector<torch::Tensor> costs;
+  for (const auto& p : all_pools(in.model.config.n_layers)) costs.push_back(weight_cost(pool_weights(in.model, p)));
+  return costs;
+}
+
+std::vector<torch::Tensor> activation_costs(const MeasureInputs& in) {
+  Llama model = make_model(in.model, "search");
+  model->to(in.device);
+  const torch::Tensor tokens = in.sampler.batch({}, 0, in.options.batch).narrow(1, 0, in.seq_len).to(in.device);
+  const auto acts = collect_activations(model, tokens);
+  std::vector<torch::Tensor> costs;
+  for (const auto& p : all_pools(in.model.config.n_layers))
+    costs.push_back(activation_cost(p.value ? acts[p.layer].values : acts[p.layer].keys));
+  return costs;
+}
+
+// Whole-pool fusion: every pool's heads pulled together for a few steps; heads
+// that can share cheaply converge fast and end up close.
+std::vector<torch::Tensor> fusion_costs(const MeasureInputs& in) {
+  const ConvertOptions& o = in.options;
+  const std::vector<PoolId> pools = all_pools(in.model.config.n_layers);
+  Grouping whole(pools.size());
+  for (size_t p = 0; p < pools.size(); ++p) {
+    const int64_t n = pool_weights(in.model, pools[p]).size(0);
+    if (n == 0) continue;  // no keys: a layer that shares attention
+    std::vector<int64_t> all(n);
+    for (int64_t h = 0; h < n; ++h) all[h] = h;
+    whole[p].push_back(all);
+  }
+  Llama model = make_model(in.model, "search");
+  model->to(in.device);
+  FusionOptions fusion = conversion_fusion_options(o);
+  fusion.per_channel = false;   // the search scores heads with scalar operators,
+  fusion.distill_weight = 0.0;  // on the LM loss alone
+  FusionTask task(model, whole, o.search_steps, fusion, std::nullopt);
+  // Averaging over the whole run (the default) rewards heads that converge
+  // fast, not only those that end close: exact copies then cost 0.
+  task.keep_last_effective(o.search_average > 0 ? std::min(o.search_average, o.search_steps) : o.search_steps);
+  TrainRun run;
+  run.out_dir = in.work_dir;
+  run.label = "search";
+  std::filesystem::create_directories(in.work_dir);
+  train(task, in.sampler, conversion_train_config(o, o.search_steps, in.seq_len), in.dist, run);
+  std::filesystem::remove_all(in.work_dir + "/checkpoints");
+  std::vector<torch::Tensor> costs;
+  for (size_t p = 0; p < pools.size(); ++p) {
+    std::vector<torch::Tensor> snapshots;
+    for (const auto& step : task.last_effective()) snapshots.push_back(step[p]);
+    costs.push_back(whole[p].empty() ? torch::zeros({0, 0}, torch::kFloat64)
+                                     : fusion_cost(pool_weights(in.model, pools[p]), snapshots));
+  }
+  in.report["fusion_measure_final_loss"] = task.fusion_loss();
+  return costs;
+}
+
+}  // namespace
+
+const std::vector<SearchMeasure>& search_measures() {
+  static const std::vector<SearchMeasure> measures = {
+      {"weight", "1 - linear CKA of the heads' weight slices (no data, instant)", weight_costs},
+      {"activation", "distance of the heads' keys (before RoPE) and values on a calibration batch", activation_costs},
+      {"fusion", "short whole-pool fusion training; heads that converge together fast are cheap (default)",
+       fusion_costs},
+  };
+  return measures;
+}
+
+const SearchMeasure& find_search_measure(const std::string& name) {
+  std::string names;
+  for (const auto& m : search_measures()) {
+    if (m.name == name) return m;
+    names += (names.empty() ? "" : ", ") + m.name;
+  }
+  fail("--measure \"", name, "\" is not one of ", names);
+}
+
+std::string search_measures_help() {
+  std::string help;
+  for (const auto& m : search_measures()) help += (help.empty() ? "" : "; ") + m.name + ": " + m.help;
+  return help;
+}
+
+}  // namespace dha

@@ -1,0 +1,56 @@
+// run_convert: the plan, then the stages in order, then the report.
+#include <filesystem>
+
+#include "dha/io/load.h"
+#include "stages.h"
+
+namespace dha {
+namespace fs = std::filesystem;
+
+namespace {
+
+// The file checks that need no model: output, calibration and held-out text.
+void check_input_files(const ConvertOptions& o, const std::string& out_dir, bool force) {
+  if (out_dir.empty()) fail("--out DIR is required");
+  if (fs::exists(out_dir) && !force) fail(out_dir, ": already exists (pass --force to overwrite)");
+  if (o.calib.empty()) fail("no calibration text: pass --calib FILE (e.g. ../shared/data/text/tinystories_train_sample.txt)");
+  for (const auto& file : o.calib) {
+    if (!fs::is_regular_file(file)) fail(file, ": calibration file not found");
+    if (fs::file_size(file) == 0) fail(file, ": calibration file is empty");
+  }
+  if (!o.eval_text.empty() && !fs::is_regular_file(o.eval_text)) fail(o.eval_text, ": no such file");
+}
+
+}  // namespace
+
+ConvertSummary run_convert(const std::string& model_path, const std::string& tokenizer_path,
+                           const std::string& out_dir, bool force, const ConvertOptions& options) {
+  using namespace convert;
+  const auto start = std::chrono::steady_clock::now();
+  check_input_files(options, out_dir, force);
+  const ConvertPlan plan = plan_conversion(options, io::load_model_config(model_path), model_path);
+  io::StagedDirectory staged(out_dir, force);
+  const auto ctx = open_context(options, plan, model_path, tokenizer_path, staged);
+
+  ConvertResults r;
+  if (plan.measure_similarity) r.similarity = timed(*ctx, "attention similarity", [&] { return analyze_attention(*ctx); });
+  if (!plan.analyze_only) {
+    r.before = timed(*ctx, "measure source", [&] { return ctx->measure(ctx->source); });
+    r.sharing = share_layers(*ctx, r.similarity);
+    r.search = timed(*ctx, "search", [&] { return search_groups(*ctx, r.sharing->model); });
+    r.merge = merge_heads(*ctx, r.sharing->model, r.search->grouping);
+    Llama result = make_model(r.merge->collapsed, "collapsed");
+    result->to(ctx->device);
+    r.after = timed(*ctx, "measure result", [&] { return ctx->measure(result); });
+    r.exported = timed(*ctx, "export", [&] { return export_model(*ctx, r.merge->collapsed, result); });
+    io::write_file_atomic(staged.file("recipe.json"), convert_options_to_json(options).dump(2) + "\n");
+  }
+  const nlohmann::json report =
+      conversion_report(*ctx, r, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  io::write_file_atomic(staged.file("report.json"), report.dump(2) + "\n");
+  write_pictures(*ctx, r);
+  staged.commit();
+  return {report, out_dir};
+}
+
+}  // namespace dha

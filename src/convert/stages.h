@@ -1,0 +1,144 @@
+// Private to the conversion: what the stages share (the loaded inputs) and the
+// stages themselves, each returning a typed result that the report is built from.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "dha/checkpoint.h"
+#include "dha/convert.h"
+#include "dha/data.h"
+#include "dha/distributed.h"
+#include "dha/fusion.h"
+#include "dha/io/atomic_file.h"
+#include "dha/model.h"
+#include "dha/search.h"
+#include "dha/shared_attention.h"
+#include "dha/tokenizer.h"
+
+namespace dha::convert {
+
+// Wall time and peak memory of one stage, for the report.
+struct StageTiming {
+  std::string stage;
+  double seconds = 0.0;
+  double peak_rss_mb = 0.0;
+};
+
+// The model's quality at one point of the pipeline.
+struct Quality {
+  double lm_loss = 0.0;  // on the fixed calibration probe batch
+  double heldout_nll = 0.0;
+};
+
+// The inputs every stage reads, loaded once.
+struct ConvertContext {
+  ConvertContext(const ConvertOptions& o, const ConvertPlan& p, io::StagedDirectory& s)
+      : options(o), plan(p), staged(s) {}
+  const ConvertOptions& options;
+  const ConvertPlan& plan;
+  std::string model_path;
+  Llama source{nullptr};                         // on the device
+  std::string tokenizer_file;                    // copied into the output
+  torch::ScalarType source_dtype = torch::kFloat32;
+  std::vector<std::vector<int32_t>> heldout;     // BOS + tokens per document
+  std::unique_ptr<TokenDataset> calibration;
+  std::unique_ptr<SequenceSampler> sampler;
+  torch::Tensor probe;                           // a fixed calibration batch [B, T + 1] on the device
+  torch::Device device{torch::kCPU};
+  std::unique_ptr<Distributed> dist;
+  io::StagedDirectory& staged;
+  std::vector<StageTiming> timings;
+
+  Quality measure(Llama& model) const;
+  int64_t heldout_docs() const;  // documents measure() scores
+};
+
+// Loads the model, tokenizes calibration and held-out text, sets up the device.
+std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, const ConvertPlan& plan,
+                                             const std::string& model_path, const std::string& tokenizer_path,
+                                             io::StagedDirectory& staged);
+
+// Runs `body` as the stage `name`, recording its time and peak memory.
+template <typename F>
+auto timed(ConvertContext& ctx, const std::string& name, F&& body) -> decltype(body());
+
+// ---- the stages ---------------------------------------------------------------
+
+AttentionSimilarity analyze_attention(ConvertContext& ctx);
+
+struct SharingResult {
+  Checkpoint model;               // float32, the spans applied (the source when none)
+  std::vector<LayerSpan> spans;
+  std::optional<Quality> after;   // when head sharing follows
+};
+SharingResult share_layers(ConvertContext& ctx, const std::optional<AttentionSimilarity>& similarity);
+
+struct SearchResult {
+  Grouping grouping;
+  std::vector<torch::Tensor> costs;  // the first round's, per pool (dha only)
+  nlohmann::json figures = nlohmann::json::object();
+};
+SearchResult search_groups(ConvertContext& ctx, const Checkpoint& model);
+
+struct FusionStageResult {
+  Quality after;
+  std::vector<FusionRecord> records;
+  double initial_loss = 0.0, final_loss = 0.0, fused_threshold = 0.0;
+  std::vector<std::vector<double>> group_losses;
+};
+struct MergeResult {
+  Checkpoint collapsed;
+  std::optional<FusionStageResult> fusion;  // dha with fusion
+  std::string stage;                        // what merged the heads (for the report)
+};
+MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grouping& grouping);
+
+struct ExportResult {
+  ModelConfig config;              // the written layout
+  double max_abs_logit_diff = 0.0; // exported against collapsed, on the probe
+};
+ExportResult export_model(ConvertContext& ctx, const Checkpoint& collapsed, Llama& collapsed_model);
+
+// ---- the report ------------------------------------------------------------------
+
+struct ConvertResults {
+  std::optional<AttentionSimilarity> similarity;
+  std::optional<Quality> before;
+  std::optional<SharingResult> sharing;
+  std::optional<SearchResult> search;
+  std::optional<MergeResult> merge;
+  std::optional<Quality> after;
+  std::optional<ExportResult> exported;
+};
+nlohmann::json conversion_report(const ConvertContext& ctx, const ConvertResults& results, double wall_seconds);
+void write_pictures(const ConvertContext& ctx, const ConvertResults& results);
+
+// ---- implementation of timed() --------------------------------------------------
+
+double peak_rss_mb();
+void log_stage(const std::string& name);
+
+template <typename F>
+auto timed(ConvertContext& ctx, const std::string& name, F&& body) -> decltype(body()) {
+  log_stage(name);
+  const auto begin = std::chrono::steady_clock::now();
+  auto record = [&] {
+    ctx.timings.push_back(
+        {name, std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count(), peak_rss_mb()});
+  };
+  if constexpr (std::is_void_v<decltype(body())>) {
+    body();
+    record();
+  } else {
+    auto result = body();
+    record();
+    return result;
+  }
+}
+
+}  // namespace dha::convert
