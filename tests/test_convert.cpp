@@ -1,4 +1,4 @@
-// dha-convert's invariants (method.md §6): identity operators are the source,
+// dha-convert's invariants (docs/method.md §6): identity operators are the source,
 // collapse equals the fusion stage when members agree, key fusion commutes with
 // RoPE, alignment keeps the function, budgets are exact, exports reload to the
 // same logits, GQA pooling is the hand-computed mean; the Lagrangian on a toy

@@ -53,7 +53,7 @@ TEST(Model, KvCacheStoresOnlyTheLayoutsHeads) {
     heads += config.layout.n_k_heads(l) + config.layout.n_v_heads(l);
   }
   EXPECT_EQ(heads, 2 + 1 + 3 + 3);
-  // method.md invariant 5: bytes == sum_l (H_K + H_V) * d_h * T * bytes (per sequence).
+  // docs/method.md invariant 5: bytes == sum_l (H_K + H_V) * d_h * T * bytes (per sequence).
   EXPECT_EQ(cache.bytes(), heads * config.head_dim * capacity * batch * 2);
   EXPECT_EQ(cache.bytes(), config.kv_bytes_per_token(2) * capacity * batch);
 }

@@ -39,7 +39,7 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> grouped_attention_backwa
     const torch::Tensor& v, const torch::Tensor& out, const torch::Tensor& lse,
     const torch::Tensor& k_map, const torch::Tensor& v_map, bool causal);
 
-// Shared Attention (method.md §4.3) passes attention probabilities from one
+// Shared Attention (docs/method.md §4.3) passes attention probabilities from one
 // layer to the next, so they are materialised here, with plain differentiable
 // ops on any device.
 // q [B, H, T_q, d_h], k [B, H_K, T_k, d_h] (post-RoPE) -> P [B, H, T_q, T_k],

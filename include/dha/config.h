@@ -15,7 +15,7 @@ namespace dha {
 // v_map[l][i] the value head. Each map is onto 0..H_K[l]-1 (resp. H_V[l]-1);
 // groups may be unequal and non-contiguous.
 //
-// Shared Attention (method.md §4.3): an empty k_map row marks a layer that
+// Shared Attention (docs/method.md §4.3): an empty k_map row marks a layer that
 // reuses the attention probabilities of its source, the last earlier layer that
 // has keys. Such a layer has no query or key projection and no key cache
 // (H_K[l] = 0); it keeps its own values and output projection. Layer 0 never shares.

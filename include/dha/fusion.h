@@ -1,5 +1,5 @@
 // Stage 2 and 3 of dha-convert: in-group linear fusion operators trained under
-// an augmented Lagrangian, and the collapse to the DHA model (method.md §2).
+// an augmented Lagrangian, and the collapse to the DHA model (docs/method.md §2).
 //
 // Member j of group g gets the effective weight W~_j = sum_i Omega_g[j, i] W_i
 // (scalar Omega, n x n; or per channel, n x n x d_h). Omega starts at the

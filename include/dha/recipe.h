@@ -52,7 +52,8 @@ template <typename T>
 bool recipe_value_fits(const nlohmann::json& v) {
   if constexpr (std::is_same_v<T, bool>) return v.is_boolean();
   else if constexpr (std::is_same_v<T, int64_t>) return v.is_number_integer();
-  else if constexpr (std::is_same_v<T, uint64_t>) return v.is_number_unsigned();
+  else if constexpr (std::is_same_v<T, uint64_t>)
+    return v.is_number_unsigned() || (v.is_number_integer() && v.template get<int64_t>() >= 0);
   else if constexpr (std::is_same_v<T, double>) return v.is_number();
   else if constexpr (std::is_same_v<T, std::string>) return v.is_string();
   else return v.is_array() && std::all_of(v.begin(), v.end(), [](const nlohmann::json& e) { return e.is_string(); });

@@ -1,5 +1,5 @@
 // Stage 1 of dha-convert: head-dependence costs per pool and the global
-// grouping with adaptive allocation (method.md §2, stage 1).
+// grouping with adaptive allocation (docs/method.md §2, stage 1).
 //
 // A pool is the key heads (or the value heads) of one layer: 2L pools. For an
 // MHA source a pool has H heads; for a GQA source it has the existing KV heads.

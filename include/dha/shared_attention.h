@@ -1,4 +1,4 @@
-// Shared Attention (method.md §4.3; Liao & Vargas, arXiv 2407.12866): layers in
+// Shared Attention (docs/method.md §4.3; Liao & Vargas, arXiv 2407.12866): layers in
 // a span reuse the attention probabilities of the last layer before the span,
 // so they need no query or key projection and no key cache. Here: the span
 // syntax, the conversion of a checkpoint, the cross-layer similarity of

@@ -35,11 +35,11 @@ int64_t ConvertContext::heldout_docs() const {
   return options.eval_docs > 0 ? std::min(options.eval_docs, n) : n;
 }
 
-std::unique_ptr<ConvertContext> open_context(const ConvertOptions& o, const ConvertPlan& plan,
+std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, const ConvertPlan& plan,
                                              const std::string& model_path, const std::string& tokenizer_path,
                                              io::StagedDirectory& staged) {
   io::LoadedModel loaded = io::load_model(model_path, tokenizer_path, /*need_tokenizer=*/true);
-  auto ctx = std::make_unique<ConvertContext>(o, plan, staged);
+  auto ctx = std::make_unique<ConvertContext>(options, plan, staged);
   ctx->model_path = model_path;
   ctx->source = loaded.model;
   ctx->tokenizer_file = loaded.tokenizer->path();
@@ -47,27 +47,27 @@ std::unique_ptr<ConvertContext> open_context(const ConvertOptions& o, const Conv
   // Calibration tokens: the documents of each file; its last `heldout` share is
   // held out unless --eval-text is given.
   std::vector<int32_t> calib_tokens;
-  for (const auto& file : o.calib) {
+  for (const auto& file : options.calib) {
     const auto docs = split_documents(io::read_file(file));
     if (docs.empty()) fail(file, ": calibration file holds no text");
-    const size_t split = o.eval_text.empty() ? heldout_start(docs.size(), o.heldout) : docs.size();
+    const size_t split = options.eval_text.empty() ? heldout_start(docs.size(), options.heldout) : docs.size();
     for (size_t d = 0; d < docs.size(); ++d) {
       auto ids = loaded.tokenizer->encode(docs[d], true, false);
       if (d < split) calib_tokens.insert(calib_tokens.end(), ids.begin(), ids.end());
       else ctx->heldout.push_back(std::move(ids));
     }
   }
-  if (!o.eval_text.empty())
-    for (const auto& doc : split_documents(io::read_file(o.eval_text)))
+  if (!options.eval_text.empty())
+    for (const auto& doc : split_documents(io::read_file(options.eval_text)))
       ctx->heldout.push_back(loaded.tokenizer->encode(doc, true, false));
   if (ctx->heldout.empty()) fail("no held-out documents: raise --heldout or pass --eval-text");
   ctx->calibration = std::make_unique<TokenDataset>(std::move(calib_tokens), plan.source.vocab_size, "calibration text");
-  ctx->sampler = std::make_unique<SequenceSampler>(*ctx->calibration, plan.seq_len, o.seed);
+  ctx->sampler = std::make_unique<SequenceSampler>(*ctx->calibration, plan.seq_len, options.seed);
 
-  ctx->device = resolve_device(o.device, 0);
+  ctx->device = resolve_device(options.device, 0);
   ctx->dist = Distributed::from_env(ctx->device, std::chrono::seconds(300));
   ctx->source->to(ctx->device);
-  ctx->probe = ctx->sampler->batch({}, 0, o.batch).to(ctx->device);
+  ctx->probe = ctx->sampler->batch({}, 0, options.batch).to(ctx->device);
   return ctx;
 }
 

@@ -47,24 +47,24 @@ std::vector<ExportFormat> make_formats() {
   std::vector<ExportFormat> formats;
   formats.push_back({"dha", "the native directory: any layout, per-layer k_map / v_map in config.json",
                      HeadRelayout::kKeep, false, true,
-                     [](const std::string& dir, const Checkpoint& ck, const ExportWriteOptions& o) {
-                       write_directory(dir, ck, o, io::DirFormat::kDha);
+                     [](const std::string& dir, const Checkpoint& ck, const ExportWriteOptions& options) {
+                       write_directory(dir, ck, options, io::DirFormat::kDha);
                      }});
   formats.push_back({"hf", "a plain Hugging Face LLaMA directory (MHA/GQA layouts only)", HeadRelayout::kKeep, false,
-                     false, [](const std::string& dir, const Checkpoint& ck, const ExportWriteOptions& o) {
-                       write_directory(dir, ck, o, io::DirFormat::kHf);
+                     false, [](const std::string& dir, const Checkpoint& ck, const ExportWriteOptions& options) {
+                       write_directory(dir, ck, options, io::DirFormat::kHf);
                      }});
   formats.push_back({"gqa",
                      "per-layer GQA re-layout (K and V on one partition of equal contiguous groups); an HF "
                      "directory when every layer has the same count, else the dha directory",
                      HeadRelayout::kPerLayerGqa, false, false,
-                     [](const std::string& dir, const Checkpoint& ck, const ExportWriteOptions& o) {
-                       write_directory(dir, ck, o, hf_if_standard(ck));
+                     [](const std::string& dir, const Checkpoint& ck, const ExportWriteOptions& options) {
+                       write_directory(dir, ck, options, hf_if_standard(ck));
                      }});
   formats.push_back({"mha", "expanded back to one K and V head per query head, as an HF directory",
                      HeadRelayout::kMha, false, false,
-                     [](const std::string& dir, const Checkpoint& ck, const ExportWriteOptions& o) {
-                       write_directory(dir, ck, o, io::DirFormat::kHf);
+                     [](const std::string& dir, const Checkpoint& ck, const ExportWriteOptions& options) {
+                       write_directory(dir, ck, options, io::DirFormat::kHf);
                      }});
   formats.push_back({"llama2c", "a llama2.c .bin file (fp32; MHA/GQA layouts only)", HeadRelayout::kKeep, true, false,
                      [](const std::string& file, const Checkpoint& ck, const ExportWriteOptions&) {

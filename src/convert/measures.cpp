@@ -31,7 +31,7 @@ std::vector<torch::Tensor> activation_costs(const MeasureInputs& in) {
 // Whole-pool fusion: every pool's heads pulled together for a few steps; heads
 // that can share cheaply converge fast and end up close.
 std::vector<torch::Tensor> fusion_costs(const MeasureInputs& in) {
-  const ConvertOptions& o = in.options;
+  const ConvertOptions& options = in.options;
   const std::vector<PoolId> pools = all_pools(in.model.config.n_layers);
   Grouping whole(pools.size());
   for (size_t p = 0; p < pools.size(); ++p) {
@@ -43,18 +43,18 @@ std::vector<torch::Tensor> fusion_costs(const MeasureInputs& in) {
   }
   Llama model = make_model(in.model, "search");
   model->to(in.device);
-  FusionOptions fusion = conversion_fusion_options(o);
+  FusionOptions fusion = conversion_fusion_options(options);
   fusion.per_channel = false;   // the search scores heads with scalar operators,
   fusion.distill_weight = 0.0;  // on the LM loss alone
-  FusionTask task(model, whole, o.search_steps, fusion, std::nullopt);
+  FusionTask task(model, whole, options.search_steps, fusion, std::nullopt);
   // Averaging over the whole run (the default) rewards heads that converge
   // fast, not only those that end close: exact copies then cost 0.
-  task.keep_last_effective(o.search_average > 0 ? std::min(o.search_average, o.search_steps) : o.search_steps);
+  task.keep_last_effective(options.search_average > 0 ? std::min(options.search_average, options.search_steps) : options.search_steps);
   TrainRun run;
   run.out_dir = in.work_dir;
   run.label = "search";
   std::filesystem::create_directories(in.work_dir);
-  train(task, in.sampler, conversion_train_config(o, o.search_steps, in.seq_len), in.dist, run);
+  train(task, in.sampler, conversion_train_config(options, options.search_steps, in.seq_len), in.dist, run);
   std::filesystem::remove_all(in.work_dir + "/checkpoints");
   std::vector<torch::Tensor> costs;
   for (size_t p = 0; p < pools.size(); ++p) {

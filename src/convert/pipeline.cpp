@@ -10,15 +10,15 @@ namespace fs = std::filesystem;
 namespace {
 
 // The file checks that need no model: output, calibration and held-out text.
-void check_input_files(const ConvertOptions& o, const std::string& out_dir, bool force) {
+void check_input_files(const ConvertOptions& options, const std::string& out_dir, bool force) {
   if (out_dir.empty()) fail("--out DIR is required");
   if (fs::exists(out_dir) && !force) fail(out_dir, ": already exists (pass --force to overwrite)");
-  if (o.calib.empty()) fail("no calibration text: pass --calib FILE (e.g. ../shared/data/text/tinystories_train_sample.txt)");
-  for (const auto& file : o.calib) {
+  if (options.calib.empty()) fail("no calibration text: pass --calib FILE (e.g. ../shared/data/text/tinystories_train_sample.txt)");
+  for (const auto& file : options.calib) {
     if (!fs::is_regular_file(file)) fail(file, ": calibration file not found");
     if (fs::file_size(file) == 0) fail(file, ": calibration file is empty");
   }
-  if (!o.eval_text.empty() && !fs::is_regular_file(o.eval_text)) fail(o.eval_text, ": no such file");
+  if (!options.eval_text.empty() && !fs::is_regular_file(options.eval_text)) fail(options.eval_text, ": no such file");
 }
 
 }  // namespace

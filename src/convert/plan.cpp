@@ -34,23 +34,23 @@ ConvertMethod parse_method(const std::string& name) {
 
 }  // namespace
 
-ConvertPlan plan_conversion(const ConvertOptions& o, const ModelConfig& source, const std::string& model_path) {
+ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& source, const std::string& model_path) {
   ConvertPlan plan;
-  plan.method = parse_method(o.method);
+  plan.method = parse_method(options.method);
   plan.source = source;
-  plan.analyze_only = o.analyze_attention;
+  plan.analyze_only = options.analyze_attention;
   const bool shared_only = plan.method == ConvertMethod::kSharedAttention;
-  if (plan.method == ConvertMethod::kAlignedGqa && !o.share_spans.empty())
+  if (plan.method == ConvertMethod::kAlignedGqa && !options.share_spans.empty())
     fail("--share-spans combines with --method dha, gqa or shared-attention, not aligned-gqa");
-  plan.measure = &find_search_measure(o.measure);
-  if (!(o.budget > 0.0 && o.budget <= 1.0)) fail("--budget ", o.budget, " must be in (0, 1]");
-  plan.export_format = &find_export_format(o.export_format, "--export");
+  plan.measure = &find_search_measure(options.measure);
+  if (!(options.budget > 0.0 && options.budget <= 1.0)) fail("--budget ", options.budget, " must be in (0, 1]");
+  plan.export_format = &find_export_format(options.export_format, "--export");
   if (plan.export_format->single_file)
-    fail("--export ", o.export_format, " writes a single file; convert with --export dha, then run dha-export --format ",
-         o.export_format);
-  if ((shared_only || !o.share_spans.empty()) && !plan.export_format->holds_shared_attention)
-    fail("--export ", o.export_format, ": layers that share attention can only be written in the dha format (--export dha)");
-  if (o.batch < 1 || o.fusion_steps < 0 || o.search_steps < 1 || o.rounds < 1)
+    fail("--export ", options.export_format, " writes a single file; convert with --export dha, then run dha-export --format ",
+         options.export_format);
+  if ((shared_only || !options.share_spans.empty()) && !plan.export_format->holds_shared_attention)
+    fail("--export ", options.export_format, ": layers that share attention can only be written in the dha format (--export dha)");
+  if (options.batch < 1 || options.fusion_steps < 0 || options.search_steps < 1 || options.rounds < 1)
     fail("batch, search steps and rounds must be positive and fusion steps not negative");
 
   if (!source.layout.shared_spans().empty()) {  // a model that already shares attention
@@ -60,33 +60,33 @@ ConvertPlan plan_conversion(const ConvertOptions& o, const ModelConfig& source, 
     if (!plan.export_format->holds_shared_attention)
       fail(model_path, ": layers share attention, which only the dha format can hold (--export dha)");
   }
-  if (!o.share_spans.empty()) plan.spans = parse_share_spans(o.share_spans, source.n_layers);
+  if (!options.share_spans.empty()) plan.spans = parse_share_spans(options.share_spans, source.n_layers);
   // Head sharing runs on the model with its spans applied: the budget counts
   // their removed key heads, and their key pools take no heads.
   plan.shared = source;
   plan.shared.layout = with_shared_spans(source.layout, plan.spans);
   plan.measure_similarity = plan.analyze_only || shared_only || !plan.spans.empty();
   plan.shares_heads = !shared_only && !plan.analyze_only;
-  plan.uses_budget = !plan.analyze_only && !(shared_only && !o.share_spans.empty());
+  plan.uses_budget = !plan.analyze_only && !(shared_only && !options.share_spans.empty());
   plan.choose_spans = shared_only && plan.spans.empty() && !plan.analyze_only;
   if (plan.choose_spans) {
     // Fails when no choice of spans reaches the budget; that does not depend on the similarities.
-    choose_share_spans(source, torch::zeros({source.n_layers, source.n_layers}), o.budget);
+    choose_share_spans(source, torch::zeros({source.n_layers, source.n_layers}), options.budget);
   } else if (plan.shares_heads) {
-    plan.target_heads = budget_heads(plan.shared, o.budget);
+    plan.target_heads = budget_heads(plan.shared, options.budget);
     const int64_t n_pools = pools_with_heads(plan.shared);
     if (plan.method != ConvertMethod::kDha) {
       if (plan.target_heads % n_pools != 0)
-        fail("--method ", o.method, " puts the same number of heads in every pool: budget ", o.budget, " gives ",
+        fail("--method ", options.method, " puts the same number of heads in every pool: budget ", options.budget, " gives ",
              plan.target_heads, " heads over ", n_pools, " pools, not a whole number");
       contiguous_grouping(plan.shared, plan.target_heads / n_pools);  // divisibility check
     }
-    if (o.uniform && plan.target_heads % n_pools != 0)
-      fail("--uniform: budget ", o.budget, " gives ", plan.target_heads, " heads over ", n_pools,
+    if (options.uniform && plan.target_heads % n_pools != 0)
+      fail("--uniform: budget ", options.budget, " gives ", plan.target_heads, " heads over ", n_pools,
            " pools, not a whole number");
   }
-  plan.fusion_stage = plan.method == ConvertMethod::kDha && o.fusion && o.fusion_steps > 0;
-  plan.seq_len = o.seq_len > 0 ? std::min(o.seq_len, source.max_seq_len) : source.max_seq_len;
+  plan.fusion_stage = plan.method == ConvertMethod::kDha && options.fusion && options.fusion_steps > 0;
+  plan.seq_len = options.seq_len > 0 ? std::min(options.seq_len, source.max_seq_len) : source.max_seq_len;
   return plan;
 }
 

@@ -33,18 +33,18 @@ Grouping compose(const Grouping& first, const Grouping& second) {
 }
 
 FusionStageResult fuse(ConvertContext& ctx, const Checkpoint& model, const Grouping& grouping, Checkpoint& collapsed) {
-  const ConvertOptions& o = ctx.options;
+  const ConvertOptions& recipe = ctx.options;
   Llama fused = make_model(model, "fusion");
   fused->to(ctx.device);
   std::optional<Llama> teacher;
-  if (o.distill_weight > 0) teacher = ctx.source;
-  const FusionOptions options = conversion_fusion_options(o);
-  FusionTask task(fused, grouping, o.fusion_steps, options, teacher);
+  if (recipe.distill_weight > 0) teacher = ctx.source;
+  const FusionOptions fusion = conversion_fusion_options(recipe);
+  FusionTask task(fused, grouping, recipe.fusion_steps, fusion, teacher);
   TrainRun run;
   run.out_dir = ctx.staged.file("fusion");
   run.label = "fusion";
   fs::create_directories(run.out_dir);
-  train(task, *ctx.sampler, conversion_train_config(o, o.fusion_steps, ctx.plan.seq_len), *ctx.dist, run);
+  train(task, *ctx.sampler, conversion_train_config(recipe, recipe.fusion_steps, ctx.plan.seq_len), *ctx.dist, run);
   fs::remove_all(run.out_dir + "/checkpoints");
   task.before_eval();
   FusionStageResult result;
@@ -52,7 +52,7 @@ FusionStageResult fuse(ConvertContext& ctx, const Checkpoint& model, const Group
   result.records = task.records();
   result.initial_loss = task.initial_fusion_loss();
   result.final_loss = task.fusion_loss();
-  result.fused_threshold = options.fused_threshold;
+  result.fused_threshold = fusion.fused_threshold;
   result.group_losses = task.group_losses();
   collapsed = task.collapse();
   return result;

@@ -399,11 +399,11 @@ bool covers(const Box& box, const std::vector<std::vector<std::vector<Pixel>>>& 
 
 }  // namespace
 
-std::string line_chart(const std::vector<Series>& series, const LineChartOptions& o) {
+std::string line_chart(const std::vector<Series>& series, const LineChartOptions& options) {
   const char* fn = "svg::line_chart";
-  if (series.empty()) fail(fn, ": no series to plot", where(o.title));
-  if (o.width < 200 || o.height < 150)
-    fail(fn, ": size ", o.width, " x ", o.height, " is too small (need at least 200 x 150)", where(o.title));
+  if (series.empty()) fail(fn, ": no series to plot", where(options.title));
+  if (options.width < 200 || options.height < 150)
+    fail(fn, ": size ", options.width, " x ", options.height, " is too small (need at least 200 x 150)", where(options.title));
 
   // Data points, NaN/inf (and non-positive on a log axis) marked as gaps.
   struct Point {
@@ -414,13 +414,13 @@ std::string line_chart(const std::vector<Series>& series, const LineChartOptions
   double xlo = kInf, xhi = -kInf, ylo = kInf, yhi = -kInf;
   for (size_t i = 0; i < series.size(); ++i) {
     const Series& s = series[i];
-    if (s.y.empty()) fail(fn, ": series ", i, " \"", s.label, "\" has no y values", where(o.title));
+    if (s.y.empty()) fail(fn, ": series ", i, " \"", s.label, "\" has no y values", where(options.title));
     if (!s.x.empty() && s.x.size() != s.y.size())
       fail(fn, ": series ", i, " \"", s.label, "\" has ", s.x.size(), " x values but ", s.y.size(),
-           " y values", where(o.title));
+           " y values", where(options.title));
     for (size_t j = 0; j < s.y.size(); ++j) {
       const double x = s.x.empty() ? static_cast<double>(j) : s.x[j], y = s.y[j];
-      const bool ok = std::isfinite(x) && std::isfinite(y) && (!o.log_y || y > 0);
+      const bool ok = std::isfinite(x) && std::isfinite(y) && (!options.log_y || y > 0);
       points[i].push_back({x, y, ok});
       if (!ok) continue;
       xlo = std::min(xlo, x);
@@ -436,18 +436,18 @@ std::string line_chart(const std::vector<Series>& series, const LineChartOptions
   if (no_data) {
     xlo = 0;
     xhi = 1;
-    ylo = o.log_y ? 1 : 0;
-    yhi = o.log_y ? 10 : 1;
+    ylo = options.log_y ? 1 : 0;
+    yhi = options.log_y ? 10 : 1;
   }
 
   // Vertical layout first: the y ticks decide the left margin, which decides the x ticks.
-  const double width = o.width, height = o.height;
-  const double top = o.title.empty() ? 18 : 46;
-  const double bottom = 36 + (o.x_label.empty() ? 0 : 22);
+  const double width = options.width, height = options.height;
+  const double top = options.title.empty() ? 18 : 46;
+  const double bottom = 36 + (options.x_label.empty() ? 0 : 22);
   const double plot_h = height - top - bottom;
   const int y_target = std::max(2, static_cast<int>(plot_h / 55));
-  const Axis ya = o.log_y ? log_axis(ylo, yhi, y_target) : linear_axis(ylo, yhi, y_target, true, true);
-  const double left = 14 + (o.y_label.empty() ? 0 : 22) + max_width(ya.labels, kTickFont) + 10;
+  const Axis ya = options.log_y ? log_axis(ylo, yhi, y_target) : linear_axis(ylo, yhi, y_target, true, true);
+  const double left = 14 + (options.y_label.empty() ? 0 : 22) + max_width(ya.labels, kTickFont) + 10;
 
   // Legend geometry (drawn only for several series).
   const bool has_legend = series.size() > 1;
@@ -475,7 +475,7 @@ std::string line_chart(const std::vector<Series>& series, const LineChartOptions
     for (int pass = 0; pass < 2; ++pass) {
       plot_w = width - left - right;
       if (plot_w < 40)
-        fail(fn, ": size ", o.width, " x ", o.height, " leaves no room for the plot", where(o.title));
+        fail(fn, ": size ", options.width, " x ", options.height, " leaves no room for the plot", where(options.title));
       for (int target = std::max(2, static_cast<int>(plot_w / 80)); target >= 1; --target) {
         xa = linear_axis(xlo, xhi, target, true, true, integer_x ? 1 : 0);
         const double spacing = xa.step / (xa.hi - xa.lo) * plot_w;
@@ -524,8 +524,8 @@ std::string line_chart(const std::vector<Series>& series, const LineChartOptions
     }
   }
 
-  Document doc(width, height, o.title);
-  add_title(doc, o.title, width);
+  Document doc(width, height, options.title);
+  add_title(doc, options.title, width);
   const double plot_bottom = top + plot_h;
 
   // Grid, axes, ticks and labels.
@@ -547,8 +547,8 @@ std::string line_chart(const std::vector<Series>& series, const LineChartOptions
   }
   doc.add(line(left, top, left, plot_bottom, kAxisColour, 1));
   doc.add(line(left, plot_bottom, left + plot_w, plot_bottom, kAxisColour, 1));
-  if (!o.x_label.empty()) doc.add(text(left + plot_w / 2, height - 12, o.x_label, kAxisTitleFont, "middle"));
-  add_y_title(doc, o.y_label, top + plot_h / 2);
+  if (!options.x_label.empty()) doc.add(text(left + plot_w / 2, height - 12, options.x_label, kAxisTitleFont, "middle"));
+  add_y_title(doc, options.y_label, top + plot_h / 2);
   if (no_data)
     doc.add(text(left + plot_w / 2, top + plot_h / 2, "no finite data", kAxisTitleFont, "middle", 0,
                  " fill=\"#888888\""));
@@ -645,14 +645,14 @@ TickLayout row_ticks(size_t n, const std::vector<std::string>& given, double cel
   return t;
 }
 
-std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const HeatmapOptions& o,
+std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const HeatmapOptions& options,
                             bool single) {
   const char* fn = single ? "svg::heatmap" : "svg::heatmap_grid";
-  if (panels.empty()) fail(fn, ": no panels to plot", where(o.title));
-  if (columns < 1) fail(fn, ": columns must be at least 1, got ", columns, where(o.title));
-  if (o.width < 0 || o.height < 0)
-    fail(fn, ": width and height must be positive or 0 (automatic), got ", o.width, " x ", o.height,
-         where(o.title));
+  if (panels.empty()) fail(fn, ": no panels to plot", where(options.title));
+  if (columns < 1) fail(fn, ": columns must be at least 1, got ", columns, where(options.title));
+  if (options.width < 0 || options.height < 0)
+    fail(fn, ": width and height must be positive or 0 (automatic), got ", options.width, " x ", options.height,
+         where(options.title));
 
   const size_t n = panels.size();
   size_t max_r = 0, max_c = 0;
@@ -664,10 +664,10 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
         single ? std::string(fn) + ": values"
                : std::string(fn) + ": panel " + std::to_string(p) + " \"" + panels[p].title + "\"";
     check_matrix(m, what);
-    if (!o.x_ticks.empty() && o.x_ticks.size() != m[0].size())
-      fail(what, " has ", m[0].size(), " columns but x_ticks has ", o.x_ticks.size(), " labels");
-    if (!o.y_ticks.empty() && o.y_ticks.size() != m.size())
-      fail(what, " has ", m.size(), " rows but y_ticks has ", o.y_ticks.size(), " labels");
+    if (!options.x_ticks.empty() && options.x_ticks.size() != m[0].size())
+      fail(what, " has ", m[0].size(), " columns but x_ticks has ", options.x_ticks.size(), " labels");
+    if (!options.y_ticks.empty() && options.y_ticks.size() != m.size())
+      fail(what, " has ", m.size(), " rows but y_ticks has ", options.y_ticks.size(), " labels");
     uniform = uniform && m.size() == panels[0].values.size() && m[0].size() == panels[0].values[0].size();
     max_r = std::max(max_r, m.size());
     max_c = std::max(max_c, m[0].size());
@@ -684,23 +684,23 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
   }
 
   // One colour scale for every panel.
-  if (!std::isnan(o.vmin) && !std::isfinite(o.vmin)) fail(fn, ": vmin must be finite or NaN, got ", o.vmin);
-  if (!std::isnan(o.vmax) && !std::isfinite(o.vmax)) fail(fn, ": vmax must be finite or NaN, got ", o.vmax);
+  if (!std::isnan(options.vmin) && !std::isfinite(options.vmin)) fail(fn, ": vmin must be finite or NaN, got ", options.vmin);
+  if (!std::isnan(options.vmax) && !std::isfinite(options.vmax)) fail(fn, ": vmax must be finite or NaN, got ", options.vmax);
   if (lo > hi) {  // nothing finite: any range will do
     lo = 0;
     hi = 1;
   }
-  if (!std::isnan(o.vmin)) lo = o.vmin;
-  if (!std::isnan(o.vmax)) hi = o.vmax;
+  if (!std::isnan(options.vmin)) lo = options.vmin;
+  if (!std::isnan(options.vmax)) hi = options.vmax;
   if (lo > hi)
     fail(fn, ": vmin ", lo, " is above vmax ", hi,
-         std::isnan(o.vmin) || std::isnan(o.vmax) ? " (one taken from the data)" : "", where(o.title));
+         std::isnan(options.vmin) || std::isnan(options.vmax) ? " (one taken from the data)" : "", where(options.title));
   widen_if_flat(lo, hi);  // constant data: every cell mid-scale, no division by zero
   const double span = hi - lo;
 
   const size_t grid_cols = std::min(static_cast<size_t>(columns), n);
   const size_t grid_rows = (n + grid_cols - 1) / grid_cols;
-  const double title_h = o.title.empty() ? 0 : 34;
+  const double title_h = options.title.empty() ? 0 : 34;
   const double top = 14 + title_h;
   const double panel_title_h = any_title ? 20 : 0;
   const double bar_w = 14;
@@ -708,7 +708,7 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
   // Colour bar ticks and labels do not depend on the cell size.
   const Axis ca = linear_axis(lo, hi, 5, false, false);
   const double right =
-      24 + bar_w + 7 + max_width(ca.labels, kTickFont) + (o.colorbar_label.empty() ? 0 : 26) + 14;
+      24 + bar_w + 7 + max_width(ca.labels, kTickFont) + (options.colorbar_label.empty() ? 0 : 26) + 14;
 
   // Everything else does: tick label thinning and rotation follow the cell size.
   struct Geometry {
@@ -719,15 +719,15 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
   auto measure = [&](double cw, double ch) {
     Geometry g;
     for (const auto& p : panels) {
-      g.xt.push_back(column_ticks(p.values[0].size(), o.x_ticks, cw));
-      g.yt.push_back(row_ticks(p.values.size(), o.y_ticks, ch));
+      g.xt.push_back(column_ticks(p.values[0].size(), options.x_ticks, cw));
+      g.yt.push_back(row_ticks(p.values.size(), options.y_ticks, ch));
       g.x_extent = std::max(g.x_extent, g.xt.back().extent);
       g.y_extent = std::max(g.y_extent, g.yt.back().extent);
     }
-    g.left = 12 + (o.y_label.empty() ? 0 : 22) + g.y_extent;
+    g.left = 12 + (options.y_label.empty() ? 0 : 22) + g.y_extent;
     for (const auto& t : g.xt)  // slanted column labels must not run off the left edge
       if (t.rotated) g.left = std::max(g.left, slanted_reach(t.text, t.step, cw) + 8);
-    g.bottom = g.x_extent + (o.x_label.empty() ? 0 : 24) + 10;
+    g.bottom = g.x_extent + (options.x_label.empty() ? 0 : 24) + 10;
     g.hgap = 22 + (uniform ? 0 : g.y_extent);
     g.vgap = 14 + (uniform ? 0 : g.x_extent);
     return g;
@@ -742,24 +742,24 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
   }
   ch = cw;
   Geometry g = measure(cw, ch);
-  if (o.width > 0 || o.height > 0) {
+  if (options.width > 0 || options.height > 0) {
     // Fit the cells to the requested size; labels depend on cells, so settle in a few rounds.
     for (int round = 0; round < 3; ++round) {
       const double fit_w =
-          o.width > 0 ? (o.width - g.left - right - (grid_cols - 1) * g.hgap) / (grid_cols * max_c) : kInf;
+          options.width > 0 ? (options.width - g.left - right - (grid_cols - 1) * g.hgap) / (grid_cols * max_c) : kInf;
       const double fit_h =
-          o.height > 0 ? (o.height - top - g.bottom - grid_rows * panel_title_h - (grid_rows - 1) * g.vgap) /
+          options.height > 0 ? (options.height - top - g.bottom - grid_rows * panel_title_h - (grid_rows - 1) * g.vgap) /
                              (grid_rows * max_r)
                        : kInf;
-      if (o.width > 0 && o.height > 0) {
+      if (options.width > 0 && options.height > 0) {
         cw = fit_w;
         ch = fit_h;
       } else {
         cw = ch = std::min(fit_w, fit_h);
       }
       if (!(cw >= 1 && ch >= 1))
-        fail(fn, ": size ", o.width, " x ", o.height, " is too small for ", max_r, " x ", max_c, " cells",
-             n > 1 ? " per panel" : "", where(o.title));
+        fail(fn, ": size ", options.width, " x ", options.height, " is too small for ", max_r, " x ", max_c, " cells",
+             n > 1 ? " per panel" : "", where(options.title));
       g = measure(cw, ch);
     }
   }
@@ -770,18 +770,18 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
   const double missing_h = any_missing ? 28 : 0;
   const double bar_top = top + panel_title_h;
   const double bar_h = std::max(140.0, grid_h - panel_title_h - missing_h);
-  double width = o.width > 0 ? o.width : g.left + grid_w + right;
+  double width = options.width > 0 ? options.width : g.left + grid_w + right;
   double height =
-      o.height > 0 ? o.height : std::max(top + grid_h + g.bottom, bar_top + bar_h + missing_h + 12);
-  if (o.width <= 0) {
-    width = std::max(width, text_width(o.title, kTitleFont, true) + 24);
-    width = std::max(width, g.left + text_width(o.x_label, kAxisTitleFont) + 12);
+      options.height > 0 ? options.height : std::max(top + grid_h + g.bottom, bar_top + bar_h + missing_h + 12);
+  if (options.width <= 0) {
+    width = std::max(width, text_width(options.title, kTitleFont, true) + 24);
+    width = std::max(width, g.left + text_width(options.x_label, kAxisTitleFont) + 12);
   }
   width = std::ceil(width);
   height = std::ceil(height);
 
-  Document doc(width, height, o.title);
-  add_title(doc, o.title, width);
+  Document doc(width, height, options.title);
+  add_title(doc, options.title, width);
 
   doc.add("<defs><linearGradient id=\"dha-viridis\" x1=\"0\" y1=\"1\" x2=\"0\" y2=\"0\">");
   for (int i = 0; i < 10; ++i)
@@ -822,7 +822,7 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
     doc.add("</g>");
     doc.add(rect(x0, y0, mw, mh, "none", " stroke=\"#555555\" stroke-width=\"0.8\""));
 
-    if (o.annotate) {
+    if (options.annotate) {
       const double size = std::min(11.0, std::floor(ch * 0.5));
       double need = 0;
       for (const auto& row : m)
@@ -868,9 +868,9 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
     }
   }
 
-  if (!o.x_label.empty())
-    doc.add(text(g.left + grid_w / 2, top + grid_h + g.x_extent + 18, o.x_label, kAxisTitleFont, "middle"));
-  add_y_title(doc, o.y_label, top + grid_h / 2);
+  if (!options.x_label.empty())
+    doc.add(text(g.left + grid_w / 2, top + grid_h + g.x_extent + 18, options.x_label, kAxisTitleFont, "middle"));
+  add_y_title(doc, options.y_label, top + grid_h / 2);
 
   // Colour bar with its own nice ticks, low values at the bottom.
   const double bar_x = g.left + grid_w + 24;
@@ -881,9 +881,9 @@ std::string render_heatmaps(const std::vector<Panel>& panels, int columns, const
     doc.add(line(bar_x + bar_w, y, bar_x + bar_w + 4, y, kAxisColour, 1));
     doc.add(text(bar_x + bar_w + 7, y + 4, ca.labels[k], kTickFont, "start"));
   }
-  if (!o.colorbar_label.empty())
+  if (!options.colorbar_label.empty())
     doc.add(text(bar_x + bar_w + 7 + max_width(ca.labels, kTickFont) + 18, bar_top + bar_h / 2,
-                 o.colorbar_label, kAxisTitleFont, "middle", -90));
+                 options.colorbar_label, kAxisTitleFont, "middle", -90));
   if (any_missing) {
     const double y = bar_top + bar_h + 14;
     doc.add(rect(bar_x, y, bar_w, bar_w, kMissingColour, " stroke=\"#555555\" stroke-width=\"0.8\""));
@@ -931,35 +931,35 @@ std::string bar_value_label(double v, const Axis& axis, int decimals) {
 }  // namespace
 
 std::string bar_chart(const std::vector<std::string>& categories, const std::vector<BarSeries>& series,
-                      const BarChartOptions& o) {
+                      const BarChartOptions& options) {
   const char* fn = "svg::bar_chart";
-  if (categories.empty()) fail(fn, ": no categories to plot", where(o.title));
-  if (series.empty()) fail(fn, ": no series to plot", where(o.title));
-  if (o.width < 200 || o.height < 150)
-    fail(fn, ": size ", o.width, " x ", o.height, " is too small (need at least 200 x 150)", where(o.title));
+  if (categories.empty()) fail(fn, ": no categories to plot", where(options.title));
+  if (series.empty()) fail(fn, ": no series to plot", where(options.title));
+  if (options.width < 200 || options.height < 150)
+    fail(fn, ": size ", options.width, " x ", options.height, " is too small (need at least 200 x 150)", where(options.title));
   double lo = 0, hi = 0;  // bars start at zero, so zero is always on the axis
   for (size_t i = 0; i < series.size(); ++i) {
     const BarSeries& s = series[i];
     if (s.values.size() != categories.size())
       fail(fn, ": series ", i, " \"", s.label, "\" has ", s.values.size(), " values for ", categories.size(),
-           " categories", where(o.title));
+           " categories", where(options.title));
     for (double v : s.values) {
       if (!std::isfinite(v)) continue;
       lo = std::min(lo, v);
       hi = std::max(hi, v);
     }
   }
-  const bool fixed_top = !std::isnan(o.y_max);
+  const bool fixed_top = !std::isnan(options.y_max);
   if (fixed_top) {
-    if (!std::isfinite(o.y_max)) fail(fn, ": y_max must be finite or NaN, got ", o.y_max, where(o.title));
-    if (o.y_max <= lo)
-      fail(fn, ": y_max ", o.y_max, " must be above the bottom of the axis (", lo, ")", where(o.title));
-    hi = o.y_max;
+    if (!std::isfinite(options.y_max)) fail(fn, ": y_max must be finite or NaN, got ", options.y_max, where(options.title));
+    if (options.y_max <= lo)
+      fail(fn, ": y_max ", options.y_max, " must be above the bottom of the axis (", lo, ")", where(options.title));
+    hi = options.y_max;
   }
   if (hi == lo) hi = 1;                // all zero: an axis from 0 to 1 rather than a degenerate one
   if (lo < 0) lo -= (hi - lo) * 0.06;  // room for labels under negative bars
 
-  const double width = o.width, height = o.height;
+  const double width = options.width, height = options.height;
   const size_t ns = series.size(), nc = categories.size();
 
   // Legend rows above the plot: never on top of bars.
@@ -981,14 +981,14 @@ std::string bar_chart(const std::vector<std::string>& categories, const std::vec
       row_w += w;
     }
   }
-  const double title_h = o.title.empty() ? 0 : 32;
+  const double title_h = options.title.empty() ? 0 : 32;
   const double legend_h = 20.0 * legend_rows.size();
 
   auto y_axis = [&](double plot_h) {
     return linear_axis(lo, hi, std::max(2, static_cast<int>(plot_h / 55)), true, !fixed_top);
   };
   auto left_for = [&](const Axis& a) {
-    return 14 + (o.y_label.empty() ? 0 : 22) + max_width(a.labels, kTickFont) + 10;
+    return 14 + (options.y_label.empty() ? 0 : 22) + max_width(a.labels, kTickFont) + 10;
   };
   const double right = 16;
 
@@ -996,7 +996,7 @@ std::string bar_chart(const std::vector<std::string>& categories, const std::vec
   // margins of the final pass.
   const double cat_label_w = max_width(categories, kTickFont);
   double top = 14 + title_h + legend_h + 16;
-  double bottom = 30 + (o.x_label.empty() ? 0 : 22);
+  double bottom = 30 + (options.x_label.empty() ? 0 : 22);
   Axis ya = y_axis(height - top - bottom);
   double plot_w = width - left_for(ya) - right;
   double group_w = plot_w / nc;
@@ -1026,24 +1026,24 @@ std::string bar_chart(const std::vector<std::string>& categories, const std::vec
   const double headroom = value_mode == ValueLabels::kUpright ? value_label_w + 8 : 16;
 
   top = 14 + title_h + legend_h + headroom;
-  bottom = 8 + cat_extent + (o.x_label.empty() ? 0 : 22) + 4;
+  bottom = 8 + cat_extent + (options.x_label.empty() ? 0 : 22) + 4;
   const double plot_h = height - top - bottom;
   if (plot_h < 40)
-    fail(fn, ": size ", o.width, " x ", o.height, " leaves no room for the plot", where(o.title));
+    fail(fn, ": size ", options.width, " x ", options.height, " leaves no room for the plot", where(options.title));
   ya = y_axis(plot_h);
   double left = left_for(ya);
   if (rotate_categories)  // slanted category labels must not run off the left edge
     left = std::max(left, slanted_reach(categories, 1, plot_w / nc) + 8);
   plot_w = width - left - right;
   if (plot_w < 40)
-    fail(fn, ": size ", o.width, " x ", o.height, " leaves no room for the plot", where(o.title));
+    fail(fn, ": size ", options.width, " x ", options.height, " leaves no room for the plot", where(options.title));
   group_w = plot_w / nc;
   const double bar = group_w * 0.8 / ns;
   const double plot_bottom = top + plot_h;
   auto py = [&](double v) { return plot_bottom - ya.frac(std::clamp(v, ya.lo, ya.hi)) * plot_h; };
 
-  Document doc(width, height, o.title);
-  add_title(doc, o.title, width);
+  Document doc(width, height, options.title);
+  add_title(doc, options.title, width);
 
   // Legend, centred.
   size_t legend_index = 0;
@@ -1091,8 +1091,8 @@ std::string bar_chart(const std::vector<std::string>& categories, const std::vec
 
   doc.add(line(left, top, left, plot_bottom, kAxisColour, 1));
   doc.add(line(left, py(0), left + plot_w, py(0), kAxisColour, 1));
-  if (!o.x_label.empty()) doc.add(text(left + plot_w / 2, height - 12, o.x_label, kAxisTitleFont, "middle"));
-  add_y_title(doc, o.y_label, top + plot_h / 2);
+  if (!options.x_label.empty()) doc.add(text(left + plot_w / 2, height - 12, options.x_label, kAxisTitleFont, "middle"));
+  add_y_title(doc, options.y_label, top + plot_h / 2);
   return doc.finish();
 }
 
