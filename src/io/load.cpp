@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "dha/error.h"
+#include "dha/io/gguf_checkpoint.h"
 #include "dha/io/hf_dir.h"
 #include "dha/io/llama2c.h"
 
@@ -17,6 +18,7 @@ Checkpoint load_checkpoint(const std::string& path) {
   if (fs::is_directory(status)) return load_hf_dir(path);
   if (path.size() >= 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0)
     fail(path, ": pass the model directory (with config.json), not the .safetensors file");
+  if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".gguf") == 0) return load_gguf_checkpoint(path);
   return load_llama2c(path);
 }
 

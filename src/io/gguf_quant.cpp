@@ -1,0 +1,140 @@
+// ggml tensor types (ids, names, block geometry as in ggml.h / gguf-py's
+// GGML_QUANT_SIZES) and dequantization of the block formats this toolkit reads.
+#include <cstring>
+
+#include <torch/torch.h>
+
+#include "dha/error.h"
+#include "dha/io/gguf.h"
+
+namespace dha::io {
+namespace {
+
+constexpr int64_t kQk = 32;   // elements per block of the legacy quant types
+constexpr int64_t kQkK = 256;  // elements per super-block of the k-quants
+
+// Every type a current ggml can write, so that a file holding one parses (and
+// its byte ranges are checked) even where its tensors cannot be dequantized.
+// Removed ids (4, 5, 31-33, 36-38) are absent: they mark a corrupt or ancient file.
+constexpr GgmlTypeInfo kTypes[] = {
+    {0, "F32", 1, 4},
+    {1, "F16", 1, 2},
+    {2, "Q4_0", kQk, 2 + 16},
+    {3, "Q4_1", kQk, 2 + 2 + 16},
+    {6, "Q5_0", kQk, 2 + 4 + 16},
+    {7, "Q5_1", kQk, 2 + 2 + 4 + 16},
+    {8, "Q8_0", kQk, 2 + 32},
+    {9, "Q8_1", kQk, 4 + 4 + 32},
+    {10, "Q2_K", kQkK, 2 + 2 + kQkK / 16 + kQkK / 4},
+    {11, "Q3_K", kQkK, 2 + kQkK / 4 + kQkK / 8 + 12},
+    {12, "Q4_K", kQkK, 2 + 2 + kQkK / 2 + 12},
+    {13, "Q5_K", kQkK, 2 + 2 + kQkK / 2 + kQkK / 8 + 12},
+    {14, "Q6_K", kQkK, 2 + kQkK / 2 + kQkK / 4 + kQkK / 16},
+    {15, "Q8_K", kQkK, 4 + kQkK + kQkK / 8},
+    {16, "IQ2_XXS", kQkK, 2 + kQkK / 4},
+    {17, "IQ2_XS", kQkK, 2 + kQkK / 4 + kQkK / 32},
+    {18, "IQ3_XXS", kQkK, 2 + kQkK / 4 + kQkK / 8},
+    {19, "IQ1_S", kQkK, 2 + kQkK / 8 + kQkK / 16},
+    {20, "IQ4_NL", kQk, 2 + 16},
+    {21, "IQ3_S", kQkK, 2 + kQkK / 4 + kQkK / 8 + kQkK / 32 + 4},
+    {22, "IQ2_S", kQkK, 2 + kQkK / 4 + kQkK / 16},
+    {23, "IQ4_XS", kQkK, 2 + 2 + kQkK / 2 + kQkK / 64},
+    {24, "I8", 1, 1},
+    {25, "I16", 1, 2},
+    {26, "I32", 1, 4},
+    {27, "I64", 1, 8},
+    {28, "F64", 1, 8},
+    {29, "IQ1_M", kQkK, kQkK / 8 + kQkK / 16 + kQkK / 32},
+    {30, "BF16", 1, 2},
+    {34, "TQ1_0", kQkK, 2 + 4 * 13},
+    {35, "TQ2_0", kQkK, 2 + 64},
+    {39, "MXFP4", kQk, 1 + 16},
+};
+
+constexpr const char* kSupportedList = "F32, F16, BF16, Q8_0, Q4_0, Q4_1";
+
+// Rows of `block_bytes`-byte blocks, copied out of the (unaligned, read-only) mapping.
+torch::Tensor block_rows(const uint8_t* data, int64_t n_blocks, int64_t block_bytes) {
+  torch::Tensor blocks = torch::empty({n_blocks, block_bytes}, torch::kUInt8);
+  if (n_blocks > 0) std::memcpy(blocks.data_ptr(), data, static_cast<size_t>(n_blocks * block_bytes));
+  return blocks;
+}
+
+// The float16 field at bytes [at, at + 2) of every block, as float32 [n_blocks, 1].
+torch::Tensor half_field(const torch::Tensor& blocks, int64_t at) {
+  return blocks.slice(1, at, at + 2).contiguous().view(torch::kHalf).to(torch::kFloat32);
+}
+
+// 16 bytes of packed nibbles -> 32 values: element j is byte j's low nibble,
+// element j + 16 its high nibble (ggml's layout for Q4_0 and Q4_1).
+torch::Tensor nibbles(const torch::Tensor& blocks, int64_t at) {
+  const torch::Tensor qs = blocks.slice(1, at, at + kQk / 2);
+  return torch::cat({torch::bitwise_and(qs, 0x0F), torch::bitwise_right_shift(qs, 4)}, 1);
+}
+
+}  // namespace
+
+const GgmlTypeInfo* ggml_type_info(uint32_t id) {
+  for (const auto& t : kTypes)
+    if (t.id == id) return &t;
+  return nullptr;
+}
+
+bool ggml_type_supported(uint32_t id) {
+  return id == kGgmlF32 || id == kGgmlF16 || id == kGgmlBF16 || id == kGgmlQ8_0 || id == kGgmlQ4_0 ||
+         id == kGgmlQ4_1;
+}
+
+std::string ggml_type_label(uint32_t id) {
+  const GgmlTypeInfo* info = ggml_type_info(id);
+  if (!info) return "unknown type " + std::to_string(id);
+  return std::string(info->name) + " (type " + std::to_string(id) + ")";
+}
+
+torch::Tensor ggml_dequantize(uint32_t type, const uint8_t* data, int64_t n_bytes, int64_t n_elements,
+                              const std::string& where) {
+  if (!ggml_type_supported(type))
+    fail(where, ": ", ggml_type_label(type), " is not supported; supported: ", kSupportedList);
+  const GgmlTypeInfo& info = *ggml_type_info(type);
+  if (n_elements < 0 || n_elements % info.block_elements != 0)
+    fail(where, ": ", n_elements, " elements are not a whole number of ", info.name, " blocks of ",
+         info.block_elements);
+  const int64_t n_blocks = n_elements / info.block_elements;
+  if (n_bytes != n_blocks * info.block_bytes)
+    fail(where, ": ", n_bytes, " bytes hold ", info.name, " data, expected ", n_blocks * info.block_bytes,
+         " for ", n_elements, " elements");
+
+  // Plain floats: exact widening (float16 and bfloat16 to float32 lose nothing).
+  if (type == kGgmlF32 || type == kGgmlF16 || type == kGgmlBF16) {
+    const torch::ScalarType stored =
+        type == kGgmlF32 ? torch::kFloat32 : type == kGgmlF16 ? torch::kHalf : torch::kBFloat16;
+    torch::Tensor t = torch::empty({n_elements}, stored);
+    if (n_bytes > 0) std::memcpy(t.data_ptr(), data, static_cast<size_t>(n_bytes));
+    return t.to(torch::kFloat32);
+  }
+
+  // Block formats, with torch ops rather than a scalar loop: each op rounds
+  // once, so Q4_1's d*q + m is never contracted into one fused multiply-add
+  // (which a compiler may do to a C++ loop, and gguf-py does not do).
+  const torch::Tensor blocks = block_rows(data, n_blocks, info.block_bytes);
+  torch::Tensor out;
+  if (type == kGgmlQ8_0) {
+    // {float16 d; int8 q[32]}: x = q * d
+    const torch::Tensor d = half_field(blocks, 0);
+    const torch::Tensor q = blocks.slice(1, 2, 2 + kQk).contiguous().view(torch::kInt8).to(torch::kFloat32);
+    out = q * d;
+  } else if (type == kGgmlQ4_0) {
+    // {float16 d; uint8 qs[16]}: x = (nibble - 8) * d
+    const torch::Tensor d = half_field(blocks, 0);
+    out = (nibbles(blocks, 2).to(torch::kFloat32) - 8.0f) * d;
+  } else {  // kGgmlQ4_1
+    // {float16 d; float16 m; uint8 qs[16]}: x = nibble * d + m
+    const torch::Tensor d = half_field(blocks, 0);
+    const torch::Tensor m = half_field(blocks, 2);
+    out = nibbles(blocks, 4).to(torch::kFloat32) * d;
+    out.add_(m);
+  }
+  return out.reshape({n_elements});
+}
+
+}  // namespace dha::io
