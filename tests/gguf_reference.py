@@ -96,7 +96,9 @@ def write(path, seed):
 
 def field_json(field):
     main = field.types[0]
-    element = field.types[-1] if main == V.ARRAY else main
+    # An array's element type as stored (parts: key length, key, type, element
+    # type, count, ...): field.types omits it for an empty array.
+    element = V(int(field.parts[3][0])) if main == V.ARRAY else main
     if element == V.STRING:
         values = [bytes(field.parts[i]).hex() for i in field.data]
     elif element in (V.FLOAT32, V.FLOAT64):

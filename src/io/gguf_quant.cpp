@@ -113,9 +113,10 @@ torch::Tensor ggml_dequantize(uint32_t type, const uint8_t* data, int64_t n_byte
     return t.to(torch::kFloat32);
   }
 
-  // Block formats, with torch ops rather than a scalar loop: each op rounds
-  // once, so Q4_1's d*q + m is never contracted into one fused multiply-add
-  // (which a compiler may do to a C++ loop, and gguf-py does not do).
+  // Block formats, as vectorised torch ops. The products are exact in float32
+  // (a 4- or 8-bit integer times a float16 has at most 19 significant bits),
+  // so the only rounding is Q4_1's "+ m", and a fused multiply-add would give
+  // the same floats as gguf-py's separate multiply and add.
   const torch::Tensor blocks = block_rows(data, n_blocks, info.block_bytes);
   torch::Tensor out;
   if (type == kGgmlQ8_0) {

@@ -141,10 +141,9 @@ std::string ggml_type_label(uint32_t id);
 
 // The values of `n_elements` elements (a multiple of the block size) of type
 // `type` stored at `data` (`n_bytes` bytes, which must be exactly their size)
-// as float32, by ggml's definitions: Q8_0 x = d*q, Q4_0 x = d*(q - 8),
-// Q4_1 x = d*q + m (rounded after the product and after the sum, as gguf-py
-// computes it), with d and m float16. Throws dha::Error naming `where` for an
-// unsupported type.
+// as float32, by ggml's definitions (blocks of 32): Q8_0 x = d*q (q int8),
+// Q4_0 x = d*(q - 8), Q4_1 x = d*q + m (q the 4-bit values, low nibbles first),
+// with d and m float16. Throws dha::Error naming `where` for an unsupported type.
 torch::Tensor ggml_dequantize(uint32_t type, const uint8_t* data, int64_t n_bytes, int64_t n_elements,
                               const std::string& where);
 
