@@ -31,6 +31,10 @@ constexpr uint64_t kHeaderBytes = 4 + 4 + 8 + 8;
 // one value byte; a tensor info a name length, n_dims, one dim, type, offset.
 constexpr uint64_t kMinKvBytes = 8 + 4 + 1;
 constexpr uint64_t kMinTensorInfoBytes = 8 + 4 + 8 + 4 + 8;
+// Metadata arrays are expanded into 8-byte (or std::string) elements, so a
+// count that the file's bytes could back is still capped: 64 times the
+// largest real vocabulary (262144 tokens).
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 24;
 constexpr uint32_t kMaxDims = 4;        // GGML_MAX_DIMS
 constexpr size_t kMaxNameBytes = 63;    // GGML_MAX_NAME is 64 with the terminator
 
@@ -157,6 +161,9 @@ GgufValue read_value(Cursor& in, const std::string& path, const std::string& key
     fail(path, ": ", what, " is an array of arrays (not supported, as in ggml)");
   const uint64_t at = in.pos();
   const uint64_t count = in.read<uint64_t>(what + " array length");
+  if (count > kMaxArrayElements)
+    fail(path, ": ", what, " at offset ", at, " claims ", count, " elements, more than the reader's limit of ",
+         kMaxArrayElements);
   if (element == GgufValueType::kString) {
     // Every string takes at least its 8-byte length: refuse a lying count up front.
     if (count > in.remaining() / 8)

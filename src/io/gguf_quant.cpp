@@ -2,7 +2,8 @@
 // GGML_QUANT_SIZES) and dequantization of the block formats this toolkit reads.
 #include <cstring>
 
-#include <torch/torch.h>
+#include <c10/util/Half.h>
+#include <torch/types.h>
 
 #include "dha/error.h"
 #include "dha/io/gguf.h"
@@ -53,23 +54,11 @@ constexpr GgmlTypeInfo kTypes[] = {
 
 constexpr const char* kSupportedList = "F32, F16, BF16, Q8_0, Q4_0, Q4_1";
 
-// Rows of `block_bytes`-byte blocks, copied out of the (unaligned, read-only) mapping.
-torch::Tensor block_rows(const uint8_t* data, int64_t n_blocks, int64_t block_bytes) {
-  torch::Tensor blocks = torch::empty({n_blocks, block_bytes}, torch::kUInt8);
-  if (n_blocks > 0) std::memcpy(blocks.data_ptr(), data, static_cast<size_t>(n_blocks * block_bytes));
-  return blocks;
-}
-
-// The float16 field at bytes [at, at + 2) of every block, as float32 [n_blocks, 1].
-torch::Tensor half_field(const torch::Tensor& blocks, int64_t at) {
-  return blocks.slice(1, at, at + 2).contiguous().view(torch::kHalf).to(torch::kFloat32);
-}
-
-// 16 bytes of packed nibbles -> 32 values: element j is byte j's low nibble,
-// element j + 16 its high nibble (ggml's layout for Q4_0 and Q4_1).
-torch::Tensor nibbles(const torch::Tensor& blocks, int64_t at) {
-  const torch::Tensor qs = blocks.slice(1, at, at + kQk / 2);
-  return torch::cat({torch::bitwise_and(qs, 0x0F), torch::bitwise_right_shift(qs, 4)}, 1);
+// A float16 field of a block (unaligned in the mapping), widened exactly.
+float half_at(const uint8_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, sizeof bits);
+  return static_cast<float>(c10::Half(bits, c10::Half::from_bits()));
 }
 
 }  // namespace
@@ -113,29 +102,33 @@ torch::Tensor ggml_dequantize(uint32_t type, const uint8_t* data, int64_t n_byte
     return t.to(torch::kFloat32);
   }
 
-  // Block formats, as vectorised torch ops. The products are exact in float32
-  // (a 4- or 8-bit integer times a float16 has at most 19 significant bits),
-  // so the only rounding is Q4_1's "+ m", and a fused multiply-add would give
-  // the same floats as gguf-py's separate multiply and add.
-  const torch::Tensor blocks = block_rows(data, n_blocks, info.block_bytes);
-  torch::Tensor out;
-  if (type == kGgmlQ8_0) {
-    // {float16 d; int8 q[32]}: x = q * d
-    const torch::Tensor d = half_field(blocks, 0);
-    const torch::Tensor q = blocks.slice(1, 2, 2 + kQk).contiguous().view(torch::kInt8).to(torch::kFloat32);
-    out = q * d;
-  } else if (type == kGgmlQ4_0) {
-    // {float16 d; uint8 qs[16]}: x = (nibble - 8) * d
-    const torch::Tensor d = half_field(blocks, 0);
-    out = (nibbles(blocks, 2).to(torch::kFloat32) - 8.0f) * d;
-  } else {  // kGgmlQ4_1
-    // {float16 d; float16 m; uint8 qs[16]}: x = nibble * d + m
-    const torch::Tensor d = half_field(blocks, 0);
-    const torch::Tensor m = half_field(blocks, 2);
-    out = nibbles(blocks, 4).to(torch::kFloat32) * d;
-    out.add_(m);
+  // Block formats, one single-threaded pass. The products are exact in
+  // float32 (a 4- or 8-bit integer times a float16 has at most 19 significant
+  // bits), so the only rounding is Q4_1's "+ m", and a compiler's fused
+  // multiply-add gives the same floats as gguf-py's separate multiply and add.
+  torch::Tensor out = torch::empty({n_elements}, torch::kFloat32);
+  float* y = out.data_ptr<float>();
+  for (int64_t b = 0; b < n_blocks; ++b, data += info.block_bytes, y += kQk) {
+    if (type == kGgmlQ8_0) {  // {float16 d; int8 q[32]}: x = q * d
+      const float d = half_at(data);
+      for (int64_t j = 0; j < kQk; ++j) y[j] = static_cast<float>(static_cast<int8_t>(data[2 + j])) * d;
+    } else if (type == kGgmlQ4_0) {  // {float16 d; uint8 qs[16]}: x = (nibble - 8) * d
+      const float d = half_at(data);
+      const uint8_t* qs = data + 2;
+      for (int64_t j = 0; j < kQk / 2; ++j) {  // low nibbles are elements 0-15, high ones 16-31
+        y[j] = static_cast<float>((qs[j] & 0x0F) - 8) * d;
+        y[j + kQk / 2] = static_cast<float>((qs[j] >> 4) - 8) * d;
+      }
+    } else {  // Q4_1 {float16 d; float16 m; uint8 qs[16]}: x = nibble * d + m
+      const float d = half_at(data), m = half_at(data + 2);
+      const uint8_t* qs = data + 4;
+      for (int64_t j = 0; j < kQk / 2; ++j) {
+        y[j] = static_cast<float>(qs[j] & 0x0F) * d + m;
+        y[j + kQk / 2] = static_cast<float>(qs[j] >> 4) * d + m;
+      }
+    }
   }
-  return out.reshape({n_elements});
+  return out;
 }
 
 }  // namespace dha::io
