@@ -608,6 +608,57 @@ TEST(GgufReader, UnsupportedTypeNamedOnDequantization) {
                          "Q6_K (type 14) is not supported; supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1"});
 }
 
+TEST(GgufReader, TokenizerMetadataIsLengthChecked) {
+  auto base = [] {
+    GgufMetadata m;
+    m.set("tokenizer.ggml.model", GgufValue::string("llama"));
+    m.set("tokenizer.ggml.tokens", GgufValue::string_array({"<unk>", "<s>", "</s>", "a"}));
+    m.set("tokenizer.ggml.scores", GgufValue::float_array(GgufValueType::kFloat32, {0, 0, 0, -1.5}));
+    m.set("tokenizer.ggml.token_type", GgufValue::signed_array(GgufValueType::kInt32, {2, 3, 3, 1}));
+    m.set("tokenizer.ggml.bos_token_id", GgufValue::uint32(1));
+    m.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(true));
+    return m;
+  };
+  dha::test::TempDir dir;
+  const std::string path = dir.file("tok.gguf");
+  dha::io::save_gguf(path, base(), {});
+  const dha::io::GgufTokenizerData t = dha::io::read_gguf_tokenizer(GgufFile(path));
+  EXPECT_EQ(t.model, "llama");
+  EXPECT_EQ(t.tokens.size(), 4u);
+  EXPECT_EQ(t.scores.at(3), -1.5f);
+  EXPECT_EQ(t.token_types, (std::vector<int32_t>{2, 3, 3, 1}));
+  EXPECT_EQ(t.bos_id, 1);
+  EXPECT_EQ(t.eos_id, std::nullopt);
+  EXPECT_EQ(t.add_bos, true);
+  EXPECT_TRUE(t.merges.empty());
+
+  struct Case {
+    std::function<void(GgufMetadata&)> edit;
+    std::string needle;
+  };
+  const std::vector<Case> cases = {
+      {[](GgufMetadata& m) { m.erase("tokenizer.ggml.tokens"); }, "'tokenizer.ggml.tokens' is missing"},
+      {[](GgufMetadata& m) { m.set("tokenizer.ggml.scores", GgufValue::float_array(GgufValueType::kFloat32, {0})); },
+       "'tokenizer.ggml.scores' has 1 entries for 4 tokens"},
+      {[](GgufMetadata& m) { m.set("tokenizer.ggml.token_type", GgufValue::signed_array(GgufValueType::kInt32, {1})); },
+       "'tokenizer.ggml.token_type' has 1 entries for 4 tokens"},
+      {[](GgufMetadata& m) { m.set("tokenizer.ggml.eos_token_id", GgufValue::uint32(4)); },
+       "'tokenizer.ggml.eos_token_id' = 4 is not a token id (4 tokens)"},
+      {[](GgufMetadata& m) { m.set("tokenizer.ggml.merges", GgufValue::uint32(4)); },
+       "'tokenizer.ggml.merges' has type uint32 (expected an array of strings)"},
+      {[](GgufMetadata& m) { m.set("tokenizer.ggml.add_bos_token", GgufValue::uint8(1)); },
+       "'tokenizer.ggml.add_bos_token' has type uint8 (expected a bool)"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.needle);
+    GgufMetadata m = base();
+    c.edit(m);
+    dha::io::save_gguf(path, m, {});
+    const GgufFile file(path);
+    expect_one_line_error([&] { dha::io::read_gguf_tokenizer(file); }, {path, c.needle});
+  }
+}
+
 // ---- malformed files ----------------------------------------------------------------
 
 TEST(GgufBadFile, EachFieldThatLiesGetsOneClearError) {
