@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "dha/error.h"
+#include "dha/io/gguf_checkpoint.h"
 #include "dha/io/hf_dir.h"
 #include "dha/io/llama2c.h"
 
@@ -12,7 +13,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-enum class CheckpointKind { kDirectory, kLlama2c };
+enum class CheckpointKind { kDirectory, kGguf, kLlama2c };
 
 CheckpointKind checkpoint_kind(const std::string& path) {
   std::error_code error;
@@ -21,17 +22,28 @@ CheckpointKind checkpoint_kind(const std::string& path) {
   if (fs::is_directory(status)) return CheckpointKind::kDirectory;
   if (path.size() >= 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0)
     fail(path, ": pass the model directory (with config.json), not the .safetensors file");
+  if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".gguf") == 0) return CheckpointKind::kGguf;
   return CheckpointKind::kLlama2c;
 }
 
 }  // namespace
 
 Checkpoint load_checkpoint(const std::string& path) {
-  return checkpoint_kind(path) == CheckpointKind::kDirectory ? load_hf_dir(path) : load_llama2c(path);
+  switch (checkpoint_kind(path)) {
+    case CheckpointKind::kDirectory: return load_hf_dir(path);
+    case CheckpointKind::kGguf: return load_gguf_checkpoint(path);
+    case CheckpointKind::kLlama2c: break;
+  }
+  return load_llama2c(path);
 }
 
 ModelConfig load_model_config(const std::string& path) {
-  return checkpoint_kind(path) == CheckpointKind::kDirectory ? load_hf_dir_config(path) : load_llama2c_config(path);
+  switch (checkpoint_kind(path)) {
+    case CheckpointKind::kDirectory: return load_hf_dir_config(path);
+    case CheckpointKind::kGguf: return gguf_model_config(GgufFile(path));
+    case CheckpointKind::kLlama2c: break;
+  }
+  return load_llama2c_config(path);
 }
 
 LoadedModel load_model(const std::string& model_path, const std::string& tokenizer_path,

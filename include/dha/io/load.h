@@ -1,5 +1,5 @@
 // One entry point for every checkpoint the toolkit reads: a llama2.c .bin
-// file, an HF LLaMA directory, or a toolkit directory.
+// file, a llama.cpp .gguf file, an HF LLaMA directory, or a toolkit directory.
 #pragma once
 
 #include <memory>
