@@ -41,4 +41,4 @@ print("|---|---|---|")
 for tokens in sorted(set(dha) & set(gqa)):
     print(f"| {tokens} | {dha[tokens]:.4f} | {gqa[tokens]:.4f} |")
 PY
-echo "curves: $WORK/heldout_nll.svg"
+echo "curves: ${WORK#"$ROOT"/}/heldout_nll.svg"
