@@ -1,3 +1,4 @@
+# Load a dha directory with transformers, and call dha's attention op from Python.
 import torch
 from transformers import AutoModelForCausalLM
 

@@ -13,8 +13,9 @@ usage:
       requires: logits within 1e-5, generate() (greedy, 20 tokens) = dha's ids and
       its per-step logits within 1e-5, a KV
       cache holding exactly H_K[l] / H_V[l] heads per layer and kv_bytes_per_token * T
-      bytes. With LIBDHA: loads it (torch.ops.load_library) and requires the op path to
-      give the plain path's logits and generation.
+      bytes; then saves the model with save_pretrained to MODEL_DIR-saved. With LIBDHA:
+      names it in MODEL_DIR/dha_library.txt and requires the reloaded model to run
+      torch.ops.dha.grouped_attention, with the plain path's logits and generation.
   hf_remote_code.py rope MODEL_DIR
       RoPE scaling ("linear", "llama3") and q/k/v biases, which dha's C++ does not
       read yet: small random transformers LlamaForCausalLM / Qwen2ForCausalLM models
@@ -117,10 +118,16 @@ def check(model_dir, expected_path, library):
                (out[1] - expected["logits"][1]).abs().max().item())
     report(diff < 1e-5, f"left-padded batch vs dha: max abs difference {diff:.3e} (< 1e-5)")
 
-    if library:
-        torch.ops.load_library(library)
+    if not library:
+        # A directory written back by transformers: dha reads it (the C++ test compares).
+        model.save_pretrained(model_dir + "-saved")
+    else:
+        # libdha named next to the model: loaded and used without any call by the user.
+        with open(os.path.join(model_dir, "dha_library.txt"), "w") as f:
+            f.write(library + "\n")
+        model = load_remote(model_dir)
+        report(model.attention_backend() == "op", "dha_library.txt beside the model: torch.ops.dha.grouped_attention is used")
         model.set_attention_backend("op")
-        report(model.attention_backend() == "op", "torch.ops.dha.grouped_attention is used after load_library")
         with torch.no_grad(), torch.profiler.profile() as profile:
             op_logits = model(tokens).logits
         calls = sum(event.name == "dha::grouped_attention" for event in profile.events())

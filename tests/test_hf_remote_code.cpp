@@ -146,7 +146,16 @@ void check_case(const dha::ModelConfig& config, uint64_t seed, bool with_library
   write_case(tmp, dha::test::random_checkpoint(config, seed), seed);
   std::string args = "check \"" + tmp.file("model") + "\" \"" + tmp.file("expected.safetensors") + "\"";
   if (with_library) args += " \"" + library_path() + "\"";
-  EXPECT_EQ(run_logged(python(tmp, args)), 0);
+  ASSERT_EQ(run_logged(python(tmp, args)), 0);
+  if (with_library) return;
+  // What transformers' save_pretrained wrote is a dha directory again.
+  const dha::Checkpoint saved = dha::io::load_hf_dir(tmp.file("model-saved"));
+  const dha::Checkpoint original = dha::io::load_hf_dir(tmp.file("model"));
+  EXPECT_EQ(saved.config.layout, original.config.layout);
+  EXPECT_EQ(saved.config.tied_embeddings, original.config.tied_embeddings);
+  EXPECT_EQ(saved.config.rope_theta, original.config.rope_theta);
+  ASSERT_EQ(saved.tensors.size(), original.tensors.size());
+  for (const auto& [name, t] : original.tensors) EXPECT_TRUE(torch::equal(t, saved.tensors.at(name))) << name;
 }
 
 #define DHA_REQUIRE_TRANSFORMERS()                                                              \

@@ -160,6 +160,15 @@ class DhaConfig(PretrainedConfig):
         self.eos_token_id = eos_token_id
         self.pad_token_id = pad_token_id
 
+    @classmethod
+    def get_config_dict(cls, *args, **kwargs):
+        config_dict, kwargs = super().get_config_dict(*args, **kwargs)
+        if config_dict.get("model_type") == "llama" and "dha" in config_dict:
+            # A GQA layout is written as "llama" so that plain transformers reads it too;
+            # read here, it is a dha config like any other.
+            config_dict = dict(config_dict, model_type=cls.model_type)
+        return config_dict, kwargs
+
     # ---- the head layout -------------------------------------------------------------
 
     def _check_layout(self):

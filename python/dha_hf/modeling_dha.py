@@ -147,16 +147,16 @@ class DhaRotary:
 
     def __init__(self, config):
         self.config = config
-        self.inv_freq = None  # computed on first use: models are built on the meta device
+        self.inv_freq = {}  # per device, computed on first use: models are built on the meta device
 
     def cos_sin(self, position_ids):
         """position_ids [B, T] -> cos, sin [B, 1, T, d_h] in float32."""
-        if self.inv_freq is None:
-            with torch.device("cpu"):
-                self.inv_freq = rope_inverse_frequencies(self.config)
         device = position_ids.device
         compute = device if device.type in ("cpu", "cuda") else torch.device("cpu")  # float64 support
-        angles = position_ids.to(compute, torch.float64)[..., None] * self.inv_freq.to(compute)
+        if compute not in self.inv_freq:
+            with torch.device("cpu"):
+                self.inv_freq[compute] = rope_inverse_frequencies(self.config).to(compute)
+        angles = position_ids.to(compute, torch.float64)[..., None] * self.inv_freq[compute]
         both = torch.cat([angles, angles], dim=-1)
         return both.cos().to(device, torch.float32)[:, None], both.sin().to(device, torch.float32)[:, None]
 
@@ -341,10 +341,16 @@ class DhaModel(DhaPreTrainedModel):
         inputs_embeds=None,
         use_cache=None,
         cache=None,
+        output_hidden_states=None,
+        output_attentions=None,
         return_dict=None,
         **kwargs,
     ):
         cache = cache if cache is not None else past_key_values
+        if output_attentions:
+            raise ValueError("dha: output_attentions is not supported (attention is computed fused)")
+        if output_hidden_states is None:
+            output_hidden_states = getattr(self.config, "output_hidden_states", False)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("dha: pass exactly one of input_ids and inputs_embeds")
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -367,10 +373,16 @@ class DhaModel(DhaPreTrainedModel):
         allowed = self._allowed(attention_mask, b, t, past, h.device)
         use_op = self._use_op(h.device)
         probabilities = None  # handed from a source layer to the layers that share its attention
+        hidden_states = [h] if output_hidden_states else None
         for layer in self.layers:
             h, probabilities = layer(h, cos, sin, cache, allowed, probabilities, use_op)
+            if output_hidden_states:
+                hidden_states.append(h)
         h = self.norm(h)
-        return _output(BaseModelOutputWithPast, cache, last_hidden_state=h)
+        if output_hidden_states:
+            hidden_states[-1] = h  # as transformers' LLaMA: the last entry is after the final norm
+            hidden_states = tuple(hidden_states)
+        return _output(BaseModelOutputWithPast, cache, last_hidden_state=h, hidden_states=hidden_states)
 
     @staticmethod
     def _allowed(attention_mask, b, t, past, device):
@@ -467,6 +479,8 @@ class DhaForCausalLM(DhaPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             cache=cache if cache is not None else past_key_values,
+            output_hidden_states=kwargs.pop("output_hidden_states", None),
+            output_attentions=kwargs.pop("output_attentions", None),
         )
         h = out.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
@@ -478,7 +492,7 @@ class DhaForCausalLM(DhaPreTrainedModel, GenerationMixin):
             shift_labels = labels[:, 1:].reshape(-1).to(logits.device)
             loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=-100)
         cache_out = out.cache if hasattr(out, "cache") else out.past_key_values
-        result = _output(CausalLMOutputWithPast, cache_out, loss=loss, logits=logits)
+        result = _output(CausalLMOutputWithPast, cache_out, loss=loss, logits=logits, hidden_states=out.hidden_states)
         if return_dict is False:
             return result.to_tuple()
         return result
