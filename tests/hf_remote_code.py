@@ -95,6 +95,17 @@ def check(model_dir, expected_path, library):
     diff = (steps - expected["step_logits"]).abs().max().item() if steps.shape == expected["step_logits"].shape else 1e9
     report(diff < 1e-5, f"generate() per-step logits (KV cache) vs dha: max abs difference {diff:.3e} (< 1e-5)")
 
+    # The same steps by hand: a DynamicCache, no attention mask, no position ids.
+    from transformers import DynamicCache
+
+    manual = DynamicCache()
+    with torch.no_grad():
+        rows = [model(prompt, past_key_values=manual, use_cache=True).logits[0, -1]]
+        for token in want[:-1].tolist():
+            rows.append(model(torch.tensor([[token]]), past_key_values=manual, use_cache=True).logits[0, -1])
+    diff = (torch.stack(rows) - expected["step_logits"]).abs().max().item()
+    report(diff < 1e-5, f"forward() step by step with a DynamicCache vs dha: max abs difference {diff:.3e} (< 1e-5)")
+
     heads = [tuple(h) for h in expected["kv_heads"].to(torch.int64).tolist()]
     got_heads = model.kv_cache_heads(cache)
     report(got_heads == heads, f"KV cache heads per layer (H_K, H_V) {got_heads} vs dha {heads}")
