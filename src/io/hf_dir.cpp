@@ -9,6 +9,7 @@
 #include "dha/error.h"
 #include "dha/io/atomic_file.h"
 #include "dha/io/safetensors.h"
+#include "hf_remote_code.h"
 
 namespace dha::io {
 namespace fs = std::filesystem;
@@ -218,9 +219,16 @@ void save_hf_dir(const std::string& dir, const Checkpoint& checkpoint, const Dir
 void write_hf_files(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options) {
   const ModelConfig& c = checkpoint.config;
   const torch::ScalarType dtype = options.dtype.value_or(checkpoint.storage_dtype);
-  const json config = config_to_hf_json(c, options.format, dtype);
+  json config = config_to_hf_json(c, options.format, dtype);
   check_tensors(c, checkpoint.tensors, dir);
   auto file = [&](const std::string& name) { return dir + "/" + name; };
+  if (options.format == DirFormat::kDha) {
+    // transformers loads the directory with the code beside it (trust_remote_code=True).
+    config["auto_map"] = {{"AutoConfig", "configuration_dha.DhaConfig"},
+                          {"AutoModelForCausalLM", "modeling_dha.DhaForCausalLM"}};
+    for (size_t i = 0; i < detail::kHfRemoteCodeCount; ++i)
+      write_file_atomic(file(detail::kHfRemoteCode[i].name), detail::kHfRemoteCode[i].text);
+  }
   write_file_atomic(file("config.json"), config.dump(2) + "\n");
 
   // Canonical order; shards are filled greedily up to max_shard_bytes.
