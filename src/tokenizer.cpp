@@ -1,12 +1,13 @@
 // The format-independent parts of the tokenizers: whole-sequence decode, loading
-// by content (sentencepiece protobuf or llama2.c tokenizer.bin), and finding the
-// tokenizer that sits beside a model.
+// by content (sentencepiece protobuf, llama2.c tokenizer.bin or tokenizer.json),
+// and finding the tokenizer that sits beside a model.
 #include "dha/tokenizer.h"
 
 #include <filesystem>
 #include <fstream>
 #include <system_error>
 
+#include "dha/tokenizer_bpe.h"
 #include "tokenizer_impl.h"
 
 namespace dha {
@@ -75,6 +76,16 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expec
   const std::string bytes = read_tokenizer_file(path);
   const std::string ext = fs::path(path).extension().string();
 
+  // A Hugging Face tokenizer.json (named so, or an unnamed file starting with
+  // '{', which a sentencepiece model never does): byte-level BPE. Its ids must
+  // fit the model's embedding, which may be padded beyond the vocab.
+  if (ext == ".json" || (ext != ".bin" && ext != ".model" && !bytes.empty() && bytes[0] == '{')) {
+    auto bpe = ByteLevelBpeTokenizer::from_json(path, bytes);
+    if (expected_vocab > 0 && bpe->vocab_size() > expected_vocab)
+      fail(path, ": tokenizer has ", bpe->vocab_size(), " tokens but the model's vocab is ", expected_vocab);
+    return bpe;
+  }
+
   using Loader = std::unique_ptr<Tokenizer> (*)(const std::string&, const std::string&, int64_t);
   Loader first = detail::load_sentencepiece_tokenizer;
   Loader second = detail::load_llama2c_tokenizer;
@@ -108,10 +119,10 @@ std::string find_tokenizer_for_model(const std::string& model_path, int64_t voca
   const fs::path model(model_path);
   std::vector<fs::path> candidates;
   if (fs::is_directory(model, ec)) {
-    candidates = {model / "tokenizer.model", model / "tokenizer.bin"};
+    candidates = {model / "tokenizer.model", model / "tokenizer.bin", model / "tokenizer.json"};
   } else {
     const fs::path dir = model.parent_path();  // empty for a bare file name: the cwd
-    candidates = {dir / "tokenizer.model", dir / "tokenizer.bin"};
+    candidates = {dir / "tokenizer.model", dir / "tokenizer.bin", dir / "tokenizer.json"};
     if (vocab_size > 0) candidates.push_back(dir / ("tok" + std::to_string(vocab_size) + ".bin"));
   }
   for (const fs::path& candidate : candidates)
