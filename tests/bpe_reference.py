@@ -29,6 +29,19 @@ QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{
          r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+def bytes_to_unicode():
+    # GPT-2's byte alphabet: the characters that bytes 0..255 are spelled with.
+    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
 def read_docs(path):
     with open(path, "rb") as f:
         data = f.read()
@@ -151,6 +164,23 @@ def build(out, docs_path, adv_path, mode="ids"):
             {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
             {"type": "Split", "pattern": {"Regex": r"\u010a+"}, "behavior": "Removed", "invert": False},
             {"type": "Split", "pattern": {"Regex": r"e"}, "behavior": "Isolated", "invert": False}]}
+        # Characters the vocab lacks: bytes 1 and 2 become one fused <unk>,
+        # bytes 3 and 4 the <0xXX> byte-fallback tokens of their UTF-8.
+        vocab = j["model"]["vocab"]
+        alphabet = {b: c for b, c in zip(range(256), bytes_to_unicode())}
+        for b in (1, 2, 3, 4):
+            assert not any(alphabet[b] in part for m in j["model"]["merges"]
+                           for part in (m.split(" ") if isinstance(m, str) else m))
+            del vocab[alphabet[b]]
+        next_id = max(vocab.values()) + 1
+        for b in (3, 4):  # steps follow ByteLevel, so the missing characters are spelled ones
+            for x in alphabet[b].encode("utf-8"):
+                if "<0x%02X>" % x not in vocab:
+                    vocab["<0x%02X>" % x] = next_id
+                    next_id += 1
+        j["model"]["unk_token"] = "<|endoftext|>"
+        j["model"]["fuse_unk"] = True
+        j["model"]["byte_fallback"] = True
     mix = variant(tok, mixed)
     mix.add_tokens([AddedToken("[note]", single_word=True, normalized=True),
                     AddedToken("ﬁx", normalized=True)])
