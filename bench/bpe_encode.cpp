@@ -13,9 +13,10 @@
 
 int main(int argc, char** argv) {
   if (argc < 3 || std::string(argv[1]) == "--help") {
-    std::printf("usage: bench_bpe_encode TOKENIZER.json TEXT.txt [PASSES]\n"
-                "Encodes every document of TEXT.txt PASSES times (default 2: the first fills the\n"
-                "word cache) and prints MB/s and tokens/s per pass.\n");
+    std::printf(
+        "usage: bench_bpe_encode TOKENIZER.json TEXT.txt [PASSES]\n"
+        "Encodes every document of TEXT.txt PASSES times (default 2: the first fills the\n"
+        "word cache) and prints MB/s and tokens/s per pass.\n");
     return 0;
   }
   try {

@@ -14,8 +14,8 @@ namespace dha {
 
 // The tokenizer.ggml.* metadata of a GGUF file whose tokenizer.ggml.model is "gpt2".
 struct BpeVocabSpec {
-  std::vector<std::string> tokens;   // tokenizer.ggml.tokens: id -> token, byte-level spelled
-  std::vector<std::string> merges;   // tokenizer.ggml.merges: "left right", rank order
+  std::vector<std::string> tokens;  // tokenizer.ggml.tokens: id -> token, byte-level spelled
+  std::vector<std::string> merges;  // tokenizer.ggml.merges: "left right", rank order
   // tokenizer.ggml.token_type (empty: every token is normal). Control (3) tokens
   // become special added tokens and user-defined (4) ones plain added tokens:
   // both are matched in the raw text and never split, as Hugging Face's GGUF
@@ -49,7 +49,8 @@ class ByteLevelBpeTokenizer : public Tokenizer {
   static std::unique_ptr<ByteLevelBpeTokenizer> from_json(const std::string& path, const std::string& json);
   static std::unique_ptr<ByteLevelBpeTokenizer> load(const std::string& path);
   // From GGUF metadata; `source` names the file in errors.
-  static std::unique_ptr<ByteLevelBpeTokenizer> from_vocab(const BpeVocabSpec& spec, const std::string& source);
+  static std::unique_ptr<ByteLevelBpeTokenizer> from_vocab(const BpeVocabSpec& spec,
+                                                           const std::string& source);
   static std::vector<std::string> known_pre_names();
 
   ~ByteLevelBpeTokenizer() override;

@@ -281,12 +281,15 @@ void ByteLevelBpeTokenizer::Impl::encode_valid(std::string_view text, std::vecto
   std::vector<Piece> pieces;
   split_added(normalized, normalized_matcher, pieces);
   for (const Piece& p : pieces) {
-    if (p.token >= 0) out.push_back(p.token);
-    else encode_pretokenized(std::string_view(normalized).substr(p.begin, p.end - p.begin), out);
+    if (p.token >= 0)
+      out.push_back(p.token);
+    else
+      encode_pretokenized(std::string_view(normalized).substr(p.begin, p.end - p.begin), out);
   }
 }
 
-void ByteLevelBpeTokenizer::Impl::encode_pretokenized(std::string_view text, std::vector<int32_t>& out) const {
+void ByteLevelBpeTokenizer::Impl::encode_pretokenized(std::string_view text,
+                                                      std::vector<int32_t>& out) const {
   std::vector<std::string_view> words;
   std::deque<std::string> storage;
   pre.split(text, words, storage);
@@ -399,7 +402,8 @@ void ByteLevelBpeTokenizer::Impl::bpe_word(std::string_view word, bool spelled, 
       }
     }
     if (!unk_token.empty()) {
-      if (unk_id < 0) fail(source, ": the text needs the unknown token \"", unk_token, "\", which is not in the vocab");
+      if (unk_id < 0)
+        fail(source, ": the text needs the unknown token \"", unk_token, "\", which is not in the vocab");
       if (!(pending_unk && fuse_unk)) flush_unk();
       pending_unk = true;
     }
@@ -445,7 +449,8 @@ void ByteLevelBpeTokenizer::Impl::bpe_word(std::string_view word, bool spelled, 
     if (s.alive) out.push_back(s.id);
   if (cacheable) {
     std::lock_guard<std::mutex> lock(cache_mutex);
-    if (cache.size() < kMaxCachedWords) cache.emplace(std::move(key), std::vector<int32_t>(out.begin() + first, out.end()));
+    if (cache.size() < kMaxCachedWords)
+      cache.emplace(std::move(key), std::vector<int32_t>(out.begin() + first, out.end()));
   }
 }
 
@@ -498,7 +503,8 @@ std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_json(const st
     if (e.is_string()) {
       const std::string s = e.get<std::string>();
       const size_t space = s.find(' ');
-      if (space == std::string::npos) fail(path, ": model.merges[", i, "] \"", s, "\" has no space between its two tokens");
+      if (space == std::string::npos)
+        fail(path, ": model.merges[", i, "] \"", s, "\" has no space between its two tokens");
       m.merge_list.emplace_back(s.substr(0, space), s.substr(space + 1));
     } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
       m.merge_list.emplace_back(e[0].get<std::string>(), e[1].get<std::string>());
@@ -550,7 +556,8 @@ std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_json(const st
     } else if (type == "NFKD") {
       m.normal_forms.push_back(bpe::NormalForm::kNfkd);
     } else {
-      fail(path, ": ", field, " type \"", type, "\" is not supported (supported: none, Sequence, NFC, NFD, NFKC, NFKD)");
+      fail(path, ": ", field, " type \"", type,
+           "\" is not supported (supported: none, Sequence, NFC, NFD, NFKC, NFKD)");
     }
   };
   if (j.contains("normalizer")) read_normalizer(j.at("normalizer"), "normalizer");
@@ -560,7 +567,7 @@ std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_json(const st
 
   // ---- decoder: byte-level decoding is the only one implemented
   const std::function<void(const json&, const std::string&)> read_decoder = [&](const json& d,
-                                                                               const std::string& field) {
+                                                                                const std::string& field) {
     if (d.is_null()) return;
     const std::string type = d.is_object() ? get_field<std::string>(d, "type", "", path + ": " + field) : "";
     if (type == "ByteLevel") return;
@@ -576,39 +583,46 @@ std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_json(const st
   // ---- post-processor: where BOS/EOS come from when tokenizer_config.json does not say
   int32_t template_bos = -1, template_eos = -1;
   const std::function<void(const json&, const std::string&)> read_post = [&](const json& p,
-                                                                            const std::string& field) {
+                                                                             const std::string& field) {
     if (p.is_null()) return;
     const std::string where = path + ": " + field;
     const std::string type = p.is_object() ? get_field<std::string>(p, "type", "", where) : "";
     if (type == "ByteLevel") return;
     if (type == "Sequence") {
-      if (!p.contains("processors") || !p.at("processors").is_array()) fail(where, ".processors is missing or not an array");
+      if (!p.contains("processors") || !p.at("processors").is_array())
+        fail(where, ".processors is missing or not an array");
       for (size_t i = 0; i < p.at("processors").size(); ++i)
         read_post(p.at("processors")[i], field + ".processors[" + std::to_string(i) + "]");
       return;
     }
     if (type != "TemplateProcessing")
-      fail(where, " type \"", type, "\" is not supported (supported: ByteLevel, TemplateProcessing, Sequence)");
-    if (!p.contains("single") || !p.at("single").is_array()) fail(where, ".single is missing or not an array");
+      fail(where, " type \"", type,
+           "\" is not supported (supported: ByteLevel, TemplateProcessing, Sequence)");
+    if (!p.contains("single") || !p.at("single").is_array())
+      fail(where, ".single is missing or not an array");
     const json& single = p.at("single");
     const auto special_id = [&](const json& item) {
       const std::string name = item.at("SpecialToken").value("id", "");
       const json& specials = p.value("special_tokens", json::object());
-      if (!specials.contains(name) || !specials.at(name).contains("ids") || !specials.at(name).at("ids").is_array() ||
-          specials.at(name).at("ids").size() != 1 || !specials.at(name).at("ids")[0].is_number_integer())
+      if (!specials.contains(name) || !specials.at(name).contains("ids") ||
+          !specials.at(name).at("ids").is_array() || specials.at(name).at("ids").size() != 1 ||
+          !specials.at(name).at("ids")[0].is_number_integer())
         fail(where, ".special_tokens[\"", name, "\"] must give exactly one id");
       return specials.at(name).at("ids")[0].get<int32_t>();
     };
     size_t sequences = 0;
     std::vector<int32_t> before, after;
     for (const json& item : single) {
-      if (item.is_object() && item.contains("Sequence")) ++sequences;
-      else if (item.is_object() && item.contains("SpecialToken")) (sequences ? after : before).push_back(special_id(item));
-      else fail(where, ".single holds an item that is neither a Sequence nor a SpecialToken");
+      if (item.is_object() && item.contains("Sequence"))
+        ++sequences;
+      else if (item.is_object() && item.contains("SpecialToken"))
+        (sequences ? after : before).push_back(special_id(item));
+      else
+        fail(where, ".single holds an item that is neither a Sequence nor a SpecialToken");
     }
     if (sequences != 1 || before.size() > 1 || after.size() > 1)
-      fail(where, ".single is not [BOS] $A [EOS] (", before.size(), " tokens before, ", sequences, " sequences, ",
-           after.size(), " after)");
+      fail(where, ".single is not [BOS] $A [EOS] (", before.size(), " tokens before, ", sequences,
+           " sequences, ", after.size(), " after)");
     if (!before.empty()) template_bos = before[0];
     if (!after.empty()) template_eos = after[0];
   };
@@ -626,7 +640,10 @@ std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_json(const st
     const auto ia = m.vocab.find(a), ib = m.vocab.find(b), im = m.vocab.find(a + b);
     if (ia == m.vocab.end() || ib == m.vocab.end() || im == m.vocab.end())
       fail(path, ": model.merges[", i, "] \"", a, " ", b, "\": \"",
-           ia == m.vocab.end() ? a : ib == m.vocab.end() ? b : a + b, "\" is not in model.vocab");
+           ia == m.vocab.end()   ? a
+           : ib == m.vocab.end() ? b
+                                 : a + b,
+           "\" is not in model.vocab");
     // As in `tokenizers`, a repeated pair keeps its last rank.
     m.merges[Impl::pair_key(ia->second, ib->second)] = {static_cast<int32_t>(i), im->second};
   }
@@ -684,15 +701,32 @@ struct PreName {
 
 // Which names llama.cpp (src/llama-vocab.cpp) gives each regex set.
 constexpr PreName kPreNames[] = {
-    {"default", PreFamily::kDefault},     {"gpt2", PreFamily::kGpt2},          {"gpt-2", PreFamily::kGpt2},
-    {"phi-2", PreFamily::kGpt2},          {"mpt", PreFamily::kGpt2},           {"olmo", PreFamily::kGpt2},
-    {"jais", PreFamily::kGpt2},           {"smollm", PreFamily::kDigitsGpt2},  {"starcoder", PreFamily::kDigitsGpt2},
-    {"refact", PreFamily::kDigitsGpt2},   {"command-r", PreFamily::kDigitsGpt2}, {"codeshell", PreFamily::kDigitsGpt2},
-    {"exaone", PreFamily::kDigitsGpt2},   {"minerva-7b", PreFamily::kDigitsGpt2}, {"llama3", PreFamily::kLlama3},
-    {"llama-v3", PreFamily::kLlama3},     {"llama-bpe", PreFamily::kLlama3},   {"falcon3", PreFamily::kLlama3},
-    {"falcon-h1", PreFamily::kLlama3},    {"pixtral", PreFamily::kLlama3},     {"midm-2.0", PreFamily::kLlama3},
-    {"lfm2", PreFamily::kLlama3},         {"dbrx", PreFamily::kLlama3},        {"smaug-bpe", PreFamily::kLlama3},
-    {"qwen2", PreFamily::kQwen2},         {"stablelm2", PreFamily::kQwen2},
+    {"default", PreFamily::kDefault},
+    {"gpt2", PreFamily::kGpt2},
+    {"gpt-2", PreFamily::kGpt2},
+    {"phi-2", PreFamily::kGpt2},
+    {"mpt", PreFamily::kGpt2},
+    {"olmo", PreFamily::kGpt2},
+    {"jais", PreFamily::kGpt2},
+    {"smollm", PreFamily::kDigitsGpt2},
+    {"starcoder", PreFamily::kDigitsGpt2},
+    {"refact", PreFamily::kDigitsGpt2},
+    {"command-r", PreFamily::kDigitsGpt2},
+    {"codeshell", PreFamily::kDigitsGpt2},
+    {"exaone", PreFamily::kDigitsGpt2},
+    {"minerva-7b", PreFamily::kDigitsGpt2},
+    {"llama3", PreFamily::kLlama3},
+    {"llama-v3", PreFamily::kLlama3},
+    {"llama-bpe", PreFamily::kLlama3},
+    {"falcon3", PreFamily::kLlama3},
+    {"falcon-h1", PreFamily::kLlama3},
+    {"pixtral", PreFamily::kLlama3},
+    {"midm-2.0", PreFamily::kLlama3},
+    {"lfm2", PreFamily::kLlama3},
+    {"dbrx", PreFamily::kLlama3},
+    {"smaug-bpe", PreFamily::kLlama3},
+    {"qwen2", PreFamily::kQwen2},
+    {"stablelm2", PreFamily::kQwen2},
 };
 
 }  // namespace
@@ -727,7 +761,8 @@ std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_vocab(const B
   const std::string where = source + ": tokenizer.ggml.pre " + spec.pre;
   switch (pre->family) {
     case PreFamily::kDefault:
-      for (const char* p : kDefaultPatterns) steps.push_back(bpe::split_step(p, bpe::SplitBehavior::kIsolated, false, where));
+      for (const char* p : kDefaultPatterns)
+        steps.push_back(bpe::split_step(p, bpe::SplitBehavior::kIsolated, false, where));
       steps.push_back(bpe::byte_level_step(false, false));
       break;
     case PreFamily::kGpt2:
@@ -775,19 +810,26 @@ std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_vocab(const B
     const auto ia = m.vocab.find(a), ib = m.vocab.find(b), im = m.vocab.find(a + b);
     if (ia == m.vocab.end() || ib == m.vocab.end() || im == m.vocab.end())
       fail(source, ": tokenizer.ggml.merges[", i, "] \"", s, "\": \"",
-           ia == m.vocab.end() ? a : ib == m.vocab.end() ? b : a + b, "\" is not a token");
+           ia == m.vocab.end()   ? a
+           : ib == m.vocab.end() ? b
+                                 : a + b,
+           "\" is not a token");
     m.merges[Impl::pair_key(ia->second, ib->second)] = {static_cast<int32_t>(i), im->second};
     m.merge_list.emplace_back(std::move(a), std::move(b));
   }
-  for (const auto& [id, what] : {std::pair{spec.bos_id, "bos"}, std::pair{spec.eos_id, "eos"}, std::pair{spec.unk_id, "unknown"}})
-    if (id < -1 || id >= n) fail(source, ": tokenizer.ggml.", what, "_token_id ", id, " is outside [0, ", n, ")");
+  for (const auto& [id, what] :
+       {std::pair{spec.bos_id, "bos"}, std::pair{spec.eos_id, "eos"}, std::pair{spec.unk_id, "unknown"}})
+    if (id < -1 || id >= n)
+      fail(source, ": tokenizer.ggml.", what, "_token_id ", id, " is outside [0, ", n, ")");
   m.bos = spec.bos_id;
   m.eos = spec.eos_id;
   if (spec.unk_id >= 0) m.unk_token = spec.tokens[static_cast<size_t>(spec.unk_id)];
   m.add_bos = spec.add_bos;
   m.add_eos = spec.add_eos;
-  if (m.add_bos && m.bos < 0) fail(source, ": tokenizer.ggml.add_bos_token is true but there is no bos_token_id");
-  if (m.add_eos && m.eos < 0) fail(source, ": tokenizer.ggml.add_eos_token is true but there is no eos_token_id");
+  if (m.add_bos && m.bos < 0)
+    fail(source, ": tokenizer.ggml.add_bos_token is true but there is no bos_token_id");
+  if (m.add_eos && m.eos < 0)
+    fail(source, ": tokenizer.ggml.add_eos_token is true but there is no eos_token_id");
   m.finish(source);
   return tok;
 }
@@ -857,9 +899,12 @@ void ByteLevelBpeTokenizer::write_tokenizer_json(const std::string& dir) const {
   j["added_tokens"] = added;
   ordered_json normalizers = ordered_json::array();
   for (const bpe::NormalForm f : m.normal_forms) normalizers.push_back({{"type", bpe::normal_form_name(f)}});
-  if (normalizers.empty()) j["normalizer"] = nullptr;
-  else if (normalizers.size() == 1) j["normalizer"] = normalizers[0];
-  else j["normalizer"] = {{"type", "Sequence"}, {"normalizers", normalizers}};
+  if (normalizers.empty())
+    j["normalizer"] = nullptr;
+  else if (normalizers.size() == 1)
+    j["normalizer"] = normalizers[0];
+  else
+    j["normalizer"] = {{"type", "Sequence"}, {"normalizers", normalizers}};
   j["pre_tokenizer"] = m.pre.to_json();
 
   // BOS/EOS by default through a template, which both `tokenizers` and
@@ -872,7 +917,8 @@ void ByteLevelBpeTokenizer::write_tokenizer_json(const std::string& dir) const {
     const auto sequence = [](const char* id, int type_id) {
       return ordered_json{{"Sequence", {{"id", id}, {"type_id", type_id}}}};
     };
-    ordered_json single = ordered_json::array(), pair = ordered_json::array(), specials = ordered_json::object();
+    ordered_json single = ordered_json::array(), pair = ordered_json::array(),
+                 specials = ordered_json::object();
     for (int part = 0; part < 2; ++part) {
       if (with_bos) pair.push_back(special(m.bos, part));
       pair.push_back(sequence(part == 0 ? "A" : "B", part));
@@ -882,12 +928,15 @@ void ByteLevelBpeTokenizer::write_tokenizer_json(const std::string& dir) const {
     single.push_back(sequence("A", 0));
     if (with_eos) single.push_back(special(m.eos, 0));
     for (const int32_t id : {with_bos ? m.bos : -1, with_eos ? m.eos : -1})
-      if (id >= 0) specials[m.id_token[id]] = {{"id", m.id_token[id]}, {"ids", {id}}, {"tokens", {m.id_token[id]}}};
-    j["post_processor"] = {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", specials}};
+      if (id >= 0)
+        specials[m.id_token[id]] = {{"id", m.id_token[id]}, {"ids", {id}}, {"tokens", {m.id_token[id]}}};
+    j["post_processor"] = {
+        {"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", specials}};
   } else {
     j["post_processor"] = nullptr;
   }
-  j["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  j["decoder"] = {
+      {"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
 
   ordered_json model;
   model["type"] = "BPE";

@@ -35,16 +35,16 @@ size_t utf8_sequence(std::string_view s, size_t i, uint32_t* cp) {
   if (b0 >= 0xE0 && b0 <= 0xEF) {
     if (!cont(i + 1) || !cont(i + 2)) return 0;
     const unsigned char b1 = byte(i + 1);
-    if (b0 == 0xE0 && b1 < 0xA0) return 0;   // overlong
-    if (b0 == 0xED && b1 > 0x9F) return 0;   // UTF-16 surrogate
+    if (b0 == 0xE0 && b1 < 0xA0) return 0;  // overlong
+    if (b0 == 0xED && b1 > 0x9F) return 0;  // UTF-16 surrogate
     *cp = (uint32_t(b0 & 0x0F) << 12) | (uint32_t(b1 & 0x3F) << 6) | (byte(i + 2) & 0x3F);
     return 3;
   }
   if (b0 >= 0xF0 && b0 <= 0xF4) {
     if (!cont(i + 1) || !cont(i + 2) || !cont(i + 3)) return 0;
     const unsigned char b1 = byte(i + 1);
-    if (b0 == 0xF0 && b1 < 0x90) return 0;   // overlong
-    if (b0 == 0xF4 && b1 > 0x8F) return 0;   // above U+10FFFF
+    if (b0 == 0xF0 && b1 < 0x90) return 0;  // overlong
+    if (b0 == 0xF4 && b1 > 0x8F) return 0;  // above U+10FFFF
     *cp = (uint32_t(b0 & 0x07) << 18) | (uint32_t(b1 & 0x3F) << 12) | (uint32_t(byte(i + 2) & 0x3F) << 6) |
           (byte(i + 3) & 0x3F);
     return 4;
@@ -118,6 +118,7 @@ bool byte_level_decode(std::string_view token, std::string* raw) {
 }
 
 bool is_numeric_cp(uint32_t cp) {
+  if (cp < 0x80) return cp >= '0' && cp <= '9';  // ASCII needs no table lookup
   const auto c = utf8proc_category(static_cast<utf8proc_int32_t>(cp));
   return c == UTF8PROC_CATEGORY_ND || c == UTF8PROC_CATEGORY_NL || c == UTF8PROC_CATEGORY_NO;
 }
@@ -157,9 +158,10 @@ std::string onig_to_pcre2(const std::string& p) {
     const char c = p[i];
     if (c == '\\' && i + 1 < p.size()) {
       const char d = p[i + 1];
-      const char* items = d == 's' || d == 'S' ? kSpaceItems : d == 'w' || d == 'W' ? kWordItems
-                          : d == 'h' || d == 'H'             ? kHexItems
-                                                             : nullptr;
+      const char* items = d == 's' || d == 'S'   ? kSpaceItems
+                          : d == 'w' || d == 'W' ? kWordItems
+                          : d == 'h' || d == 'H' ? kHexItems
+                                                 : nullptr;
       const bool negated = d == 'S' || d == 'W' || d == 'H';
       if (items && depth == 0) {
         out += negated ? "[^" : "[";
@@ -171,7 +173,8 @@ std::string onig_to_pcre2(const std::string& p) {
         // [..\S..]: a negated class inside a class has no PCRE2 spelling here.
         throw std::invalid_argument(std::string("\\") + d + " inside a character class");
       } else if (d == 'u' && i + 6 <= p.size() &&
-                 std::all_of(p.begin() + i + 2, p.begin() + i + 6, [](char x) { return std::isxdigit(static_cast<unsigned char>(x)) != 0; })) {
+                 std::all_of(p.begin() + i + 2, p.begin() + i + 6,
+                             [](char x) { return std::isxdigit(static_cast<unsigned char>(x)) != 0; })) {
         out += "\\x{" + p.substr(i + 2, 4) + "}";  // Oniguruma's \uHHHH
         i += 6;
         continue;
@@ -283,10 +286,14 @@ void Regex::find_all(std::string_view text, std::vector<std::pair<size_t, size_t
 
 const char* normal_form_name(NormalForm f) {
   switch (f) {
-    case NormalForm::kNfc: return "NFC";
-    case NormalForm::kNfd: return "NFD";
-    case NormalForm::kNfkc: return "NFKC";
-    case NormalForm::kNfkd: return "NFKD";
+    case NormalForm::kNfc:
+      return "NFC";
+    case NormalForm::kNfd:
+      return "NFD";
+    case NormalForm::kNfkc:
+      return "NFKC";
+    case NormalForm::kNfkd:
+      return "NFKD";
   }
   return "?";
 }
@@ -296,15 +303,18 @@ std::string normalize(std::string_view text, const std::vector<NormalForm>& form
   std::string current(text);
   for (const NormalForm f : forms) {
     int options = UTF8PROC_STABLE;
-    if (f == NormalForm::kNfc || f == NormalForm::kNfkc) options |= UTF8PROC_COMPOSE;
-    else options |= UTF8PROC_DECOMPOSE;
+    if (f == NormalForm::kNfc || f == NormalForm::kNfkc)
+      options |= UTF8PROC_COMPOSE;
+    else
+      options |= UTF8PROC_DECOMPOSE;
     if (f == NormalForm::kNfkc || f == NormalForm::kNfkd) options |= UTF8PROC_COMPAT;
     utf8proc_uint8_t* mapped = nullptr;
-    const utf8proc_ssize_t n =
-        utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(current.data()),
-                     static_cast<utf8proc_ssize_t>(current.size()), &mapped, static_cast<utf8proc_option_t>(options));
-    if (n < 0) fail("utf8proc could not ", normal_form_name(f), "-normalize a text of ", current.size(),
-                    " bytes (", utf8proc_errmsg(n), ")");
+    const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(current.data()),
+                                            static_cast<utf8proc_ssize_t>(current.size()), &mapped,
+                                            static_cast<utf8proc_option_t>(options));
+    if (n < 0)
+      fail("utf8proc could not ", normal_form_name(f), "-normalize a text of ", current.size(), " bytes (",
+           utf8proc_errmsg(n), ")");
     current.assign(reinterpret_cast<const char*>(mapped), static_cast<size_t>(n));
     std::free(mapped);
   }
@@ -340,23 +350,29 @@ void apply_behavior(std::vector<Segment>& segs, SplitBehavior behavior, bool inv
       break;
     case SplitBehavior::kMergedWithPrevious:
       for (const Segment& s : segs) {
-        if (s.match && !previous_match && !out.empty()) out.back().end = s.end;
-        else out.push_back(s);
+        if (s.match && !previous_match && !out.empty())
+          out.back().end = s.end;
+        else
+          out.push_back(s);
         previous_match = s.match;
       }
       break;
     case SplitBehavior::kMergedWithNext:
       for (auto it = segs.rbegin(); it != segs.rend(); ++it) {
-        if (it->match && !previous_match && !out.empty()) out.back().begin = it->begin;
-        else out.push_back(*it);
+        if (it->match && !previous_match && !out.empty())
+          out.back().begin = it->begin;
+        else
+          out.push_back(*it);
         previous_match = it->match;
       }
       std::reverse(out.begin(), out.end());
       break;
     case SplitBehavior::kContiguous:
       for (const Segment& s : segs) {
-        if (s.match == previous_match && !out.empty()) out.back().end = s.end;
-        else out.push_back(s);
+        if (s.match == previous_match && !out.empty())
+          out.back().end = s.end;
+        else
+          out.push_back(s);
         previous_match = s.match;
       }
       break;
@@ -394,11 +410,16 @@ SplitBehavior parse_behavior(const std::string& name, const std::string& where) 
 
 const char* behavior_name(SplitBehavior b) {
   switch (b) {
-    case SplitBehavior::kRemoved: return "Removed";
-    case SplitBehavior::kIsolated: return "Isolated";
-    case SplitBehavior::kMergedWithPrevious: return "MergedWithPrevious";
-    case SplitBehavior::kMergedWithNext: return "MergedWithNext";
-    case SplitBehavior::kContiguous: return "Contiguous";
+    case SplitBehavior::kRemoved:
+      return "Removed";
+    case SplitBehavior::kIsolated:
+      return "Isolated";
+    case SplitBehavior::kMergedWithPrevious:
+      return "MergedWithPrevious";
+    case SplitBehavior::kMergedWithNext:
+      return "MergedWithNext";
+    case SplitBehavior::kContiguous:
+      return "Contiguous";
   }
   return "?";
 }
@@ -452,13 +473,15 @@ void flatten(const nlohmann::json& j, const std::string& where, const std::strin
   } else if (type == "Digits") {
     steps.push_back(digits_step(optional_field<bool>(j, "individual_digits", false, here)));
   } else {
-    fail(here, ": pre-tokenizer type \"", type, "\" is not supported (supported: Sequence, Split, ByteLevel, Digits)");
+    fail(here, ": pre-tokenizer type \"", type,
+         "\" is not supported (supported: Sequence, Split, ByteLevel, Digits)");
   }
 }
 
 }  // namespace
 
-PreTokenizerStep split_step(const std::string& regex, SplitBehavior behavior, bool invert, const std::string& where) {
+PreTokenizerStep split_step(const std::string& regex, SplitBehavior behavior, bool invert,
+                            const std::string& where) {
   PreTokenizerStep s;
   s.kind = PreTokenizerStep::Kind::kSplit;
   s.pattern = regex;
@@ -476,7 +499,8 @@ PreTokenizerStep byte_level_step(bool add_prefix_space, bool use_regex) {
   s.use_regex = use_regex;
   if (use_regex) {
     // One compiled GPT-2 regex serves every ByteLevel step.
-    static const std::shared_ptr<const Regex> gpt2 = std::make_shared<Regex>(kGpt2Pattern, "the GPT-2 pattern");
+    static const std::shared_ptr<const Regex> gpt2 =
+        std::make_shared<Regex>(kGpt2Pattern, "the GPT-2 pattern");
     s.regex = gpt2;
   }
   return s;
@@ -590,7 +614,8 @@ void PreTokenizer::split(std::string_view text, std::vector<std::string_view>& w
             i += len;
           }
           segments_from_matches(matches, piece.size(), segs);
-          apply_behavior(segs, s.individual_digits ? SplitBehavior::kIsolated : SplitBehavior::kContiguous, false);
+          apply_behavior(segs, s.individual_digits ? SplitBehavior::kIsolated : SplitBehavior::kContiguous,
+                         false);
           break;
         }
       }

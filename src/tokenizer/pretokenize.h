@@ -88,7 +88,7 @@ struct PreTokenizerStep {
   enum class Kind { kSplit, kByteLevel, kDigits };
   Kind kind = Kind::kByteLevel;
   // Split
-  std::string pattern;             // regex source or literal string
+  std::string pattern;  // regex source or literal string
   bool pattern_is_regex = true;
   SplitBehavior behavior = SplitBehavior::kIsolated;
   bool invert = false;
@@ -119,7 +119,8 @@ class PreTokenizer {
   // Appends the words of one piece of text (well-formed UTF-8, already
   // normalized). They view `text` or strings added to `storage` (a deque keeps
   // them in place), so both must outlive the words.
-  void split(std::string_view text, std::vector<std::string_view>& words, std::deque<std::string>& storage) const;
+  void split(std::string_view text, std::vector<std::string_view>& words,
+             std::deque<std::string>& storage) const;
   // True when split() returns byte-level spelled words, false for raw bytes.
   bool words_spelled() const { return byte_level_index_ + 1 < steps_.size(); }
   bool add_prefix_space() const { return steps_[byte_level_index_].add_prefix_space; }
@@ -130,7 +131,8 @@ class PreTokenizer {
   size_t byte_level_index_ = 0;
 };
 
-PreTokenizerStep split_step(const std::string& regex, SplitBehavior behavior, bool invert, const std::string& where);
+PreTokenizerStep split_step(const std::string& regex, SplitBehavior behavior, bool invert,
+                            const std::string& where);
 PreTokenizerStep byte_level_step(bool add_prefix_space, bool use_regex);
 PreTokenizerStep digits_step(bool individual_digits);
 
