@@ -28,7 +28,7 @@ namespace {
 
 // Ids beyond this are refused before a table of that size is allocated; the
 // largest real vocabularies are a few hundred thousand tokens.
-constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxVocab = int64_t{1} << 21;
 // Words longer than this are not cached (as in Hugging Face); the cache stops
 // growing at kMaxCachedWords entries, which bounds its memory to tens of MB.
 constexpr size_t kMaxCachedWordBytes = 256;
