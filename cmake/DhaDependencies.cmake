@@ -1,5 +1,5 @@
 # Finds the dependencies: LibTorch (PyPI wheel in the project venv, else Debian's
-# libtorch-dev), sentencepiece (pkg-config), nlohmann_json, CLI11, spdlog.
+# libtorch-dev), sentencepiece, PCRE2 and utf8proc (pkg-config), nlohmann_json, CLI11, spdlog.
 
 # --- LibTorch -----------------------------------------------------------------
 set(DHA_PYTHON "${CMAKE_CURRENT_SOURCE_DIR}/.venv/bin/python" CACHE FILEPATH
@@ -52,6 +52,13 @@ pkg_check_modules(SENTENCEPIECE REQUIRED sentencepiece)
 add_library(dha_sentencepiece INTERFACE)
 target_include_directories(dha_sentencepiece INTERFACE ${SENTENCEPIECE_INCLUDE_DIRS})
 target_link_libraries(dha_sentencepiece INTERFACE ${SENTENCEPIECE_LINK_LIBRARIES})
+# Byte-level BPE: PCRE2 for the pre-tokenizer regexes (\p{L}, lookahead), utf8proc
+# for NFC and Unicode categories.
+pkg_check_modules(PCRE2 REQUIRED libpcre2-8)
+pkg_check_modules(UTF8PROC REQUIRED libutf8proc)
+add_library(dha_unicode INTERFACE)
+target_include_directories(dha_unicode INTERFACE ${PCRE2_INCLUDE_DIRS} ${UTF8PROC_INCLUDE_DIRS})
+target_link_libraries(dha_unicode INTERFACE ${PCRE2_LINK_LIBRARIES} ${UTF8PROC_LINK_LIBRARIES})
 
 set(DHA_WARNINGS -Wall -Wextra -Wno-unused-parameter)
 if(DHA_WERROR)

@@ -1,6 +1,6 @@
 // Tokenizers: sentencepiece .model files and llama2.c tokenizer.bin files (with
 // the encoding of llama2.c's reference run.c: dummy-prefix space, merges by
-// score, byte fallback).
+// score, byte fallback); byte-level BPE tokenizer.json in tokenizer_bpe.h.
 #pragma once
 
 #include <cstdint>
@@ -14,8 +14,9 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
-  // Token ids of `text`, with BOS / EOS prepended / appended on request. A
-  // non-empty text gets the dummy-prefix space as sentencepiece does.
+  // Token ids of `text`, with BOS / EOS prepended / appended on request. For
+  // sentencepiece and llama2.c a non-empty text gets the dummy-prefix space;
+  // byte-level BPE (tokenizer_bpe.h) adds none unless its pre-tokenizer says so.
   virtual std::vector<int32_t> encode(const std::string& text, bool bos, bool eos) const = 0;
   // The text that `token` contributes after `prev` when streaming (a leading
   // space is dropped right after BOS; byte tokens become their byte). An id
@@ -33,21 +34,24 @@ class Tokenizer {
   std::string path_;
 };
 
-// Loads a tokenizer by content: a sentencepiece protobuf (.model) or a llama2.c
-// tokenizer.bin. `expected_vocab` > 0: a llama2.c file is read for exactly that
-// many tokens (the format does not store the count) and a sentencepiece model
-// must have exactly that many pieces; a mismatch is a dha::Error.
+// Loads a tokenizer by content: a sentencepiece protobuf (.model), a llama2.c
+// tokenizer.bin, or a Hugging Face tokenizer.json (byte-level BPE; a .json name
+// or JSON content). `expected_vocab` > 0: a llama2.c file is read for exactly that
+// many tokens (the format does not store the count), a sentencepiece model
+// must have exactly that many pieces and a tokenizer.json at most that many
+// (embeddings are often padded); a mismatch is a dha::Error.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expected_vocab = 0);
 
 // The tokenizer that belongs to a model path: inside a model directory
-// (find_tokenizer_in_dir), or beside a .bin checkpoint (the same names, then
+// (find_tokenizer_in_dir), or beside a checkpoint file (the same names, then
 // tok<vocab>.bin). Empty if none is found.
 std::string find_tokenizer_for_model(const std::string& model_path, int64_t vocab_size);
-// The tokenizer file inside a directory: tokenizer.model, then tokenizer.bin. Empty if none.
+// The tokenizer file inside a directory: tokenizer.model, then tokenizer.bin,
+// then tokenizer.json. Empty if none.
 std::string find_tokenizer_in_dir(const std::string& dir);
 // The name a tokenizer file takes inside a model directory, so that
 // find_tokenizer_in_dir finds it: tokenizer.model for a sentencepiece .model
-// file, tokenizer.bin otherwise.
+// file, tokenizer.json for a Hugging Face tokenizer.json, tokenizer.bin otherwise.
 std::string tokenizer_file_name(const std::string& tokenizer_path);
 
 }  // namespace dha

@@ -1,12 +1,13 @@
 // The format-independent parts of the tokenizers: whole-sequence decode, loading
-// by content (sentencepiece protobuf or llama2.c tokenizer.bin), and finding the
-// tokenizer that sits beside a model.
+// by content (sentencepiece protobuf, llama2.c tokenizer.bin or tokenizer.json),
+// and finding the tokenizer that sits beside a model.
 #include "dha/tokenizer.h"
 
 #include <filesystem>
 #include <fstream>
 #include <system_error>
 
+#include "dha/tokenizer_bpe.h"
 #include "tokenizer_impl.h"
 
 namespace dha {
@@ -75,6 +76,16 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expec
   const std::string bytes = read_tokenizer_file(path);
   const std::string ext = fs::path(path).extension().string();
 
+  // A Hugging Face tokenizer.json (named so, or an unnamed file starting with
+  // '{', which a sentencepiece model never does): byte-level BPE. Its ids must
+  // fit the model's embedding, which may be padded beyond the vocab.
+  if (ext == ".json" || (ext != ".bin" && ext != ".model" && !bytes.empty() && bytes[0] == '{')) {
+    auto bpe = ByteLevelBpeTokenizer::from_json(path, bytes);
+    if (expected_vocab > 0 && bpe->vocab_size() > expected_vocab)
+      fail(path, ": tokenizer has ", bpe->vocab_size(), " tokens but the model's vocab is ", expected_vocab);
+    return bpe;
+  }
+
   using Loader = std::unique_ptr<Tokenizer> (*)(const std::string&, const std::string&, int64_t);
   Loader first = detail::load_sentencepiece_tokenizer;
   Loader second = detail::load_llama2c_tokenizer;
@@ -106,12 +117,15 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expec
 namespace {
 
 // The names find_tokenizer_in_dir looks for, in order.
-constexpr const char* kTokenizerNames[] = {"tokenizer.model", "tokenizer.bin"};
+constexpr const char* kTokenizerNames[] = {"tokenizer.model", "tokenizer.bin", "tokenizer.json"};
 
 }  // namespace
 
 std::string tokenizer_file_name(const std::string& tokenizer_path) {
-  return fs::path(tokenizer_path).extension() == ".model" ? "tokenizer.model" : "tokenizer.bin";
+  const fs::path extension = fs::path(tokenizer_path).extension();
+  if (extension == ".model") return "tokenizer.model";
+  if (extension == ".json") return "tokenizer.json";
+  return "tokenizer.bin";
 }
 
 std::string find_tokenizer_in_dir(const std::string& dir) {
