@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
   std::string model_path, tokenizer_path, text_path;
   int64_t max_docs = 0;
   bool as_json = false;
-  app.add_option("--model", model_path, "llama2.c .bin, HF LLaMA directory or dha directory")->required();
+  app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
   app.add_option("--text", text_path, "UTF-8 text; documents separated by blank lines")->required();
   app.add_option("--max-docs", max_docs, "score only the first N documents (0: all)")

@@ -14,7 +14,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Write a model in another layout or format; the function is unchanged", "dha-export"};
   std::string model_path, tokenizer_path, out, format_name = "dha", dtype = "keep";
   bool force = false;
-  app.add_option("--model", model_path, "llama2.c .bin, HF LLaMA directory or dha directory")->required();
+  app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer copied along (default: the one in or beside the model)");
   app.add_option("--out", out, "output directory (a file for single-file formats)")->required();
   app.add_option("--format", format_name, dha::export_formats_help())->capture_default_str();
@@ -29,8 +29,11 @@ int main(int argc, char** argv) {
     else if (dtype != "keep") dha::fail("--dtype \"", dtype, "\" is not one of keep, f32, bf16, f16");
     if (std::filesystem::exists(out) && !force) dha::fail(out, ": already exists (pass --force to overwrite)");
     const dha::Checkpoint ck = dha::export_checkpoint(dha::io::load_checkpoint(model_path), format);
-    options.tokenizer =
+    const std::string tokenizer_file =
         tokenizer_path.empty() ? dha::find_tokenizer_for_model(model_path, ck.config.vocab_size) : tokenizer_path;
+    std::unique_ptr<dha::Tokenizer> tokenizer;
+    if (!tokenizer_file.empty()) tokenizer = dha::load_tokenizer(tokenizer_file, ck.config.vocab_size);
+    options.tokenizer = tokenizer.get();
     if (format.single_file) {
       format.write(out, ck, options);
     } else {

@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   int64_t train_vocab = 0;
   uint64_t seed = 1234;
   bool force = false;
-  app.add_option("--tokenizer", tokenizer_path, "sentencepiece .model or llama2.c tokenizer.bin");
+  app.add_option("--tokenizer", tokenizer_path, "sentencepiece .model, llama2.c tokenizer.bin, tokenizer.json, or a .gguf model (its vocabulary)");
   app.add_option("--train-vocab", train_vocab,
                  "instead: train a sentencepiece BPE vocab of this size on the (training part of the) files");
   app.add_option("--out", out_dir, "output directory (must not exist unless --force)")->required();
@@ -34,15 +34,14 @@ int main(int argc, char** argv) {
     for (const auto& file : files)
       if (!std::filesystem::is_regular_file(file)) dha::fail(file, ": no such file");
     dha::io::StagedDirectory staged(out_dir, force);
-    std::string tokenizer_name;
-    if (train_vocab > 0) {
-      tokenizer_name = "tokenizer.model";
-      dha::train_sentencepiece(files, train_vocab, options.heldout, staged.file(tokenizer_name), seed);
-    } else {
-      tokenizer_name = dha::tokenizer_file_name(tokenizer_path);
-      std::filesystem::copy_file(tokenizer_path, staged.file(tokenizer_name));
-    }
-    const auto tokenizer = dha::load_tokenizer(staged.file(tokenizer_name));
+    // The tokenizer goes into the output, so that dha-train finds it there.
+    if (train_vocab > 0)
+      dha::train_sentencepiece(files, train_vocab, options.heldout, staged.file("tokenizer.model"), seed);
+    else
+      dha::load_tokenizer(tokenizer_path)->write_files(staged.path());
+    const std::string tokenizer_file = dha::find_tokenizer_in_dir(staged.path());
+    const std::string tokenizer_name = std::filesystem::path(tokenizer_file).filename().string();
+    const auto tokenizer = dha::load_tokenizer(tokenizer_file);
     const dha::CorpusSummary s = dha::tokenize_corpus(*tokenizer, files, staged.path(), options, true);
     const nlohmann::json meta = {{"tokenizer", tokenizer_name},
                                  {"vocab_size", tokenizer->vocab_size()},

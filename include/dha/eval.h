@@ -24,8 +24,14 @@ struct EvalResult {
   int64_t kv_bytes_per_token = 0;  // at 2 bytes per element (a bf16 cache)
 };
 
-// Scores each document as BOS + encode(doc), truncated to the model's
-// context, predicting every token after BOS. `max_docs` <= 0: all.
+// A document's ids as the evaluation (and the conversion's calibration) reads
+// them: BOS + encode(text) when the tokenizer starts documents with BOS
+// (Tokenizer::add_bos_by_default), else encode(text). The first id is given,
+// every later one is predicted.
+std::vector<int32_t> encode_document(const Tokenizer& tokenizer, const std::string& text);
+
+// Scores each document as encode_document(doc), truncated to the model's
+// context, predicting every token after the first. `max_docs` <= 0: all.
 EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer,
                         const std::vector<std::string>& docs, int64_t max_docs = 0,
                         bool show_progress = false);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dha/checkpoint.h"
+#include "dha/tokenizer.h"
 
 namespace dha {
 
@@ -25,7 +26,7 @@ enum class HeadRelayout {
 // What a writer is given beside the checkpoint.
 struct ExportWriteOptions {
   std::optional<torch::ScalarType> dtype;  // weights on disk; unset: the checkpoint's storage dtype
-  std::string tokenizer;                   // tokenizer file copied along (empty: none)
+  const Tokenizer* tokenizer = nullptr;    // written along (Tokenizer::write_files); null: none
 };
 
 struct ExportFormat {

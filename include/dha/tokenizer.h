@@ -28,6 +28,14 @@ class Tokenizer {
   virtual int64_t vocab_size() const = 0;
   virtual int32_t bos_id() const = 0;
   virtual int32_t eos_id() const = 0;
+  // The model's own convention: whether a document starts with BOS
+  // (sentencepiece and llama2.c: always; byte-level BPE: its add_bos_token).
+  virtual bool add_bos_by_default() const { return true; }
+  // Writes this tokenizer into the directory `dir` under the names
+  // find_tokenizer_in_dir looks for: the file it was read from, copied under
+  // its canonical name (tokenizer_file_name), with what it reads beside it.
+  virtual void write_files(const std::string& dir) const;
+  // The file it was read from (for one built from a model file's metadata: that file).
   const std::string& path() const { return path_; }
 
  protected:
@@ -35,16 +43,17 @@ class Tokenizer {
 };
 
 // Loads a tokenizer by content: a sentencepiece protobuf (.model), a llama2.c
-// tokenizer.bin, or a Hugging Face tokenizer.json (byte-level BPE; a .json name
-// or JSON content). `expected_vocab` > 0: a llama2.c file is read for exactly that
+// tokenizer.bin, a Hugging Face tokenizer.json (byte-level BPE; a .json name
+// or JSON content), or the byte-level BPE vocabulary in a .gguf model's
+// metadata. `expected_vocab` > 0: a llama2.c file is read for exactly that
 // many tokens (the format does not store the count), a sentencepiece model
-// must have exactly that many pieces and a tokenizer.json at most that many
-// (embeddings are often padded); a mismatch is a dha::Error.
+// must have exactly that many pieces and a byte-level BPE one at most that
+// many (embeddings are often padded); a mismatch is a dha::Error.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expected_vocab = 0);
 
 // The tokenizer that belongs to a model path: inside a model directory
-// (find_tokenizer_in_dir), or beside a checkpoint file (the same names, then
-// tok<vocab>.bin). Empty if none is found.
+// (find_tokenizer_in_dir); a .gguf file itself (its metadata holds one); or
+// beside a checkpoint file (the same names, then tok<vocab>.bin). Empty if none is found.
 std::string find_tokenizer_for_model(const std::string& model_path, int64_t vocab_size);
 // The tokenizer file inside a directory: tokenizer.model, then tokenizer.bin,
 // then tokenizer.json. Empty if none.

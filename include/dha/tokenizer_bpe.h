@@ -65,7 +65,7 @@ class ByteLevelBpeTokenizer : public Tokenizer {
   // The model's own convention: add_bos_token of tokenizer_config.json, else
   // whether the post-processor template starts with a special token; for GGUF,
   // tokenizer.ggml.add_bos_token.
-  bool add_bos_by_default() const;
+  bool add_bos_by_default() const override;
   bool add_eos_by_default() const;
 
   // An added token's content or a vocab token's byte-level spelling -> id; -1 if none.
@@ -77,6 +77,9 @@ class ByteLevelBpeTokenizer : public Tokenizer {
   // `dir` is created if missing) so that Hugging Face `tokenizers` and
   // transformers' AutoTokenizer load them back to the same ids.
   void write_tokenizer_json(const std::string& dir) const;
+  // A tokenizer read from a file: that tokenizer.json, with tokenizer_config.json
+  // when one sits beside it; one built from GGUF metadata: write_tokenizer_json.
+  void write_files(const std::string& dir) const override;
 
  private:
   ByteLevelBpeTokenizer();

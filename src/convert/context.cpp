@@ -42,7 +42,7 @@ std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, cons
   auto ctx = std::make_unique<ConvertContext>(options, plan, staged);
   ctx->model_path = model_path;
   ctx->source = loaded.model;
-  ctx->tokenizer_file = loaded.tokenizer->path();
+  ctx->tokenizer = std::move(loaded.tokenizer);
   ctx->source_dtype = loaded.checkpoint.storage_dtype;
   // Calibration tokens: the documents of each file; its last `heldout` share is
   // held out unless --eval-text is given.
@@ -52,14 +52,14 @@ std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, cons
     if (docs.empty()) fail(file, ": calibration file holds no text");
     const size_t split = options.eval_text.empty() ? heldout_start(docs.size(), options.heldout) : docs.size();
     for (size_t d = 0; d < docs.size(); ++d) {
-      auto ids = loaded.tokenizer->encode(docs[d], true, false);
+      auto ids = encode_document(*ctx->tokenizer, docs[d]);
       if (d < split) calib_tokens.insert(calib_tokens.end(), ids.begin(), ids.end());
       else ctx->heldout.push_back(std::move(ids));
     }
   }
   if (!options.eval_text.empty())
     for (const auto& doc : split_documents(io::read_file(options.eval_text)))
-      ctx->heldout.push_back(loaded.tokenizer->encode(doc, true, false));
+      ctx->heldout.push_back(encode_document(*ctx->tokenizer, doc));
   if (ctx->heldout.empty()) fail("no held-out documents: raise --heldout or pass --eval-text");
   ctx->calibration = std::make_unique<TokenDataset>(std::move(calib_tokens), plan.source.vocab_size, "calibration text");
   ctx->sampler = std::make_unique<SequenceSampler>(*ctx->calibration, plan.seq_len, options.seed);

@@ -35,7 +35,7 @@ void write_directory(const std::string& dir, const Checkpoint& checkpoint, const
   io::DirSaveOptions save;
   save.format = format;
   save.dtype = options.dtype;
-  if (!options.tokenizer.empty()) save.extra_files.push_back({options.tokenizer, tokenizer_file_name(options.tokenizer)});
+  save.tokenizer = options.tokenizer;
   io::write_hf_files(dir, checkpoint, save);
 }
 

@@ -158,7 +158,7 @@ ExportResult export_model(ConvertContext& ctx, const Checkpoint& collapsed, Llam
     result.max_abs_logit_diff = (reloaded->forward(tokens) - collapsed_model->forward(tokens)).abs().max().item<double>();
   }
   ExportWriteOptions write;
-  write.tokenizer = ctx.tokenizer_file;
+  write.tokenizer = ctx.tokenizer.get();
   format.write(ctx.staged.path(), exported, write);
   return result;
 }

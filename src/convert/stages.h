@@ -43,7 +43,7 @@ struct ConvertContext {
   const ConvertPlan& plan;
   std::string model_path;
   Llama source{nullptr};                         // on the device
-  std::string tokenizer_file;                    // copied into the output
+  std::unique_ptr<Tokenizer> tokenizer;          // the source's, written into the output
   torch::ScalarType source_dtype = torch::kFloat32;
   std::vector<std::vector<int32_t>> heldout;     // BOS + tokens per document
   std::unique_ptr<TokenDataset> calibration;

@@ -264,6 +264,7 @@ void write_hf_files(const std::string& dir, const Checkpoint& checkpoint, const 
     fs::copy_file(source, file(name), fs::copy_options::overwrite_existing, error);
     if (error) fail(source, ": cannot copy into ", dir, " (", error.message(), ")");
   }
+  if (options.tokenizer) options.tokenizer->write_files(dir);
 }
 
 }  // namespace dha::io

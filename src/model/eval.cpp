@@ -43,12 +43,16 @@ std::vector<std::string> split_documents(const std::string& text) {
   return docs;
 }
 
+std::vector<int32_t> encode_document(const Tokenizer& tokenizer, const std::string& text) {
+  return tokenizer.encode(text, tokenizer.add_bos_by_default(), /*eos=*/false);
+}
+
 EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer, const std::vector<std::string>& docs,
                         int64_t max_docs, bool show_progress) {
   const int64_t n_docs = max_docs > 0 ? std::min<int64_t>(max_docs, docs.size()) : docs.size();
   std::vector<std::vector<int32_t>> tokenized;
   tokenized.reserve(n_docs);
-  for (int64_t d = 0; d < n_docs; ++d) tokenized.push_back(tokenizer.encode(docs[d], /*bos=*/true, /*eos=*/false));
+  for (int64_t d = 0; d < n_docs; ++d) tokenized.push_back(encode_document(tokenizer, docs[d]));
   return evaluate_token_docs(model, tokenized, 0, show_progress);
 }
 

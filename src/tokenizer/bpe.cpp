@@ -165,6 +165,7 @@ std::string config_token(const json& config, const char* key, const std::string&
 
 struct ByteLevelBpeTokenizer::Impl {
   std::string source;
+  bool from_json_file = false;  // read from a tokenizer.json (not built from GGUF metadata)
 
   // Model: vocab, merges ((left, right) -> (rank, merged id)) and options.
   std::unordered_map<std::string, int32_t> vocab;
@@ -468,6 +469,7 @@ std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_json(const st
   std::unique_ptr<ByteLevelBpeTokenizer> tok(new ByteLevelBpeTokenizer());
   Impl& m = *tok->impl_;
   m.source = path;
+  m.from_json_file = true;
   tok->path_ = path;
   const json j = parse_json(text, path);
   if (!j.is_object()) fail(path, ": expected a JSON object (a tokenizer.json)");
@@ -880,6 +882,19 @@ std::string ByteLevelBpeTokenizer::id_to_token(int32_t id) const {
 }
 
 // ---- writing tokenizer.json ------------------------------------------------------------
+
+void ByteLevelBpeTokenizer::write_files(const std::string& dir) const {
+  if (!impl_->from_json_file) return write_tokenizer_json(dir);
+  // The original files, so that whatever else they hold (decoder, chat template) is kept.
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json"}) {
+    const fs::path source = name == std::string("tokenizer.json") ? fs::path(path_)
+                                                                   : fs::path(path_).parent_path() / name;
+    std::error_code error;
+    if (!fs::is_regular_file(source, error)) continue;
+    fs::copy_file(source, fs::path(dir) / name, fs::copy_options::overwrite_existing, error);
+    if (error) fail(source.string(), ": cannot copy into ", dir, " (", error.message(), ")");
+  }
+}
 
 void ByteLevelBpeTokenizer::write_tokenizer_json(const std::string& dir) const {
   const Impl& m = *impl_;

@@ -26,6 +26,13 @@ std::string Tokenizer::decode(const std::vector<int32_t>& tokens) const {
   return text;
 }
 
+void Tokenizer::write_files(const std::string& dir) const {
+  if (path_.empty()) fail("tokenizer: built in memory, it has no file to copy into ", dir);
+  std::error_code error;
+  fs::copy_file(path_, fs::path(dir) / tokenizer_file_name(path_), fs::copy_options::overwrite_existing, error);
+  if (error) fail(path_, ": cannot copy into ", dir, " (", error.message(), ")");
+}
+
 namespace detail {
 
 bool parse_byte_piece(const std::string& piece, unsigned char* byte) {
@@ -73,8 +80,10 @@ std::string read_tokenizer_file(const std::string& path) {
 }  // namespace
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& path, int64_t expected_vocab) {
-  const std::string bytes = read_tokenizer_file(path);
   const std::string ext = fs::path(path).extension().string();
+  // A GGUF model carries its tokenizer in its metadata.
+  if (ext == ".gguf") return detail::load_gguf_tokenizer(path, expected_vocab);
+  const std::string bytes = read_tokenizer_file(path);
 
   // A Hugging Face tokenizer.json (named so, or an unnamed file starting with
   // '{', which a sentencepiece model never does): byte-level BPE. Its ids must
@@ -141,6 +150,7 @@ std::string find_tokenizer_for_model(const std::string& model_path, int64_t voca
   std::error_code ec;
   const fs::path model(model_path);
   if (fs::is_directory(model, ec)) return find_tokenizer_in_dir(model_path);
+  if (model.extension() == ".gguf") return model_path;  // its metadata holds the tokenizer
   const fs::path dir = model.parent_path();  // empty for a bare file name: the cwd
   std::string found = find_tokenizer_in_dir(dir.empty() ? "." : dir.string());
   if (found.empty() && vocab_size > 0) {

@@ -28,6 +28,9 @@ std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const std::string& path,
                                                         const std::string& bytes,
                                                         int64_t expected_vocab);
 
+// The byte-level BPE tokenizer in a GGUF file's metadata; `path` is the .gguf model.
+std::unique_ptr<Tokenizer> load_gguf_tokenizer(const std::string& path, int64_t expected_vocab);
+
 // True when `piece` is exactly "<0xXX>" (XX hex, either case), the spelling of
 // byte-fallback tokens in both formats; stores that byte.
 bool parse_byte_piece(const std::string& piece, unsigned char* byte);

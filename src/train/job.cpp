@@ -123,7 +123,7 @@ TrainJobResult run_train_job(const TrainJob& job) {
   if (!job.eval_text.empty()) {
     if (!tokenizer) fail("--eval-text needs a tokenizer (pass --tokenizer)");
     for (const auto& doc : split_documents(io::read_file(job.eval_text)))
-      run.eval_docs.push_back(tokenizer->encode(doc, /*bos=*/true, /*eos=*/false));
+      run.eval_docs.push_back(encode_document(*tokenizer, doc));
   } else if (fs::exists(job.data_dir) && !TokenDataset::shard_paths(job.data_dir, "heldout").empty()) {
     run.eval_docs = TokenDataset(job.data_dir, "heldout").documents(model_config.bos_id, config.eval_docs);
   }
@@ -154,8 +154,7 @@ TrainJobResult run_train_job(const TrainJob& job) {
       io::DirSaveOptions options;
       options.format = io::DirFormat::kDha;
       options.overwrite = true;
-      if (!tokenizer_path.empty())
-        options.extra_files.push_back({tokenizer_path, tokenizer_file_name(tokenizer_path)});
+      options.tokenizer = tokenizer.get();
       result.model_dir = job.out_dir + "/model";
       model->to(torch::kCPU);
       io::save_hf_dir(result.model_dir, model->to_checkpoint(torch::kFloat32), options);

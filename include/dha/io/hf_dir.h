@@ -9,6 +9,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "dha/checkpoint.h"
+#include "dha/tokenizer.h"
 
 namespace dha::io {
 
@@ -25,8 +26,10 @@ struct DirSaveOptions {
   // Split into shards of at most this many bytes (0: one model.safetensors).
   int64_t max_shard_bytes = 0;
   bool overwrite = false;
-  // Files copied into the directory as they are (e.g. the tokenizer).
+  // Files copied into the directory as they are.
   std::vector<std::pair<std::string, std::string>> extra_files;  // {source path, name in dir}
+  // The tokenizer written into the directory (Tokenizer::write_files); null: none.
+  const Tokenizer* tokenizer = nullptr;
 };
 
 // Reads an HF or toolkit directory; q/k rows are already rotate-half there.

@@ -1,0 +1,141 @@
+// The memory plan: bytes per rank by category, from the config alone.
+#include "dha/memory_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "dha/error.h"
+
+namespace dha {
+namespace {
+
+constexpr int64_t kFp32 = 4;
+// What a CPU process holds before any tensor: LibTorch, MKL and their buffers.
+constexpr int64_t kCpuRuntimeBytes = int64_t{450} << 20;
+
+int64_t element_bytes(torch::ScalarType dtype) {
+  return dtype == torch::kFloat32 ? 4 : dtype == torch::kFloat64 ? 8 : 2;
+}
+
+// The largest weight matrix (elements): the transient fp32 copy of a frozen
+// low-precision weight is one such matrix at a time.
+int64_t largest_matrix(const ModelConfig& c) {
+  return std::max({c.vocab_size * c.dim, c.hidden_dim * c.dim, c.n_heads * c.head_dim * c.dim});
+}
+
+}  // namespace
+
+TrainWeights parse_train_weights(const std::string& name) {
+  if (name == "all") return TrainWeights::kAll;
+  if (name == "attention") return TrainWeights::kAttention;
+  if (name == "none") return TrainWeights::kNone;
+  fail("--train-weights \"", name, "\" is not one of all, attention, none");
+}
+
+const char* train_weights_name(TrainWeights weights) {
+  return weights == TrainWeights::kAll ? "all" : weights == TrainWeights::kAttention ? "attention" : "none";
+}
+
+int64_t trainable_parameters(const ModelConfig& c, TrainWeights weights) {
+  if (weights == TrainWeights::kAll) return c.parameter_count();
+  if (weights == TrainWeights::kNone) return 0;
+  return c.layout.kv_heads() * c.head_dim * c.dim;
+}
+
+int64_t activation_bytes_per_token_per_layer(const ModelConfig& c, int64_t layer, bool cuda) {
+  // Saved for backward, per token (elements): the two norms' normalised and
+  // scaled outputs (2 d each), the residual sum (d), the attention output
+  // before o_proj (d_h H, as the op returns it and again contiguous for the
+  // projection), q and k after RoPE, v, the keys and values expanded to the
+  // query heads by the attention's reference path (2 d_h H), and the MLP's
+  // gate, its SiLU, up and their product (4 f). A layer that shares attention
+  // has no q or k and keeps the probabilities it is handed (counted by the
+  // source layer through T).
+  const int64_t h = c.n_heads, hk = c.layout.n_k_heads(layer), hv = c.layout.n_v_heads(layer);
+  int64_t elements = 5 * c.dim + 4 * c.hidden_dim + c.head_dim * (2 * h + hv);
+  if (!c.layout.shares_attention(layer)) elements += c.head_dim * (h + hk + 2 * h);
+  else elements += c.head_dim * h;  // the values expanded to the query heads
+  // On CUDA the saved tensors are bf16 under autocast, except the norms' fp32 statistics.
+  return elements * (cuda ? 2 : kFp32);
+}
+
+int64_t MemoryPlan::total() const {
+  int64_t sum = 0;
+  for (const auto& c : categories) sum += c.bytes;
+  return sum;
+}
+
+double MemoryPlan::bytes_per_parameter() const {
+  return parameters > 0 ? static_cast<double>(total()) / static_cast<double>(parameters) : 0.0;
+}
+
+std::string MemoryPlan::table() const {
+  std::string out = "memory plan (" + stage + ", per rank)\n";
+  char line[256];
+  for (const auto& c : categories) {
+    if (c.bytes == 0) continue;
+    std::snprintf(line, sizeof(line), "  %-18s %9.3f GiB %7.2f B/param  %s\n", c.name.c_str(),
+                  static_cast<double>(c.bytes) / (1 << 30),
+                  parameters > 0 ? static_cast<double>(c.bytes) / parameters : 0.0, c.note.c_str());
+    out += line;
+  }
+  std::snprintf(line, sizeof(line), "  %-18s %9.3f GiB %7.2f B/param\n", "total", static_cast<double>(total()) / (1 << 30),
+                bytes_per_parameter());
+  out += line;
+  return out;
+}
+
+nlohmann::json MemoryPlan::to_json() const {
+  nlohmann::json categories_json = nlohmann::json::object();
+  for (const auto& c : categories) categories_json[c.name] = c.bytes;
+  return {{"stage", stage},
+          {"parameters", parameters},
+          {"bytes", total()},
+          {"bytes_per_parameter", bytes_per_parameter()},
+          {"categories", categories_json}};
+}
+
+MemoryPlan plan_memory(const MemoryPlanInputs& in) {
+  const ModelConfig& c = in.model;
+  MemoryPlan plan;
+  plan.stage = in.stage;
+  plan.parameters = c.parameter_count();
+  const int64_t trained = trainable_parameters(c, in.train_weights);
+  const int64_t frozen = plan.parameters - trained;
+  const int64_t frozen_bytes = element_bytes(in.storage_dtype);
+  const int64_t tokens = in.micro_batch * (in.seq_len > 0 ? in.seq_len : c.max_seq_len);
+  auto add = [&](const std::string& name, int64_t bytes, const std::string& note) {
+    plan.categories.push_back({name, bytes, note});
+  };
+
+  add("weights", trained * kFp32 + frozen * frozen_bytes,
+      std::string("trained in fp32") + (frozen > 0 ? ", frozen in the storage dtype" : ""));
+  if (in.cuda) add("autocast copies", trained * 2, "bf16 copies of the trained weights, forward to backward");
+  add("gradients", trained * kFp32, "fp32, trained weights only");
+  add("optimizer state", trained * 2 * kFp32, "AdamW moments, fp32");
+  add("fusion operators", in.fusion_operator_elements * 4 * kFp32, "Omega, its gradient and moments");
+
+  int64_t per_token = 0, largest_layer = 0;
+  for (int64_t l = 0; l < c.n_layers; ++l) {
+    const int64_t layer = activation_bytes_per_token_per_layer(c, l, in.cuda);
+    per_token += layer;
+    largest_layer = std::max(largest_layer, layer);
+  }
+  const int64_t act_bytes = in.cuda ? 2 : kFp32;
+  int64_t activations = tokens * (per_token + 3 * c.dim * act_bytes);  // + embedding output and final norm
+  if (in.activation_checkpointing)
+    activations = tokens * (c.n_layers * c.dim * act_bytes + largest_layer + 3 * c.dim * act_bytes);
+  add("activations", activations,
+      std::to_string(tokens) + " tokens" + (in.activation_checkpointing ? ", checkpointed per layer" : ""));
+  // The logits, their log-softmax and its gradient, fp32.
+  add("logits and loss", 3 * tokens * c.vocab_size * kFp32, "fp32 logits, log-softmax, gradient");
+  if (in.teacher) add("teacher", plan.parameters * frozen_bytes + tokens * c.vocab_size * kFp32, "frozen, storage dtype");
+  if (in.inference_copies > 0)
+    add("model copies", in.inference_copies * plan.parameters * frozen_bytes, "frozen, storage dtype");
+  const bool upcasts = !in.cuda && frozen > 0 && frozen_bytes < kFp32;
+  add("workspace", upcasts ? 2 * largest_matrix(c) * kFp32 : 0, "fp32 copy of one frozen weight, forward and backward");
+  if (!in.cuda) add("runtime", kCpuRuntimeBytes, "LibTorch and BLAS in the process");
+  return plan;
+}
+
+}  // namespace dha
