@@ -11,7 +11,7 @@ RESULT:  {"arch", "n_head": [per layer], "n_head_kv": [per layer],
           "kv_cache": {"cells", "layers", "k_type", "v_type", "k_mib", "v_mib"}  (llama.cpp's log line),
           "kv_state_bytes_per_token": exact, from llama_state_seq_get_size,
           "docs": [{"tokens": n, "nll_sum": s}], "tokenized": [[ids]],
-          "generate": {"prompt": [ids], "tokens": [ids]}}
+          "generate": {"prompt": [ids], "tokens": [ids], "top5": [{"ids", "logits"} per step]}}
 Only the llama.cpp side happens here; every comparison is in the C++ test.
 """
 import ctypes
@@ -118,12 +118,14 @@ def main():
             prompt = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         llm.reset()
         llm.eval(prompt)
-        out = []
+        out, top = [], []
         for _ in range(request["generate"]["n"]):
-            token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            out.append(token)
-            llm.eval([token])
-        result["generate"] = {"prompt": prompt, "tokens": out}
+            logits = llm.scores[llm.n_tokens - 1]
+            best = np.argsort(-logits, kind="stable")[:5]
+            top.append({"ids": [int(i) for i in best], "logits": [float(logits[i]) for i in best]})
+            out.append(int(best[0]))
+            llm.eval([out[-1]])
+        result["generate"] = {"prompt": prompt, "tokens": out, "top5": top}
     json.dump(result, open(result_path, "w"))
 
 
