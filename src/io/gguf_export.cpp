@@ -35,8 +35,11 @@ void check_llama_cpp_layout(const ModelConfig& c, const std::string& path) {
     for (int64_t q = 0; contiguous && q < c.n_heads; ++q)
       contiguous = c.layout.k_map[l][q] == q / (c.n_heads / kv);
     if (!contiguous)
-      fail(path, ": layer ", l, " is not per-layer GQA with contiguous equal groups and K and V on one "
-           "partition (", describe_layout(c), "); write it through the gqa re-layout (dha-export --format gguf "
+      fail(path, ": layer ", l,
+           " is not per-layer GQA with contiguous equal groups and K and V on one "
+           "partition (",
+           describe_layout(c),
+           "); write it through the gqa re-layout (dha-export --format gguf "
            "does)");
   }
 }
@@ -55,7 +58,8 @@ void add_tokenizer(GgufMetadata& m, const ModelConfig& c, const std::string& tok
   m.set("tokenizer.ggml.model", GgufValue::string("llama"));
   m.set("tokenizer.ggml.pre", GgufValue::string("default"));
   m.set("tokenizer.ggml.tokens", GgufValue::string_array(v.pieces));
-  m.set("tokenizer.ggml.scores", GgufValue::float_array(GgufValueType::kFloat32, {v.scores.begin(), v.scores.end()}));
+  m.set("tokenizer.ggml.scores",
+        GgufValue::float_array(GgufValueType::kFloat32, {v.scores.begin(), v.scores.end()}));
   std::vector<int64_t> types;
   for (const PieceType t : v.types) types.push_back(static_cast<int64_t>(t));
   m.set("tokenizer.ggml.token_type", GgufValue::signed_array(GgufValueType::kInt32, types));
@@ -79,7 +83,8 @@ std::string gguf_architecture(const ModelConfig& c) {
   return std::all_of(kv.begin(), kv.end(), [&](int64_t n) { return n == kv.at(0); }) ? "llama" : "deci";
 }
 
-GgufMetadata gguf_export_metadata(const ModelConfig& c, const std::string& tokenizer, torch::ScalarType weights) {
+GgufMetadata gguf_export_metadata(const ModelConfig& c, const std::string& tokenizer,
+                                  torch::ScalarType weights) {
   const std::string arch = gguf_architecture(c);
   const auto key = [&](const char* k) { return arch + "." + k; };
   GgufMetadata m;
@@ -114,7 +119,8 @@ void save_gguf_checkpoint(const std::string& path, const Checkpoint& checkpoint,
   const ModelConfig& c = checkpoint.config;
   const torch::ScalarType weights = dtype.value_or(checkpoint.storage_dtype);
   if (weights != torch::kFloat32 && weights != torch::kHalf && weights != torch::kBFloat16)
-    fail(path, ": GGUF weights dtype ", c10::toString(weights), " is not supported (expected f32, f16 or bf16)");
+    fail(path, ": GGUF weights dtype ", c10::toString(weights),
+         " is not supported (expected f32, f16 or bf16)");
   check_llama_cpp_layout(c, path);
   check_tensors(c, checkpoint.tensors, path);
   const GgufMetadata metadata = gguf_export_metadata(c, tokenizer, weights);
@@ -130,7 +136,8 @@ void save_gguf_checkpoint(const std::string& path, const Checkpoint& checkpoint,
     if (name.compare(0, prefix.size(), prefix) == 0) {
       const int64_t layer = std::stoll(name.substr(prefix.size()));
       if (name.find(".q_proj.") != std::string::npos) t = rotate_half_to_interleaved(t, c.n_heads);
-      if (name.find(".k_proj.") != std::string::npos) t = rotate_half_to_interleaved(t, c.layout.n_k_heads(layer));
+      if (name.find(".k_proj.") != std::string::npos)
+        t = rotate_half_to_interleaved(t, c.layout.n_k_heads(layer));
     }
     // Norm weights stay float32, as llama.cpp's converters keep 1-D tensors.
     tensors.push_back({*gguf_name_from_hf(name), t.dim() == 1 ? t : t.to(weights)});

@@ -84,10 +84,14 @@ std::optional<TokenizerVocab> sentencepiece_vocab(const std::string& bytes) {
     v.scores.push_back(sp.GetScore(id));
     // The order of llama.cpp's convert_hf_to_gguf.py (_create_vocab_sentencepiece).
     PieceType type = PieceType::kNormal;
-    if (sp.IsUnknown(id)) type = PieceType::kUnknown;
-    else if (sp.IsControl(id)) type = PieceType::kControl;
-    else if (sp.IsUnused(id)) type = PieceType::kUnused;
-    else if (sp.IsByte(id)) type = PieceType::kByte;
+    if (sp.IsUnknown(id))
+      type = PieceType::kUnknown;
+    else if (sp.IsControl(id))
+      type = PieceType::kControl;
+    else if (sp.IsUnused(id))
+      type = PieceType::kUnused;
+    else if (sp.IsByte(id))
+      type = PieceType::kByte;
     v.types.push_back(type);
   }
   v.unk_id = sp.unk_id();
@@ -125,9 +129,12 @@ std::optional<TokenizerVocab> llama2c_vocab(const std::string& bytes) {
     const int32_t id = static_cast<int32_t>(v.pieces.size());
     unsigned char byte = 0;
     PieceType type = PieceType::kNormal;
-    if (id == 0) type = PieceType::kUnknown;
-    else if (id == 1 || id == 2) type = PieceType::kControl;
-    else if (detail::parse_byte_piece(piece, &byte)) type = PieceType::kByte;
+    if (id == 0)
+      type = PieceType::kUnknown;
+    else if (id == 1 || id == 2)
+      type = PieceType::kControl;
+    else if (detail::parse_byte_piece(piece, &byte))
+      type = PieceType::kByte;
     v.pieces.push_back(std::move(spelled));
     v.scores.push_back(score);
     v.types.push_back(type);
