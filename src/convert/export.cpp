@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "dha/error.h"
+#include "dha/io/gguf_export.h"
 #include "dha/io/hf_dir.h"
 #include "dha/io/llama2c.h"
 #include "dha/tokenizer.h"
@@ -69,6 +70,15 @@ std::vector<ExportFormat> make_formats() {
   formats.push_back({"llama2c", "a llama2.c .bin file (fp32; MHA/GQA layouts only)", HeadRelayout::kKeep, true, false,
                      [](const std::string& file, const Checkpoint& ck, const ExportWriteOptions&) {
                        io::save_llama2c(file, ck);
+                     }});
+  formats.push_back({"gguf",
+                     "a llama.cpp GGUF file (f32 | f16 | bf16): the per-layer GQA re-layout, architecture llama "
+                     "when every layer has the same KV head count, else deci (per-layer head_count_kv); the "
+                     "tokenizer as its vocabulary, or without one a vocabulary-less file (llama.cpp runs it on "
+                     "token ids)",
+                     HeadRelayout::kPerLayerGqa, true, false,
+                     [](const std::string& file, const Checkpoint& ck, const ExportWriteOptions& options) {
+                       io::save_gguf_checkpoint(file, ck, options.dtype, options.tokenizer);
                      }});
   return formats;
 }

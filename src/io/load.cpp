@@ -2,6 +2,7 @@
 #include "dha/io/load.h"
 
 #include <filesystem>
+#include <fstream>
 
 #include "dha/error.h"
 #include "dha/io/gguf_checkpoint.h"
@@ -23,6 +24,10 @@ CheckpointKind checkpoint_kind(const std::string& path) {
   if (path.size() >= 12 && path.compare(path.size() - 12, 12, ".safetensors") == 0)
     fail(path, ": pass the model directory (with config.json), not the .safetensors file");
   if (path.size() >= 5 && path.compare(path.size() - 5, 5, ".gguf") == 0) return CheckpointKind::kGguf;
+  // A GGUF file by its magic whatever its name (llama2.c files start with their dim).
+  char magic[4] = {};
+  std::ifstream in(path, std::ios::binary);
+  if (in.read(magic, sizeof magic) && std::string(magic, sizeof magic) == "GGUF") return CheckpointKind::kGguf;
   return CheckpointKind::kLlama2c;
 }
 
