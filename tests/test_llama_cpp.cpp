@@ -597,7 +597,7 @@ TEST(LlamaCppSmolLM2, NllWithinOnePercentAndGreedyContinuationCompared) {
   // vocabulary), scored on the same ids by llama.cpp.
   const std::string f32 = tmp.file("smollm2-f32.gguf");
   dha::find_export_format("gguf").write(f32, dha::export_checkpoint(ck, dha::find_export_format("gguf")),
-                                        {torch::kFloat32, ""});
+                                        {torch::kFloat32, nullptr});
   const json r32 = run_llama_cpp(
       tmp, f32,
       {{"n_ctx", 1024}, {"docs", to_json(ids)}, {"generate", {{"prompt", prompt_ids}, {"n", n_new}}}});

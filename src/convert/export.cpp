@@ -78,7 +78,8 @@ std::vector<ExportFormat> make_formats() {
                      "token ids)",
                      HeadRelayout::kPerLayerGqa, true, false,
                      [](const std::string& file, const Checkpoint& ck, const ExportWriteOptions& options) {
-                       io::save_gguf_checkpoint(file, ck, options.dtype, options.tokenizer);
+                       io::save_gguf_checkpoint(file, ck, options.dtype,
+                                                options.tokenizer ? options.tokenizer->path() : std::string());
                      }});
   return formats;
 }

@@ -52,6 +52,16 @@ void add_tokenizer(GgufMetadata& m, const ModelConfig& c, const std::string& tok
     m.set("tokenizer.ggml.eos_token_id", GgufValue::uint32(u32(c.eos_id)));
     return;
   }
+  if (tokenizer.size() >= 5 && tokenizer.compare(tokenizer.size() - 5, 5, ".gguf") == 0) {
+    // A model read from GGUF keeps the vocabulary its file carries, as it is.
+    const GgufFile source(tokenizer);
+    for (const auto& [key, value] : source.metadata())
+      if (key.rfind("tokenizer.", 0) == 0) m.set(key, value);
+    const auto tokens = source.find_strings("tokenizer.ggml.tokens");
+    if (!tokens || static_cast<int64_t>(tokens->size()) > c.vocab_size)
+      fail(tokenizer, ": its tokenizer.ggml.tokens do not fit the model's vocab of ", c.vocab_size);
+    return;
+  }
   const TokenizerVocab v = read_tokenizer_vocab(tokenizer, c.vocab_size);
   // tokenizer.ggml.model "llama" is llama.cpp's sentencepiece tokenizer
   // (scores as merge priorities, byte fallback through the byte pieces).

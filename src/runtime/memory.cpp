@@ -10,7 +10,7 @@
 #include <mutex>
 
 #include <c10/core/CPUAllocator.h>
-#include <c10/core/alloc_cpu.h>
+#include <c10/core/impl/alloc_cpu.h>
 #if __has_include(<c10/cuda/CUDACachingAllocator.h>)
 #include <c10/cuda/CUDACachingAllocator.h>
 #define DHA_HAVE_CUDA_ALLOCATOR 1

@@ -20,7 +20,7 @@ std::string gguf_architecture(const ModelConfig& config);
 // The metadata of the file save_gguf_checkpoint writes. `tokenizer` (a
 // sentencepiece .model or llama2.c tokenizer.bin with exactly vocab_size
 // pieces) becomes tokenizer.ggml.model "llama" with its tokens, scores, types
-// and special ids; without one the file says tokenizer.ggml.model "none"
+// and special ids; a .gguf file gives its own tokenizer.* metadata as it is; without one the file says tokenizer.ggml.model "none"
 // (llama.cpp's vocabulary-less model: it runs on token ids, it cannot
 // tokenize text). `weights` is the dtype of the 2-D tensors (general.file_type).
 GgufMetadata gguf_export_metadata(const ModelConfig& config, const std::string& tokenizer,
