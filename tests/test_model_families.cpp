@@ -472,3 +472,31 @@ TEST(ModelFamilyConfigs, Llama3FrequenciesKeepSlowAndBlend) {
   linear.factor = 4.0;
   EXPECT_TRUE(torch::allclose(dha::rope_inverse_frequencies(16, 500000.0, linear), plain / 4.0, 0, 0));
 }
+
+// dha-train --from-scratch descriptions take the same two fields.
+TEST(ModelFamilyConfigs, FromScratchDescriptionsTakeBiasesAndScaling) {
+  const dha::ModelConfig c = dha::model_config_from_json(
+      json::parse(R"({"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 48, "max_seq_len": 64,
+                      "attention_bias": true, "rope_theta": 500000,
+                      "rope_scaling": {"rope_type": "linear", "factor": 2}})"),
+      61, "model.json");
+  EXPECT_TRUE(c.attention_bias);
+  EXPECT_EQ(c.rope_scaling.type, dha::RopeScaling::Type::kLinear);
+  EXPECT_EQ(c.rope_scaling.factor, 2.0);
+  EXPECT_EQ(c.parameter_count(), [&] {
+    int64_t n = 0;
+    for (const auto& [name, shape] : dha::expected_tensors(c)) {
+      int64_t size = 1;
+      for (int64_t s : shape) size *= s;
+      n += size;
+    }
+    return n;
+  }());
+  dha::test::expect_one_line_error(
+      [] {
+        dha::model_config_from_json(json::parse(R"({"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 48,
+                                                    "max_seq_len": 64, "rope_scaling": {"rope_type": "yarn"}})"),
+                                    61, "model.json");
+      },
+      "model.json: RoPE scaling type \"yarn\" is not supported");
+}
