@@ -17,8 +17,8 @@ usage:
       names it in MODEL_DIR/dha_library.txt and requires the reloaded model to run
       torch.ops.dha.grouped_attention, with the plain path's logits and generation.
   hf_remote_code.py rope MODEL_DIR
-      RoPE scaling ("linear", "llama3") and q/k/v biases, which dha's C++ does not
-      read yet: small random transformers LlamaForCausalLM / Qwen2ForCausalLM models
+      RoPE scaling ("linear", "llama3") and q/k/v biases against transformers' own
+      models: small random transformers LlamaForCausalLM / Qwen2ForCausalLM models
       rewritten as dha directories (plain GQA maps, MODEL_DIR's .py files) must give
       transformers' own logits (1e-4) and greedy generation.
 Every check prints one line; exits 0 when all pass, 1 otherwise.

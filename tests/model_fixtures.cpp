@@ -7,7 +7,7 @@
 
 namespace dha::test {
 
-ModelConfig tiny_config(bool tied) {
+ModelConfig tiny_config(bool tied, bool biased) {
   ModelConfig c;
   c.dim = 32;
   c.n_layers = 2;
@@ -17,12 +17,13 @@ ModelConfig tiny_config(bool tied) {
   c.vocab_size = 61;
   c.max_seq_len = 24;
   c.tied_embeddings = tied;
+  c.attention_bias = biased;
   c.layout = HeadLayout::mha(c.n_layers, c.n_heads);
   return c;
 }
 
-ModelConfig tiny_dha_config(bool tied) {
-  ModelConfig c = tiny_config(tied);
+ModelConfig tiny_dha_config(bool tied, bool biased) {
+  ModelConfig c = tiny_config(tied, biased);
   c.layout.k_map = {{1, 0, 1, 1}, {0, 0, 0, 0}};
   c.layout.v_map = {{0, 1, 2, 0}, {2, 1, 0, 1}};
   return c;
@@ -34,7 +35,9 @@ Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed) {
   checkpoint.config = config;
   for (const auto& [name, shape] : expected_tensors(config)) {
     torch::Tensor t;
-    if (shape.size() == 1) {
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+      t = 0.5 * torch::randn(shape);
+    } else if (shape.size() == 1) {
       t = 1.0 + 0.1 * torch::randn(shape);  // norm weights near one
     } else {
       t = torch::randn(shape) / std::sqrt(static_cast<double>(shape[1]));

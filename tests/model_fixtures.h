@@ -1,4 +1,5 @@
-// Small random models for tests: configs with MHA, GQA and unequal DHA layouts.
+// Small random models for tests: configs with MHA, GQA and unequal DHA layouts,
+// each with or without q/k/v biases (Qwen2's attention).
 #pragma once
 
 #include <cstdint>
@@ -9,11 +10,12 @@
 namespace dha::test {
 
 // dim 32, 2 layers, 4 heads of 8, hidden 48, vocab 61, context 24.
-ModelConfig tiny_config(bool tied = false);
+ModelConfig tiny_config(bool tied = false, bool biased = false);
 // tiny_config with unequal, non-contiguous, decoupled K/V maps.
-ModelConfig tiny_dha_config(bool tied = false);
+ModelConfig tiny_dha_config(bool tied = false, bool biased = false);
 
-// Random weights (deterministic for a seed), scaled so activations stay O(1).
+// Random weights (deterministic for a seed), scaled so activations stay O(1);
+// biases N(0, 0.5^2), large enough that a test which drops one sees it.
 Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed);
 
 // Random token ids [B, T] below the vocab size.

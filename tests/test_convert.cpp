@@ -1,8 +1,9 @@
 // dha-convert's invariants (docs/method.md §6): identity operators are the source,
 // collapse equals the fusion stage when members agree, key fusion commutes with
 // RoPE, alignment keeps the function, budgets are exact, exports reload to the
-// same logits, GQA pooling is the hand-computed mean; the Lagrangian on a toy
-// run, search determinism, the MHA twin's copies found, and bad input.
+// same logits, GQA pooling is the hand-computed mean (each also with q/k/v
+// biases, which travel with their heads); the Lagrangian on a toy run, search
+// determinism, the MHA twin's copies found, and bad input.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -53,18 +54,25 @@ void expect_close(const torch::Tensor& a, const torch::Tensor& b, double tol = 1
 }  // namespace
 
 TEST(Fusion, IdentityOperatorsGiveTheSourceModel) {
-  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 2);
-  dha::Llama source = dha::make_model(ck, "source");
-  dha::FusionTask task(dha::make_model(ck, "fusion"), sample_grouping(), 10, {}, std::nullopt);
-  task.before_eval();
-  const torch::Tensor tokens = dha::test::random_tokens(2, 11, 61, 3);
-  expect_close(logits(task.model(), tokens), logits(source, tokens), 1e-6);
-  EXPECT_GT(task.initial_fusion_loss(), 0.1);
+  for (bool biased : {false, true}) {
+    SCOPED_TRACE(biased ? "q/k/v biases" : "no biases");
+    const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(false, biased), 2);
+    dha::Llama source = dha::make_model(ck, "source");
+    dha::FusionTask task(dha::make_model(ck, "fusion"), sample_grouping(), 10, {}, std::nullopt);
+    task.before_eval();
+    const torch::Tensor tokens = dha::test::random_tokens(2, 11, 61, 3);
+    expect_close(logits(task.model(), tokens), logits(source, tokens), 1e-6);
+    EXPECT_GT(task.initial_fusion_loss(), 0.1);
+    // A head is its weight rows and its bias: d + 1 columns with biases.
+    EXPECT_EQ(task.effective_weights().front().size(2), 32 + (biased ? 1 : 0));
+  }
 }
 
 TEST(Fusion, CollapseEqualsTheFusionStageWhenMembersAgree) {
-  for (bool per_channel : {false, true}) {
-    const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(/*tied=*/true), 4);
+  for (bool per_channel : {false, true})
+  for (bool biased : {false, true}) {
+    SCOPED_TRACE(std::string(per_channel ? "per channel" : "scalar") + (biased ? ", q/k/v biases" : ""));
+    const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(/*tied=*/true, biased), 4);
     dha::FusionOptions options;
     options.per_channel = per_channel;
     dha::FusionTask task(dha::make_model(ck, "fusion"), sample_grouping(), 10, options, std::nullopt);
@@ -86,6 +94,10 @@ TEST(Fusion, CollapseEqualsTheFusionStageWhenMembersAgree) {
     EXPECT_EQ(collapsed.config.layout.n_v_heads(1), 3);
     dha::Llama model = dha::make_model(collapsed, "collapsed");
     expect_close(logits(model, tokens), fused, 1e-5);
+    if (biased) {  // the collapsed key bias of L0 group {0, 2} is the mean of the members' biases
+      const torch::Tensor b = ck.tensors.at("model.layers.0.self_attn.k_proj.bias").view({4, 8});
+      expect_close(collapsed.tensors.at("model.layers.0.self_attn.k_proj.bias").view({2, 8})[0], (b[0] + b[2]) / 2);
+    }
   }
 }
 
@@ -102,8 +114,10 @@ TEST(Fusion, ScalarKeyFusionCommutesWithRope) {
 }
 
 TEST(Align, AlignmentLeavesTheLogitsUnchanged) {
-  for (bool gqa : {false, true}) {
-    dha::ModelConfig config = dha::test::tiny_config();
+  for (bool gqa : {false, true})
+  for (bool biased : {false, true}) {
+    SCOPED_TRACE(std::string(gqa ? "gqa" : "mha") + (biased ? ", q/k/v biases" : ""));
+    dha::ModelConfig config = dha::test::tiny_config(false, biased);
     if (gqa) config.layout = dha::HeadLayout::gqa(config.n_layers, config.n_heads, 2);
     const dha::Checkpoint ck = dha::test::random_checkpoint(config, 6);
     dha::Llama source = dha::make_model(ck, "source");
@@ -114,6 +128,11 @@ TEST(Align, AlignmentLeavesTheLogitsUnchanged) {
     bool changed = false;
     for (const auto& [name, t] : aligned.tensors) changed = changed || !torch::equal(t, ck.tensors.at(name));
     EXPECT_TRUE(changed);
+    if (biased)  // the biases turn with their heads (q with the keys' planes, v with R^T)
+      for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
+        const std::string name = std::string("model.layers.0.self_attn.") + proj + ".bias";
+        EXPECT_FALSE(torch::allclose(aligned.tensors.at(name), ck.tensors.at(name))) << name;
+      }
     dha::Llama model = dha::make_model(aligned, "aligned");
     expect_close(logits(model, tokens), logits(source, tokens), 1e-4);
   }
@@ -219,33 +238,43 @@ TEST(Search, MhaTwinOfStories260kPairsTheCopiesAtHalfBudget) {
 }
 
 TEST(Baselines, GqaMeanPoolingEqualsHandComputedPooling) {
-  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 10);
-  const dha::Checkpoint pooled = dha::collapse_groups(ck, dha::contiguous_grouping(ck.config, 2));
-  EXPECT_EQ(pooled.config.layout.uniform_gqa_kv_heads(), 2);
-  for (const char* proj : {"k_proj", "v_proj"}) {
-    const std::string name = std::string("model.layers.1.self_attn.") + proj + ".weight";
-    const torch::Tensor w = ck.tensors.at(name);  // rows: heads 0..3 of 8 rows each
-    const torch::Tensor hand = torch::cat({(w.narrow(0, 0, 8) + w.narrow(0, 8, 8)) / 2,
-                                           (w.narrow(0, 16, 8) + w.narrow(0, 24, 8)) / 2});
-    EXPECT_TRUE(torch::allclose(pooled.tensors.at(name), hand, 0, 1e-7)) << name;
+  for (bool biased : {false, true}) {
+    const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(false, biased), 10);
+    const dha::Checkpoint pooled = dha::collapse_groups(ck, dha::contiguous_grouping(ck.config, 2));
+    EXPECT_EQ(pooled.config.layout.uniform_gqa_kv_heads(), 2);
+    for (const char* proj : {"k_proj", "v_proj"})
+      for (const char* kind : {".weight", ".bias"}) {
+        if (!biased && std::string(kind) == ".bias") continue;
+        const std::string name = std::string("model.layers.1.self_attn.") + proj + kind;
+        const torch::Tensor w = ck.tensors.at(name);  // rows: heads 0..3 of 8 rows each
+        const torch::Tensor hand = torch::cat({(w.narrow(0, 0, 8) + w.narrow(0, 8, 8)) / 2,
+                                               (w.narrow(0, 16, 8) + w.narrow(0, 24, 8)) / 2});
+        EXPECT_TRUE(torch::allclose(pooled.tensors.at(name), hand, 0, 1e-7)) << name;
+      }
+    if (biased) {
+      EXPECT_TRUE(torch::equal(pooled.tensors.at("model.layers.1.self_attn.q_proj.bias"),
+                               ck.tensors.at("model.layers.1.self_attn.q_proj.bias")));
+    }
+    EXPECT_THROW(dha::contiguous_grouping(ck.config, 3), dha::Error);
   }
-  EXPECT_THROW(dha::contiguous_grouping(ck.config, 3), dha::Error);
 }
 
-// Every format of the list, for a decoupled layout and for plain MHA: written,
-// read back by load_checkpoint, the same logits; or, where the format cannot
-// hold the layout, one clear error that says what to export instead.
+// Every format of the list, for a decoupled layout and for plain MHA, each with
+// and without q/k/v biases: written, read back by load_checkpoint, the same
+// logits; or, where the format cannot hold the layout (or the biases), one
+// clear error that says what to export instead.
 TEST(Export, EveryFormatReloadsToTheSameLogitsOrRefusesTheLayout) {
   TempDir tmp;
-  for (const bool decoupled : {true, false}) {
-    const dha::Checkpoint ck =
-        dha::test::random_checkpoint(decoupled ? dha::test::tiny_dha_config() : dha::test::tiny_config(), 12);
+  for (const bool decoupled : {true, false})
+  for (const bool biased : {false, true}) {
+    const dha::Checkpoint ck = dha::test::random_checkpoint(
+        decoupled ? dha::test::tiny_dha_config(false, biased) : dha::test::tiny_config(false, biased), 12);
     dha::Llama original = dha::make_model(ck, "source");
     const torch::Tensor tokens = dha::test::random_tokens(2, 10, 61, 13);
     const torch::Tensor want = logits(original, tokens);
     for (const auto& format : dha::export_formats()) {
-      SCOPED_TRACE(format.name + (decoupled ? " (decoupled)" : " (mha)"));
-      const std::string path = tmp.file(format.name + (decoupled ? "-dha" : "-mha"));
+      SCOPED_TRACE(format.name + (decoupled ? " (decoupled)" : " (mha)") + (biased ? " with biases" : ""));
+      const std::string path = tmp.file(format.name + (decoupled ? "-dha" : "-mha") + (biased ? "-bias" : ""));
       const bool holds = !decoupled || format.relayout != dha::HeadRelayout::kKeep || format.name == "dha";
       auto write = [&] {
         const dha::Checkpoint exported = dha::export_checkpoint(ck, format);
@@ -260,6 +289,11 @@ TEST(Export, EveryFormatReloadsToTheSameLogitsOrRefusesTheLayout) {
       };
       if (!holds) {
         dha::test::expect_one_line_error(write, "holds only MHA/GQA");
+        EXPECT_FALSE(fs::exists(path));
+        continue;
+      }
+      if (biased && format.name == "llama2c") {
+        dha::test::expect_one_line_error(write, "the llama2.c format has no biases");
         EXPECT_FALSE(fs::exists(path));
         continue;
       }

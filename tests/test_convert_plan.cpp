@@ -8,6 +8,7 @@
 #include "dha/convert.h"
 #include "dha/error.h"
 #include "dha/export.h"
+#include "dha/fusion.h"
 #include "dha/search.h"
 #include "dha/search_measures.h"
 #include "dha/shared_attention.h"
@@ -179,42 +180,58 @@ TEST(SearchMeasures, NamesAreUniqueAndTheHelpListsEach) {
 }
 
 // Every measure, on a model whose head 1 is an exact copy of head 0 in every
-// pool: one symmetric, non-negative [n, n] cost per pool with a zero diagonal,
-// and the copies are the cheapest pair of their pool.
+// pool (with its bias, in the biased model): one symmetric, non-negative
+// [n, n] cost per pool with a zero diagonal, and the copies are the cheapest
+// pair of their pool.
 TEST(SearchMeasures, EveryMeasureFindsExactCopiesCheapest) {
-  dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 21);
-  const auto& c = ck.config;
-  for (int64_t l = 0; l < c.n_layers; ++l)
-    for (const char* proj : {"k_proj", "v_proj"}) {
-      torch::Tensor& w = ck.tensors.at("model.layers." + std::to_string(l) + ".self_attn." + proj + ".weight");
-      w = w.clone();
-      w.narrow(0, c.head_dim, c.head_dim).copy_(w.narrow(0, 0, c.head_dim));
+  for (bool biased : {false, true}) {
+    SCOPED_TRACE(biased ? "q/k/v biases" : "no biases");
+    dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(false, biased), 21);
+    const auto& c = ck.config;
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      for (const char* proj : {"k_proj", "v_proj"})
+        for (const char* kind : {".weight", ".bias"}) {
+          if (!biased && std::string(kind) == ".bias") continue;
+          torch::Tensor& w = ck.tensors.at("model.layers." + std::to_string(l) + ".self_attn." + proj + kind);
+          w = w.clone();
+          w.narrow(0, c.head_dim, c.head_dim).copy_(w.narrow(0, 0, c.head_dim));
+        }
+    std::vector<int32_t> tokens(4000);
+    for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7919 + i / 3) % c.vocab_size);
+    dha::TokenDataset data(std::move(tokens), c.vocab_size, "test tokens");
+    dha::SequenceSampler sampler(data, 16, 3);
+    auto dist = dha::Distributed::from_env(torch::kCPU, std::chrono::seconds(30));
+    dha::test::TempDir tmp;
+    ConvertOptions o;
+    o.batch = 2;
+    o.search_steps = 6;
+    o.device = "cpu";
+    for (const auto& measure : dha::search_measures()) {
+      SCOPED_TRACE(measure.name);
+      nlohmann::json report = nlohmann::json::object();
+      const dha::MeasureInputs in{o, ck, sampler, 16, torch::kCPU, *dist, tmp.file(measure.name), report};
+      const auto costs = measure.costs(in);
+      ASSERT_EQ(costs.size(), static_cast<size_t>(2 * c.n_layers));
+      for (size_t p = 0; p < costs.size(); ++p) {
+        const torch::Tensor cost = costs[p];
+        ASSERT_EQ(cost.sizes(), (std::vector<int64_t>{4, 4})) << p;
+        EXPECT_EQ(cost.scalar_type(), torch::kFloat64);
+        EXPECT_TRUE(torch::allclose(cost, cost.t(), 0, 1e-12)) << p;
+        EXPECT_EQ(cost.diagonal().abs().max().item<double>(), 0.0) << p;
+        EXPECT_GE(cost.min().item<double>(), 0.0) << p;
+        const torch::Tensor off = cost + torch::eye(4, torch::kFloat64) * 1e9;
+        EXPECT_EQ(off.argmin().item<int64_t>(), 1) << "pool " << p << ":\n" << cost;  // entry (0, 1)
+      }
     }
-  std::vector<int32_t> tokens(4000);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7919 + i / 3) % c.vocab_size);
-  dha::TokenDataset data(std::move(tokens), c.vocab_size, "test tokens");
-  dha::SequenceSampler sampler(data, 16, 3);
-  auto dist = dha::Distributed::from_env(torch::kCPU, std::chrono::seconds(30));
-  dha::test::TempDir tmp;
-  ConvertOptions o;
-  o.batch = 2;
-  o.search_steps = 6;
-  o.device = "cpu";
-  for (const auto& measure : dha::search_measures()) {
-    SCOPED_TRACE(measure.name);
-    nlohmann::json report = nlohmann::json::object();
-    const dha::MeasureInputs in{o, ck, sampler, 16, torch::kCPU, *dist, tmp.file(measure.name), report};
-    const auto costs = measure.costs(in);
-    ASSERT_EQ(costs.size(), static_cast<size_t>(2 * c.n_layers));
-    for (size_t p = 0; p < costs.size(); ++p) {
-      const torch::Tensor cost = costs[p];
-      ASSERT_EQ(cost.sizes(), (std::vector<int64_t>{4, 4})) << p;
-      EXPECT_EQ(cost.scalar_type(), torch::kFloat64);
-      EXPECT_TRUE(torch::allclose(cost, cost.t(), 0, 1e-12)) << p;
-      EXPECT_EQ(cost.diagonal().abs().max().item<double>(), 0.0) << p;
-      EXPECT_GE(cost.min().item<double>(), 0.0) << p;
-      const torch::Tensor off = cost + torch::eye(4, torch::kFloat64) * 1e9;
-      EXPECT_EQ(off.argmin().item<int64_t>(), 1) << "pool " << p << ":\n" << cost;  // entry (0, 1)
+    if (biased) {
+      // The bias is part of the head: equal weight rows with different biases are not a copy.
+      dha::Checkpoint other = ck;
+      torch::Tensor& w = other.tensors.at("model.layers.0.self_attn.v_proj.weight");
+      w = w.clone();
+      w.narrow(0, 2 * c.head_dim, c.head_dim).copy_(w.narrow(0, 0, c.head_dim));
+      const torch::Tensor cost = dha::weight_cost(dha::pool_weights(other, {0, true}));
+      EXPECT_GT(cost[0][2].item<double>(), 1e-3) << cost;
+      EXPECT_LT(cost[0][1].item<double>(), 1e-12) << cost;
     }
   }
 }

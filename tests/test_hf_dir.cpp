@@ -195,7 +195,7 @@ TEST(HfDirBadInput, UnsupportedRopeScaling) {
   const std::string dir = dir_with_config_edit(tmp, [](nlohmann::json& j) {
     j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
   });
-  expect_load_error(dir, "rope_scaling of type \"yarn\" is not supported");
+  expect_load_error(dir, "(\"rope_scaling\"): RoPE scaling type \"yarn\" is not supported (supported: default, linear, llama3)");
 }
 
 TEST(HfDirBadInput, NoWeights) {

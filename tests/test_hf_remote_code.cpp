@@ -154,6 +154,8 @@ void check_case(const dha::ModelConfig& config, uint64_t seed, bool with_library
   EXPECT_EQ(saved.config.layout, original.config.layout);
   EXPECT_EQ(saved.config.tied_embeddings, original.config.tied_embeddings);
   EXPECT_EQ(saved.config.rope_theta, original.config.rope_theta);
+  EXPECT_TRUE(saved.config.rope_scaling == original.config.rope_scaling);
+  EXPECT_EQ(saved.config.attention_bias, original.config.attention_bias);
   ASSERT_EQ(saved.tensors.size(), original.tensors.size());
   for (const auto& [name, t] : original.tensors) EXPECT_TRUE(torch::equal(t, saved.tensors.at(name))) << name;
 }
@@ -207,6 +209,22 @@ TEST(HfRemoteCode, SharedAttentionSpansMatchDha) {
 TEST(HfRemoteCode, PlainGqaMatchesDha) {
   DHA_REQUIRE_TRANSFORMERS();
   check_case(gqa_config(), 13, /*with_library=*/false);
+}
+
+// q/k/v biases and Llama 3 RoPE scaling on unequal groups, 40 positions past an
+// original context of 32 (head_dim 8, theta 500000: one frequency kept, one blended,
+// two slowed): the config.json keys dha writes are the ones modeling_dha.py reads.
+TEST(HfRemoteCode, BiasesAndLlama3ScalingMatchDha) {
+  DHA_REQUIRE_TRANSFORMERS();
+  dha::ModelConfig c = decoupled_config();
+  c.attention_bias = true;
+  c.rope_theta = 500000.0;
+  c.rope_scaling.type = dha::RopeScaling::Type::kLlama3;
+  c.rope_scaling.factor = 8.0;
+  c.rope_scaling.low_freq_factor = 0.1;
+  c.rope_scaling.high_freq_factor = 4.0;
+  c.rope_scaling.original_max_position_embeddings = 32;
+  check_case(c, 16, /*with_library=*/false);
 }
 
 TEST(HfRemoteCode, OpPathMatchesPlainPath) {

@@ -29,8 +29,8 @@ namespace {
 std::string layer_name(int64_t l, const std::string& rest) { return "model.layers." + std::to_string(l) + "." + rest; }
 
 // 4 layers, 4 heads of 8; GQA keys (2 groups) and decoupled values in layer 2.
-ModelConfig four_layer_config() {
-  ModelConfig c = dha::test::tiny_config();
+ModelConfig four_layer_config(bool biased = false) {
+  ModelConfig c = dha::test::tiny_config(false, biased);
   c.n_layers = 4;
   c.layout = dha::HeadLayout::gqa(4, 4, 2);
   c.layout.v_map[2] = {0, 1, 1, 2};
@@ -45,35 +45,43 @@ torch::Tensor logits(const Checkpoint& ck, const torch::Tensor& tokens) {
 
 // A model in which layer 2's attention equals layer 1's: layer 1 adds nothing
 // to the residual stream (zero o_proj and down_proj), so both layers see the
-// same input, and layer 2 has layer 1's norm, queries and keys.
-Checkpoint model_with_repeated_attention() {
-  Checkpoint ck = dha::test::random_checkpoint(four_layer_config(), 7);
+// same input, and layer 2 has layer 1's norm, queries and keys (and their biases).
+Checkpoint model_with_repeated_attention(bool biased = false) {
+  Checkpoint ck = dha::test::random_checkpoint(four_layer_config(biased), 7);
   ck.tensors[layer_name(1, "self_attn.o_proj.weight")].zero_();
   ck.tensors[layer_name(1, "mlp.down_proj.weight")].zero_();
-  for (const char* name : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight"})
-    ck.tensors[layer_name(2, name)] = ck.tensors[layer_name(1, name)].clone();
+  for (const char* name : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                           "self_attn.q_proj.bias", "self_attn.k_proj.bias"})
+    if (ck.tensors.count(layer_name(1, name))) ck.tensors[layer_name(2, name)] = ck.tensors[layer_name(1, name)].clone();
   return ck;
 }
 
 }  // namespace
 
 TEST(SharedAttention, SourceWithTheSameAttentionGivesTheUnsharedLogits) {
-  const Checkpoint unshared = model_with_repeated_attention();
-  const Checkpoint shared = dha::share_attention(unshared, {{2, 2}});
-  EXPECT_FALSE(shared.tensors.count(layer_name(2, "self_attn.q_proj.weight")));
-  EXPECT_FALSE(shared.tensors.count(layer_name(2, "self_attn.k_proj.weight")));
-  const torch::Tensor tokens = dha::test::random_tokens(2, 12, unshared.config.vocab_size, 3);
-  const torch::Tensor expected = logits(unshared, tokens);
-  EXPECT_LT((logits(shared, tokens) - expected).abs().max().item<double>(), 1e-5);
+  for (bool biased : {false, true}) {
+    SCOPED_TRACE(biased ? "q/k/v biases" : "no biases");
+    const Checkpoint unshared = model_with_repeated_attention(biased);
+    const Checkpoint shared = dha::share_attention(unshared, {{2, 2}});
+    for (const char* name : {"self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.q_proj.bias",
+                             "self_attn.k_proj.bias"})
+      EXPECT_FALSE(shared.tensors.count(layer_name(2, name))) << name;
+    EXPECT_EQ(shared.tensors.count(layer_name(2, "self_attn.v_proj.bias")), biased ? 1u : 0u);
+    const torch::Tensor tokens = dha::test::random_tokens(2, 12, unshared.config.vocab_size, 3);
+    const torch::Tensor expected = logits(unshared, tokens);
+    EXPECT_LT((logits(shared, tokens) - expected).abs().max().item<double>(), 1e-5);
 
-  // The same check fails when the attention differs: sharing layer 3 changes the output.
-  const Checkpoint wrong = dha::share_attention(unshared, {{3, 3}});
-  EXPECT_GT((logits(wrong, tokens) - expected).abs().max().item<double>(), 1e-3);
+    // The same check fails when the attention differs: sharing layer 3 changes the output.
+    const Checkpoint wrong = dha::share_attention(unshared, {{3, 3}});
+    EXPECT_GT((logits(wrong, tokens) - expected).abs().max().item<double>(), 1e-3);
+  }
 }
 
 TEST(SharedAttention, GenerationWithCacheEqualsFullForward) {
+  for (bool biased : {false, true})
   for (const std::vector<LayerSpan>& spans : std::vector<std::vector<LayerSpan>>{{{1, 1}}, {{1, 2}}, {{2, 3}}, {{1, 1}, {3, 3}}}) {
-    const Checkpoint ck = dha::share_attention(dha::test::random_checkpoint(four_layer_config(), 11), spans);
+    SCOPED_TRACE(biased ? "q/k/v biases" : "no biases");
+    const Checkpoint ck = dha::share_attention(dha::test::random_checkpoint(four_layer_config(biased), 11), spans);
     torch::NoGradGuard no_grad;
     dha::Llama model = dha::make_model(ck, "test");
     const torch::Tensor tokens = dha::test::random_tokens(2, 14, ck.config.vocab_size, 5);
@@ -111,23 +119,26 @@ TEST(SharedAttention, GradientsReachTheSourceLayerThroughTheSharedProbabilities)
 }
 
 TEST(SharedAttention, DhaDirectoryRoundTripsAndOtherFormatsRefuse) {
-  dha::test::TempDir tmp;
-  const Checkpoint ck = dha::share_attention(dha::test::random_checkpoint(four_layer_config(), 17), {{2, 3}});
-  dha::io::save_hf_dir(tmp.file("m"), ck, {});
-  const auto config = nlohmann::json::parse(dha::io::read_file(tmp.file("m/config.json")));
-  EXPECT_EQ(config["dha"]["shared_attention"], nlohmann::json::parse("[[2, 3]]"));
-  EXPECT_EQ(config["dha"]["k_map"][2], nlohmann::json::array());
-  const Checkpoint back = dha::io::load_hf_dir(tmp.file("m"));
-  EXPECT_TRUE(back.config.layout == ck.config.layout);
-  const torch::Tensor tokens = dha::test::random_tokens(1, 9, ck.config.vocab_size, 1);
-  EXPECT_EQ((logits(back, tokens) - logits(ck, tokens)).abs().max().item<double>(), 0.0);
+  for (bool biased : {false, true}) {
+    SCOPED_TRACE(biased ? "q/k/v biases" : "no biases");
+    dha::test::TempDir tmp;
+    const Checkpoint ck = dha::share_attention(dha::test::random_checkpoint(four_layer_config(biased), 17), {{2, 3}});
+    dha::io::save_hf_dir(tmp.file("m"), ck, {});
+    const auto config = nlohmann::json::parse(dha::io::read_file(tmp.file("m/config.json")));
+    EXPECT_EQ(config["dha"]["shared_attention"], nlohmann::json::parse("[[2, 3]]"));
+    EXPECT_EQ(config["dha"]["k_map"][2], nlohmann::json::array());
+    const Checkpoint back = dha::io::load_hf_dir(tmp.file("m"));
+    EXPECT_TRUE(back.config.layout == ck.config.layout);
+    const torch::Tensor tokens = dha::test::random_tokens(1, 9, ck.config.vocab_size, 1);
+    EXPECT_EQ((logits(back, tokens) - logits(ck, tokens)).abs().max().item<double>(), 0.0);
 
-  dha::io::DirSaveOptions hf;
-  hf.format = dha::io::DirFormat::kHf;
-  expect_error_containing([&] { dha::io::save_hf_dir(tmp.file("hf"), ck, hf); }, "L2 attn=L1");
-  for (const auto& format : dha::export_formats())
-    if (!format.holds_shared_attention)
-      expect_error_containing([&] { dha::export_checkpoint(ck, format); }, "export dha");
+    dha::io::DirSaveOptions hf;
+    hf.format = dha::io::DirFormat::kHf;
+    expect_error_containing([&] { dha::io::save_hf_dir(tmp.file("hf"), ck, hf); }, "L2 attn=L1");
+    for (const auto& format : dha::export_formats())
+      if (!format.holds_shared_attention)
+        expect_error_containing([&] { dha::export_checkpoint(ck, format); }, "export dha");
+  }
 }
 
 TEST(SharedAttention, LayoutJsonMustAgreeWithItself) {
@@ -154,6 +165,12 @@ TEST(SharedAttention, LayoutJsonMustAgreeWithItself) {
 }
 
 TEST(SharedAttention, KvAndParameterAccounting) {
+  {  // q/k/v biases count as parameters, and sharing layers have no q/k biases
+    const Checkpoint b = dha::share_attention(dha::test::random_checkpoint(four_layer_config(true), 19), {{1, 1}, {3, 3}});
+    int64_t stored = 0;
+    for (const auto& [name, tensor] : b.tensors) stored += tensor.numel();
+    EXPECT_EQ(b.config.parameter_count(), stored);
+  }
   const Checkpoint ck = dha::share_attention(dha::test::random_checkpoint(four_layer_config(), 19), {{1, 1}, {3, 3}});
   const ModelConfig& c = ck.config;
   // Keys: 2 heads in layers 0 and 2; values: 2 + 2 + 3 + 2 heads; d_h 8.

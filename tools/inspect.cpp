@@ -39,7 +39,8 @@ int main(int argc, char** argv) {
       nlohmann::json j = {{"dim", c.dim}, {"n_layers", c.n_layers}, {"n_heads", c.n_heads},
                           {"head_dim", c.head_dim}, {"hidden_dim", c.hidden_dim},
                           {"vocab_size", c.vocab_size}, {"max_seq_len", c.max_seq_len},
-                          {"rope_theta", c.rope_theta}, {"norm_eps", c.norm_eps},
+                          {"rope_theta", c.rope_theta}, {"rope_scaling", dha::rope_scaling_to_json(c.rope_scaling)},
+                          {"attention_bias", c.attention_bias}, {"norm_eps", c.norm_eps},
                           {"tied_embeddings", c.tied_embeddings},
                           {"storage_dtype", c10::toString(ck.storage_dtype)},
                           {"parameters", c.parameter_count()},
@@ -54,6 +55,9 @@ int main(int argc, char** argv) {
                 (long long)c.hidden_dim, (long long)c.vocab_size, (long long)c.max_seq_len);
     std::printf("rope theta %g, norm eps %g, classifier %s, stored as %s\n", c.rope_theta, c.norm_eps,
                 c.tied_embeddings ? "tied" : "untied", c10::toString(ck.storage_dtype));
+    if (c.rope_scaling.scaled())
+      std::printf("rope scaling:   %s\n", dha::rope_scaling_to_json(c.rope_scaling).dump().c_str());
+    if (c.attention_bias) std::printf("biases:         q/k/v projections\n");
     std::printf("parameters:     %lld\n", static_cast<long long>(c.parameter_count()));
     std::printf("KV bytes/token: %lld (bf16 cache), head budget %.4f of MHA\n",
                 static_cast<long long>(c.kv_bytes_per_token(2)), c.head_budget());

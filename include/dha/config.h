@@ -51,6 +51,29 @@ struct HeadLayout {
   }
 };
 
+// RoPE frequency scaling: transformers' "rope_scaling" / "rope_parameters" of
+// the types whose inverse frequencies are a fixed function of the config and
+// whose attention factor is 1 (modeling_rope_utils). kNone is plain RoPE.
+struct RopeScaling {
+  enum class Type { kNone, kLinear, kLlama3 };
+  Type type = Type::kNone;
+  double factor = 1.0;                           // linear, llama3: > 0
+  double low_freq_factor = 1.0;                  // llama3
+  double high_freq_factor = 4.0;                 // llama3: > low_freq_factor
+  int64_t original_max_position_embeddings = 0;  // llama3: the pre-training context
+
+  bool scaled() const { return type != Type::kNone; }
+  bool operator==(const RopeScaling& other) const {
+    return type == other.type && factor == other.factor && low_freq_factor == other.low_freq_factor &&
+           high_freq_factor == other.high_freq_factor &&
+           original_max_position_embeddings == other.original_max_position_embeddings;
+  }
+  bool operator!=(const RopeScaling& other) const { return !(*this == other); }
+};
+
+// "default", "linear", "llama3": the rope_type names of transformers.
+const char* rope_type_name(RopeScaling::Type type);
+
 struct ModelConfig {
   int64_t dim = 0;          // d
   int64_t n_layers = 0;     // L
@@ -60,8 +83,11 @@ struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t max_seq_len = 0;  // context
   double rope_theta = 10000.0;
+  RopeScaling rope_scaling;
   double norm_eps = 1e-5;
   bool tied_embeddings = false;
+  // Biases on the q, k and v projections (Qwen2); o_proj and the MLP never have one.
+  bool attention_bias = false;
   int32_t bos_id = 1;
   int32_t eos_id = 2;
   HeadLayout layout;
@@ -78,6 +104,14 @@ struct ModelConfig {
   int64_t parameter_count() const;
 };
 
+// transformers' spelling of a scaling: {"rope_type", "factor", ...}; null for kNone.
+nlohmann::json rope_scaling_to_json(const RopeScaling& scaling);
+// Reads {"rope_type" (or "type"), "factor", "low_freq_factor", "high_freq_factor",
+// "original_max_position_embeddings" (default: max_position_embeddings)};
+// any other type ("dynamic", "yarn", "longrope", ...) is an error naming it and
+// the supported ones.
+RopeScaling rope_scaling_from_json(const nlohmann::json& j, int64_t max_position_embeddings, const std::string& where);
+
 // The toolkit's JSON for a config (also embedded in config.json of its
 // directory format under "dha").
 nlohmann::json layout_to_json(const HeadLayout& layout);
@@ -86,8 +120,9 @@ HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where);
 // A model description for pre-training from scratch (dha-train --from-scratch):
 // {"dim", "n_layers", "n_heads", "hidden_dim", "max_seq_len", and optionally
 //  "head_dim" (dim / n_heads), "n_kv_heads" (n_heads) or "dha": {"k_map", "v_map"},
-//  "vocab_size" (default_vocab), "rope_theta" (10000), "norm_eps" (1e-5),
-//  "tied_embeddings" (false)}. Unknown keys are errors.
+//  "vocab_size" (default_vocab), "rope_theta" (10000), "rope_scaling" (none),
+//  "norm_eps" (1e-5), "tied_embeddings" (false), "attention_bias" (false)}.
+//  Unknown keys are errors.
 ModelConfig model_config_from_json(const nlohmann::json& j, int64_t default_vocab, const std::string& where);
 
 // A short human-readable summary of the per-layer layout: "L0 K4 V4 | L1 K2 V3 ...".

@@ -28,11 +28,14 @@ struct FusionOptions {
 };
 
 // Replaces each pool's heads by the mean of its group: W*_g = mean_j W_j over
-// `effective` weights (per pool [n, d_h, d]; empty: the checkpoint's own).
+// `effective` weights (per pool [n, d_h, d], or [n, d_h, d + 1] with the bias
+// column under attention biases; empty: the checkpoint's own).
 Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
                            const std::vector<torch::Tensor>& effective = {});
 
-// A pool's head weights [n, d_h, d] in a checkpoint.
+// A pool's heads in a checkpoint: [n, d_h, d], or [n, d_h, d + 1] with attention
+// biases (projection_heads: the bias is part of the head for every measure,
+// operator and collapse).
 torch::Tensor pool_weights(const Checkpoint& checkpoint, const PoolId& pool);
 
 struct FusionRecord {
@@ -57,7 +60,7 @@ class FusionTask : public TrainTask {
   nlohmann::json extra_state() override;
   void load_extra_state(const nlohmann::json& j) override;
 
-  // Current effective weights of every pool ([n, d_h, d]).
+  // Current effective weights of every pool ([n, d_h, d], + 1 bias column).
   std::vector<torch::Tensor> effective_weights();
   // Per-group fusion losses, in pool/group order (groups of one head: 0).
   std::vector<std::vector<double>> group_losses();
@@ -73,7 +76,7 @@ class FusionTask : public TrainTask {
   torch::Tensor& omega(size_t pool, size_t group) { return omegas_.at(pool).at(group); }
 
  private:
-  torch::Tensor pool_weight(const PoolId& pool);        // current theta slice [n, d_h, d]
+  torch::Tensor pool_weight(const PoolId& pool);        // current theta slice [n, d_h, d (+ 1)]
   torch::Tensor fused_pool(size_t p, const torch::Tensor& w);
   torch::Tensor fusion_loss_tensor(const std::vector<torch::Tensor>& fused, std::vector<std::vector<double>>* per_group);
   void set_overrides(const std::vector<torch::Tensor>& fused);

@@ -43,11 +43,16 @@ class RMSNormImpl : public torch::nn::Module {
 };
 TORCH_MODULE(RMSNorm);
 
+// RoPE's inverse frequencies [d_h / 2] in float64: theta^(-2j/d_h), then the
+// scaling's adjustment ("linear": / factor; "llama3": long wavelengths / factor,
+// short ones kept, a smooth blend between), as transformers' modeling_rope_utils.
+torch::Tensor rope_inverse_frequencies(int64_t head_dim, double theta, const RopeScaling& scaling = {});
+
 // Rotary position embedding in the rotate-half layout (dimension pairs (j, j + d_h/2)).
 // A module only so that its tables follow the model across devices.
 class RopeImpl : public torch::nn::Module {
  public:
-  RopeImpl(int64_t head_dim, int64_t max_seq_len, double theta);
+  RopeImpl(int64_t head_dim, int64_t max_seq_len, double theta, const RopeScaling& scaling = {});
   // x: [B, heads, T, d_h] at positions start .. start+T-1.
   torch::Tensor apply(const torch::Tensor& x, int64_t start) const;
 
@@ -78,9 +83,11 @@ class AttentionImpl : public torch::nn::Module {
   bool capture_probabilities = false;
   torch::Tensor captured_probabilities;
 
-  // Used instead of k_proj/v_proj's weights when defined: the fusion stage of
-  // dha-convert feeds effective (operator-mixed) weights through here.
+  // Used instead of k_proj/v_proj's weights (and biases, with attention biases)
+  // when defined: the fusion stage of dha-convert feeds effective
+  // (operator-mixed) weights through here.
   torch::Tensor k_weight_override, v_weight_override;
+  torch::Tensor k_bias_override, v_bias_override;
   // When set, forward() keeps this layer's keys before RoPE and values,
   // [B, H_K, T, d_h] and [B, H_V, T, d_h] (calibration statistics; no keys
   // for a sharing layer).
@@ -153,7 +160,8 @@ class LlamaImpl : public torch::nn::Module {
 TORCH_MODULE(Llama);
 
 // A freshly initialised model for pre-training: weights N(0, 0.02), the
-// residual output projections (o_proj, down_proj) scaled by 1/sqrt(2L), norms 1.
+// residual output projections (o_proj, down_proj) scaled by 1/sqrt(2L), norms 1,
+// biases 0.
 Llama make_random_model(const ModelConfig& config, uint64_t seed);
 
 // Builds a model on CPU in float32 from a checkpoint.

@@ -163,10 +163,13 @@ class DhaConfig(PretrainedConfig):
     @classmethod
     def get_config_dict(cls, *args, **kwargs):
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
-        if config_dict.get("model_type") == "llama" and "dha" in config_dict:
-            # A GQA layout is written as "llama" so that plain transformers reads it too;
-            # read here, it is a dha config like any other.
+        written_as = config_dict.get("model_type")
+        if written_as in ("llama", "qwen2") and "dha" in config_dict:
+            # A GQA layout is written as "llama" (or "qwen2" with q/k/v biases) so that plain
+            # transformers reads it too; read here, it is a dha config like any other.
             config_dict = dict(config_dict, model_type=cls.model_type)
+            if written_as == "qwen2":
+                config_dict["attention_bias"] = True  # Qwen2 always has q/k/v biases
         return config_dict, kwargs
 
     # ---- the head layout -------------------------------------------------------------

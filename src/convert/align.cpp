@@ -12,7 +12,8 @@ std::string layer_name(int64_t l, const char* proj) {
   return "model.layers." + std::to_string(l) + ".self_attn." + proj + ".weight";
 }
 
-// Rotates rows (j, j + d_h/2) of a head's weight [d_h, d] by angles [d_h/2].
+// Rotates rows (j, j + d_h/2) of a head's weight [d_h, d] (or [d_h, d + 1] with
+// its bias) by angles [d_h/2].
 torch::Tensor rotate_rope_planes(const torch::Tensor& w, const torch::Tensor& angles) {
   const int64_t half = w.size(0) / 2;
   const torch::Tensor c = angles.cos().unsqueeze(1), s = angles.sin().unsqueeze(1);
@@ -67,9 +68,10 @@ Checkpoint align_groups(const Checkpoint& source, const Grouping& grouping,
   torch::NoGradGuard no_grad;
   const auto f64 = torch::kFloat64;
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    torch::Tensor wq = source.tensors.at(layer_name(l, "q_proj")).to(f64).view({c.n_heads, c.head_dim, c.dim}).clone();
-    torch::Tensor wk = source.tensors.at(layer_name(l, "k_proj")).to(f64).view({-1, c.head_dim, c.dim}).clone();
-    torch::Tensor wv = source.tensors.at(layer_name(l, "v_proj")).to(f64).view({-1, c.head_dim, c.dim}).clone();
+    // Heads [n, d_h, d (+ 1)]: a bias is one more column, so it turns with its head.
+    torch::Tensor wq = projection_heads(source, l, "q_proj").to(f64).clone();
+    torch::Tensor wk = projection_heads(source, l, "k_proj").to(f64).clone();
+    torch::Tensor wv = projection_heads(source, l, "v_proj").to(f64).clone();
     torch::Tensor wo = source.tensors.at(layer_name(l, "o_proj")).to(f64).view({c.dim, c.n_heads, c.head_dim}).clone();
 
     // Keys: per-plane rotations, applied to the key head and every query head reading it.
@@ -116,13 +118,10 @@ Checkpoint align_groups(const Checkpoint& source, const Grouping& grouping,
           if (c.layout.v_map[l][q] == h) wo.select(1, q).copy_(wo.select(1, q).matmul(rotations[i]));
       }
     }
-    auto store = [&](const char* proj, const torch::Tensor& w, int64_t rows) {
-      out.tensors[layer_name(l, proj)] = w.reshape({rows, -1}).to(torch::kFloat32).contiguous();
-    };
-    store("q_proj", wq, c.n_heads * c.head_dim);
-    store("k_proj", wk, wk.size(0) * c.head_dim);
-    store("v_proj", wv, wv.size(0) * c.head_dim);
-    store("o_proj", wo, c.dim);
+    set_projection_heads(out, l, "q_proj", wq.to(torch::kFloat32));
+    set_projection_heads(out, l, "k_proj", wk.to(torch::kFloat32));
+    set_projection_heads(out, l, "v_proj", wv.to(torch::kFloat32));
+    out.tensors[layer_name(l, "o_proj")] = wo.reshape({c.dim, -1}).to(torch::kFloat32).contiguous();
   }
   return out;
 }

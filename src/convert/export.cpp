@@ -121,9 +121,10 @@ Checkpoint relayout_heads(const Checkpoint& model, HeadRelayout relayout) {
   Checkpoint out = model;
   torch::NoGradGuard no_grad;
   for (int64_t l = 0; l < c.n_layers; ++l) {
-    const torch::Tensor wq = model.tensors.at(name(l, "q_proj")).view({c.n_heads, c.head_dim, c.dim});
-    const torch::Tensor wk = model.tensors.at(name(l, "k_proj")).view({-1, c.head_dim, c.dim});
-    const torch::Tensor wv = model.tensors.at(name(l, "v_proj")).view({-1, c.head_dim, c.dim});
+    // Heads [n, d_h, d (+ 1)]: a bias is permuted and duplicated with its head.
+    const torch::Tensor wq = projection_heads(model, l, "q_proj");
+    const torch::Tensor wk = projection_heads(model, l, "k_proj");
+    const torch::Tensor wv = projection_heads(model, l, "v_proj");
     const torch::Tensor wo = model.tensors.at(name(l, "o_proj")).view({c.dim, c.n_heads, c.head_dim});
     const auto& k_map = c.layout.k_map[l];
     const auto& v_map = c.layout.v_map[l];
@@ -155,12 +156,10 @@ Checkpoint relayout_heads(const Checkpoint& model, HeadRelayout relayout) {
     const torch::Tensor index = torch::tensor(order, torch::kInt64);
     std::vector<int64_t> k_heads, v_heads;
     for (const auto& [k, v] : kv_source) k_heads.push_back(k), v_heads.push_back(v);
-    out.tensors[name(l, "q_proj")] = wq.index_select(0, index).reshape({c.n_heads * c.head_dim, c.dim}).contiguous();
+    set_projection_heads(out, l, "q_proj", wq.index_select(0, index));
     out.tensors[name(l, "o_proj")] = wo.index_select(1, index).reshape({c.dim, c.n_heads * c.head_dim}).contiguous();
-    out.tensors[name(l, "k_proj")] =
-        wk.index_select(0, torch::tensor(k_heads, torch::kInt64)).reshape({-1, c.dim}).contiguous();
-    out.tensors[name(l, "v_proj")] =
-        wv.index_select(0, torch::tensor(v_heads, torch::kInt64)).reshape({-1, c.dim}).contiguous();
+    set_projection_heads(out, l, "k_proj", wk.index_select(0, torch::tensor(k_heads, torch::kInt64)));
+    set_projection_heads(out, l, "v_proj", wv.index_select(0, torch::tensor(v_heads, torch::kInt64)));
     std::vector<int64_t> map(c.n_heads);
     for (int64_t q = 0; q < c.n_heads; ++q) map[q] = q / group_size;
     out.config.layout.k_map[l] = map;

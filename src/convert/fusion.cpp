@@ -9,17 +9,17 @@
 namespace dha {
 namespace {
 
-std::string proj_name(const PoolId& p) {
-  return "model.layers." + std::to_string(p.layer) + ".self_attn." + (p.value ? "v_proj" : "k_proj") + ".weight";
-}
+const char* proj_of(const PoolId& p) { return p.value ? "v_proj" : "k_proj"; }
 
 }  // namespace
 
+// A head is its weight rows with its bias as one more column (join_heads): the
+// measures, the operators and the collapse all see the bias as part of the head.
 torch::Tensor pool_weights(const Checkpoint& checkpoint, const PoolId& pool) {
   const ModelConfig& c = checkpoint.config;
-  if (!pool.value && c.layout.shares_attention(pool.layer)) return torch::zeros({0, c.head_dim, c.dim});
-  const torch::Tensor w = checkpoint.tensors.at(proj_name(pool));
-  return w.view({-1, c.head_dim, c.dim});
+  if (!pool.value && c.layout.shares_attention(pool.layer))
+    return torch::zeros({0, c.head_dim, c.dim + (c.attention_bias ? 1 : 0)});
+  return projection_heads(checkpoint, pool.layer, proj_of(pool));
 }
 
 Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
@@ -35,8 +35,7 @@ Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
     std::vector<torch::Tensor> heads;
     for (const auto& group : grouping[p])
       heads.push_back(w.index_select(0, torch::tensor(group, torch::kInt64).to(w.device())).mean(0));
-    out.tensors[proj_name(pools[p])] =
-        torch::stack(heads).reshape({-1, source.config.dim}).to(torch::kCPU, torch::kFloat32).contiguous();
+    set_projection_heads(out, pools[p].layer, proj_of(pools[p]), torch::stack(heads).to(torch::kCPU, torch::kFloat32));
   }
   out.config.validate("collapsed model");
   return out;
@@ -76,11 +75,11 @@ FusionTask::FusionTask(Llama model, Grouping grouping, int64_t total_steps, cons
 
 torch::Tensor FusionTask::pool_weight(const PoolId& pool) {
   auto& attention = *model_->model->layers[pool.layer]->as<DecoderLayer>()->self_attn;
-  const int64_t head_dim = model_->config().head_dim, dim = model_->config().dim;
+  const ModelConfig& c = model_->config();
   if (!pool.value && attention.shares_attention())
-    return torch::zeros({0, head_dim, dim}, attention.v_proj->weight.options());
-  const torch::Tensor w = pool.value ? attention.v_proj->weight : attention.k_proj->weight;
-  return w.view({-1, head_dim, dim});
+    return torch::zeros({0, c.head_dim, c.dim + (c.attention_bias ? 1 : 0)}, attention.v_proj->weight.options());
+  const torch::nn::Linear& proj = pool.value ? attention.v_proj : attention.k_proj;
+  return join_heads(proj->weight, proj->bias, c.head_dim);  // bias undefined without attention biases
 }
 
 torch::Tensor FusionTask::fused_pool(size_t p, const torch::Tensor& w) {
@@ -150,11 +149,13 @@ double FusionTask::target(int64_t step) const {
 }
 
 void FusionTask::set_overrides(const std::vector<torch::Tensor>& fused) {
-  const int64_t dim = model_->config().dim;
+  const bool bias = model_->config().attention_bias;
   for (size_t p = 0; p < pools_.size(); ++p) {
     auto& attention = *model_->model->layers[pools_[p].layer]->as<DecoderLayer>()->self_attn;
     if (!pools_[p].value && attention.shares_attention()) continue;
-    (pools_[p].value ? attention.v_weight_override : attention.k_weight_override) = fused[p].reshape({-1, dim});
+    auto [w, b] = split_heads(fused[p], bias);  // a fused bias mixes with the same operator as its weight
+    (pools_[p].value ? attention.v_weight_override : attention.k_weight_override) = w;
+    (pools_[p].value ? attention.v_bias_override : attention.k_bias_override) = b;
   }
 }
 

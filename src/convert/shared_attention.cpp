@@ -84,8 +84,8 @@ Checkpoint share_attention(const Checkpoint& source, const std::vector<LayerSpan
       const auto o_proj = source.tensors.find(prefix + "o_proj.weight");
       if (o_proj == source.tensors.end() || o_proj->second.size(1) != c.n_heads * c.head_dim)
         fail("shared attention: layer ", l, " does not have ", c.n_heads, " query heads like the others");
-      out.tensors.erase(prefix + "q_proj.weight");
-      out.tensors.erase(prefix + "k_proj.weight");
+      for (const char* dropped : {"q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias"})
+        out.tensors.erase(prefix + dropped);  // biases with their projections (there are none without attention biases)
     }
   c.validate("shared-attention model");
   return out;

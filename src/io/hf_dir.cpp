@@ -77,17 +77,63 @@ std::map<std::string, std::string> shard_map(const std::string& dir) {
 
 }  // namespace
 
+namespace {
+
+// The model types whose checkpoints are LLaMA's with at most q/k/v biases, and
+// the defaults transformers uses for the fields a config.json may leave out.
+struct FamilyDefaults {
+  const char* model_type;
+  int64_t max_position_embeddings;
+};
+constexpr FamilyDefaults kFamilies[] = {
+    {"llama", 2048}, {"dha_llama", 2048}, {"qwen2", 32768}, {"mistral", 4096 * 32}};
+
+// Sliding-window attention is exact full attention as long as no query is
+// further than the window from a key: refused unless the window covers the
+// whole context the model accepts (its max_position_embeddings, which dha's
+// forward enforces). `window` < 0: none.
+void check_sliding_window(int64_t window, int64_t context, const std::string& layers, const std::string& where) {
+  if (window < 0 || window >= context) return;
+  fail(where, ": sliding_window ", window, " (", layers, ") is below max_position_embeddings ", context,
+       ": dha attends over the whole context and would differ beyond ", window,
+       " positions; not supported (a config.json with max_position_embeddings <= ", window,
+       " uses the model over that context)");
+}
+
+int64_t window_field(const json& j, const char* key, int64_t fallback, const std::string& where) {
+  if (!j.contains(key)) return fallback;
+  if (j.at(key).is_null()) return -1;
+  return required<int64_t>(j, key, where);
+}
+
+}  // namespace
+
 ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   if (!j.is_object()) fail(where, ": expected a JSON object");
   const std::string model_type = optional_field<std::string>(j, "model_type", "llama", where);
-  if (model_type != "llama" && model_type != "dha_llama")
-    fail(where, ": model_type \"", model_type, "\" is not supported (expected \"llama\")");
-  if (optional_field<bool>(j, "attention_bias", false, where) || optional_field<bool>(j, "mlp_bias", false, where))
-    fail(where, ": attention_bias/mlp_bias are not supported (LLaMA has no biases)");
+  const FamilyDefaults* family = nullptr;
+  for (const auto& f : kFamilies)
+    if (model_type == f.model_type) family = &f;
+  if (!family)
+    fail(where, ": model_type \"", model_type, "\" is not supported (supported: llama, mistral, qwen2, dha_llama)");
+  if (optional_field<bool>(j, "mlp_bias", false, where))
+    fail(where, ": mlp_bias is not supported (the MLP projections have no biases)");
   const std::string act = optional_field<std::string>(j, "hidden_act", "silu", where);
   if (act != "silu") fail(where, ": hidden_act \"", act, "\" is not supported (expected \"silu\")");
 
   ModelConfig c;
+  // Attention biases: Qwen2 has them on q/k/v always; in a dha config
+  // attention_bias means q/k/v (modeling_dha.py); transformers' LLaMA puts one
+  // on o_proj too, which dha does not have.
+  const bool attention_bias = optional_field<bool>(j, "attention_bias", false, where);
+  if (model_type == "qwen2") {
+    c.attention_bias = true;
+  } else if (model_type == "dha_llama") {
+    c.attention_bias = attention_bias;
+  } else if (attention_bias) {
+    fail(where, ": attention_bias true means biases on q/k/v and o_proj for model_type \"", model_type,
+         "\"; o_proj biases are not supported (q/k/v biases are, as in qwen2)");
+  }
   c.dim = required<int64_t>(j, "hidden_size", where);
   c.hidden_dim = required<int64_t>(j, "intermediate_size", where);
   c.n_layers = required<int64_t>(j, "num_hidden_layers", where);
@@ -95,21 +141,52 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   c.vocab_size = required<int64_t>(j, "vocab_size", where);
   if (c.n_heads <= 0) fail(where, ": num_attention_heads must be positive");
   c.head_dim = optional_field<int64_t>(j, "head_dim", c.dim / c.n_heads, where);
-  c.max_seq_len = optional_field<int64_t>(j, "max_position_embeddings", 2048, where);
+  c.max_seq_len = optional_field<int64_t>(j, "max_position_embeddings", family->max_position_embeddings, where);
   c.norm_eps = optional_field<double>(j, "rms_norm_eps", 1e-6, where);
   c.tied_embeddings = optional_field<bool>(j, "tie_word_embeddings", false, where);
   c.bos_id = token_id(j, "bos_token_id", 1, where);
   c.eos_id = token_id(j, "eos_token_id", 2, where);
 
-  // RoPE: "rope_theta" (transformers 4) or "rope_parameters" (transformers 5).
+  // Sliding windows (docs/architecture.md, "Checkpoint families"): Mistral's
+  // applies to every layer (4096 when the key is absent, as MistralConfig);
+  // Qwen2's only with use_sliding_window, to the layers layer_types marks
+  // "sliding_attention" (default: those from max_window_layers on).
+  if (model_type == "mistral") {
+    check_sliding_window(window_field(j, "sliding_window", 4096, where), c.max_seq_len, "every layer", where);
+  } else if (model_type == "qwen2" && optional_field<bool>(j, "use_sliding_window", false, where)) {
+    const int64_t window = window_field(j, "sliding_window", 4096, where);
+    std::vector<int64_t> sliding;
+    if (j.contains("layer_types") && !j.at("layer_types").is_null()) {
+      const auto types = required<std::vector<std::string>>(j, "layer_types", where);
+      for (size_t l = 0; l < types.size(); ++l) {
+        if (types[l] != "full_attention" && types[l] != "sliding_attention")
+          fail(where, ": layer_types[", l, "] = \"", types[l], "\" is not supported (full_attention, sliding_attention)");
+        if (types[l] == "sliding_attention") sliding.push_back(static_cast<int64_t>(l));
+      }
+    } else {
+      const int64_t first = optional_field<int64_t>(j, "max_window_layers", 28, where);
+      for (int64_t l = std::max<int64_t>(first, 0); l < c.n_layers; ++l) sliding.push_back(l);
+    }
+    if (!sliding.empty())
+      check_sliding_window(window, c.max_seq_len,
+                           "layers " + std::to_string(sliding.front()) + ".." + std::to_string(sliding.back()), where);
+  }
+
+  // RoPE: "rope_theta" + "rope_scaling" (transformers 4) or "rope_parameters"
+  // (transformers 5, with rope_theta inside); rope_parameters wins, as in
+  // configuration_dha.py. An original_max_position_embeddings beside them
+  // overrides the one inside, as transformers' standardize_rope_params does.
   c.rope_theta = optional_field<double>(j, "rope_theta", 10000.0, where);
+  if (optional_field<double>(j, "partial_rotary_factor", 1.0, where) != 1.0)
+    fail(where, ": partial_rotary_factor ", j.at("partial_rotary_factor").dump(),
+         " is not supported (every head dimension is rotated)");
   for (const char* key : {"rope_scaling", "rope_parameters"}) {
     if (!j.contains(key) || j.at(key).is_null()) continue;
-    const json& rope = j.at(key);
+    json rope = j.at(key);
     if (!rope.is_object()) fail(where, ": \"", key, "\" must be an object");
-    const std::string type = rope.value("rope_type", rope.value("type", std::string("default")));
-    if (type != "default")
-      fail(where, ": ", key, " of type \"", type, "\" is not supported (only plain RoPE)");
+    if (j.contains("original_max_position_embeddings") && !j.at("original_max_position_embeddings").is_null())
+      rope["original_max_position_embeddings"] = j.at("original_max_position_embeddings");
+    c.rope_scaling = rope_scaling_from_json(rope, c.max_seq_len, where + " (\"" + key + "\")");
     if (rope.contains("rope_theta")) c.rope_theta = required<double>(rope, "rope_theta", where);
   }
 
@@ -131,11 +208,15 @@ json config_to_hf_json(const ModelConfig& c, DirFormat format, torch::ScalarType
     fail("an HF LLaMA directory holds only MHA/GQA layouts; this one (", describe_layout(c),
          ") needs the dha format or a gqa/mha export");
   // A non-GQA layout is marked with its own model_type so that transformers
-  // refuses it with a clear message rather than a shape error.
+  // refuses it with a clear message rather than a shape error. A GQA layout
+  // with q/k/v biases is Qwen2's architecture (LLaMA's attention_bias would
+  // add an o_proj bias).
   const bool standard = n_kv != 0;
+  const char* model_type = !standard ? "dha_llama" : c.attention_bias ? "qwen2" : "llama";
+  const char* architecture = !standard ? "DhaLlamaForCausalLM" : c.attention_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
   json j = {
-      {"architectures", {standard ? "LlamaForCausalLM" : "DhaLlamaForCausalLM"}},
-      {"model_type", standard ? "llama" : "dha_llama"},
+      {"architectures", {architecture}},
+      {"model_type", model_type},
       {"hidden_size", c.dim},
       {"intermediate_size", c.hidden_dim},
       {"num_hidden_layers", c.n_layers},
@@ -148,12 +229,17 @@ json config_to_hf_json(const ModelConfig& c, DirFormat format, torch::ScalarType
       {"rope_theta", c.rope_theta},
       {"tie_word_embeddings", c.tied_embeddings},
       {"hidden_act", "silu"},
-      {"attention_bias", false},
+      {"attention_bias", c.attention_bias},  // q/k/v, read by configuration_dha.py (qwen2 ignores it)
       {"mlp_bias", false},
       {"bos_token_id", c.bos_id},
       {"eos_token_id", c.eos_id},
       {"torch_dtype", dtype_name(dtype)},
   };
+  if (c.rope_scaling.scaled()) j["rope_scaling"] = rope_scaling_to_json(c.rope_scaling);  // rope_theta beside it
+  if (c.attention_bias) {
+    j["use_sliding_window"] = false;
+    j["sliding_window"] = nullptr;
+  }
   if (format == DirFormat::kDha) {
     json dha = layout_to_json(c.layout);
     dha["format_version"] = 1;

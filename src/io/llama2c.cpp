@@ -171,6 +171,11 @@ void save_llama2c(const std::string& path, const Checkpoint& checkpoint) {
   if (n_kv == 0)
     fail(path, ": the llama2.c format holds only MHA/GQA models; this layout (",
          describe_layout(c), ") needs the dha directory format or a gqa/mha export");
+  if (c.rope_scaling.scaled())
+    fail(path, ": the llama2.c format has plain RoPE only; this model has RoPE scaling \"",
+         rope_type_name(c.rope_scaling.type), "\" (export a dha or hf directory)");
+  if (c.attention_bias)
+    fail(path, ": the llama2.c format has no biases; this model has q/k/v biases (export a dha or hf directory)");
   if (c.rope_theta != 10000.0 || c.norm_eps != 1e-5)
     fail(path, ": the llama2.c format fixes rope_theta 10000 and norm_eps 1e-5; this model has ",
          c.rope_theta, " and ", c.norm_eps);

@@ -2,6 +2,7 @@
 #include "dha/config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -45,6 +46,15 @@ void validate_map(const std::vector<std::vector<int64_t>>& maps, const char* nam
 }
 
 }  // namespace
+
+const char* rope_type_name(RopeScaling::Type type) {
+  switch (type) {
+    case RopeScaling::Type::kNone: return "default";
+    case RopeScaling::Type::kLinear: return "linear";
+    case RopeScaling::Type::kLlama3: return "llama3";
+  }
+  return "default";
+}
 
 HeadLayout HeadLayout::mha(int64_t n_layers, int64_t n_heads) { return gqa(n_layers, n_heads, n_heads); }
 
@@ -107,6 +117,18 @@ void ModelConfig::validate(const std::string& where) const {
   if (head_dim % 2 != 0) fail(where, ": head_dim must be even for RoPE, got ", head_dim);
   if (!(rope_theta > 0)) fail(where, ": rope_theta must be positive, got ", rope_theta);
   if (!(norm_eps > 0)) fail(where, ": norm_eps must be positive, got ", norm_eps);
+  const RopeScaling& r = rope_scaling;
+  if (r.scaled() && !(r.factor > 0))
+    fail(where, ": RoPE scaling \"", rope_type_name(r.type), "\" needs a positive factor, got ", r.factor);
+  if (r.type == RopeScaling::Type::kLlama3) {
+    // The smoothing divides by high - low; the wavelength bounds divide by each.
+    if (!(r.low_freq_factor > 0) || !(r.high_freq_factor > r.low_freq_factor))
+      fail(where, ": RoPE scaling \"llama3\" needs 0 < low_freq_factor < high_freq_factor, got ", r.low_freq_factor,
+           " and ", r.high_freq_factor);
+    if (r.original_max_position_embeddings <= 0)
+      fail(where, ": RoPE scaling \"llama3\" needs a positive original_max_position_embeddings, got ",
+           r.original_max_position_embeddings);
+  }
   if (bos_id >= vocab_size || eos_id >= vocab_size)
     fail(where, ": bos/eos ids (", bos_id, ", ", eos_id, ") must be below vocab_size ", vocab_size);
   layout.validate(n_layers, n_heads, where);
@@ -135,9 +157,68 @@ int64_t ModelConfig::parameter_count() const {
     total += 2 * dim;                                   // two RMSNorm weights
     total += (layout.shares_attention(l) ? 1 : 2) * n_heads * head_dim * dim;  // W_Q (unless shared), W_O
     total += kv_heads * head_dim * dim;                 // W_K, W_V
+    if (attention_bias)                                 // b_Q (unless shared), b_K, b_V
+      total += ((layout.shares_attention(l) ? 0 : n_heads) + kv_heads) * head_dim;
     total += 3 * hidden_dim * dim;                      // SwiGLU
   }
   return total;
+}
+
+nlohmann::json rope_scaling_to_json(const RopeScaling& r) {
+  if (!r.scaled()) return nullptr;
+  nlohmann::json j{{"rope_type", rope_type_name(r.type)}, {"factor", r.factor}};
+  if (r.type == RopeScaling::Type::kLlama3) {
+    j["low_freq_factor"] = r.low_freq_factor;
+    j["high_freq_factor"] = r.high_freq_factor;
+    j["original_max_position_embeddings"] = r.original_max_position_embeddings;
+  }
+  return j;
+}
+
+RopeScaling rope_scaling_from_json(const nlohmann::json& j, int64_t max_position_embeddings, const std::string& where) {
+  RopeScaling r;
+  if (j.is_null()) return r;
+  if (!j.is_object()) fail(where, ": RoPE scaling must be an object, got ", j.dump());
+  for (const auto& [key, value] : j.items())
+    if (value.is_object())
+      fail(where, ": RoPE parameters per layer type (\"", key, "\") are not supported (one set for all layers)");
+  auto text = [&](const char* key) -> std::string {
+    if (!j.contains(key) || j.at(key).is_null()) return "";
+    if (!j.at(key).is_string()) fail(where, ": RoPE \"", key, "\" must be a string, got ", j.at(key).dump());
+    return j.at(key).get<std::string>();
+  };
+  std::string type = text("rope_type");
+  if (type.empty()) type = text("type");  // the older spelling
+  if (type.empty()) type = "default";
+  auto number = [&](const char* key) {
+    if (!j.contains(key)) fail(where, ": RoPE scaling \"", type, "\" needs \"", key, "\"");
+    if (!j.at(key).is_number()) fail(where, ": RoPE \"", key, "\" must be a number, got ", j.at(key).dump());
+    return j.at(key).get<double>();
+  };
+  if (j.contains("partial_rotary_factor") && !(j.at("partial_rotary_factor").is_number() &&
+                                               j.at("partial_rotary_factor").get<double>() == 1.0))
+    fail(where, ": RoPE partial_rotary_factor ", j.at("partial_rotary_factor").dump(),
+         " is not supported (every head dimension is rotated)");
+  if (type == "default") return r;
+  if (type == "linear") {
+    r.type = RopeScaling::Type::kLinear;
+    r.factor = number("factor");
+  } else if (type == "llama3") {
+    r.type = RopeScaling::Type::kLlama3;
+    r.factor = number("factor");
+    r.low_freq_factor = number("low_freq_factor");
+    r.high_freq_factor = number("high_freq_factor");
+    r.original_max_position_embeddings = max_position_embeddings;  // transformers' fallback
+    if (j.contains("original_max_position_embeddings")) {
+      const auto& v = j.at("original_max_position_embeddings");
+      if (!v.is_number_integer() && !(v.is_number() && v.get<double>() == std::floor(v.get<double>())))
+        fail(where, ": RoPE \"original_max_position_embeddings\" must be an integer, got ", v.dump());
+      r.original_max_position_embeddings = static_cast<int64_t>(v.get<double>());
+    }
+  } else {
+    fail(where, ": RoPE scaling type \"", type, "\" is not supported (supported: default, linear, llama3)");
+  }
+  return r;
 }
 
 nlohmann::json layout_to_json(const HeadLayout& layout) {
@@ -184,7 +265,8 @@ HeadLayout layout_from_json(const nlohmann::json& j, const std::string& where) {
 ModelConfig model_config_from_json(const nlohmann::json& j, int64_t default_vocab, const std::string& where) {
   if (!j.is_object()) fail(where, ": a model description must be a JSON object");
   static const char* known[] = {"dim", "n_layers", "n_heads", "head_dim", "hidden_dim", "max_seq_len", "n_kv_heads",
-                                "dha", "vocab_size", "rope_theta", "norm_eps", "tied_embeddings", "bos_id", "eos_id"};
+                                "dha", "vocab_size", "rope_theta", "rope_scaling", "norm_eps", "tied_embeddings",
+                                "attention_bias", "bos_id", "eos_id"};
   for (const auto& [key, value] : j.items()) {
     bool ok = key.rfind("_comment", 0) == 0;
     for (const char* k : known) ok = ok || key == k;
@@ -206,6 +288,8 @@ ModelConfig model_config_from_json(const nlohmann::json& j, int64_t default_voca
     c.rope_theta = j.value("rope_theta", 10000.0);
     c.norm_eps = j.value("norm_eps", 1e-5);
     c.tied_embeddings = j.value("tied_embeddings", false);
+    c.attention_bias = j.value("attention_bias", false);
+    if (j.contains("rope_scaling")) c.rope_scaling = rope_scaling_from_json(j.at("rope_scaling"), c.max_seq_len, where);
     c.bos_id = j.value("bos_id", 1);
     c.eos_id = j.value("eos_id", 2);
     if (j.contains("dha")) {

@@ -9,9 +9,11 @@
 namespace dha {
 namespace {
 
-torch::nn::Linear linear(int64_t in, int64_t out) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(false));
+torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
+  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
 }
+
+constexpr double kPi = 3.14159265358979323846;
 
 torch::Tensor map_tensor(const std::vector<int64_t>& map) {
   return torch::tensor(map, torch::kInt64);
@@ -37,11 +39,46 @@ torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
   return weight * normed.to(x.scalar_type());
 }
 
-RopeImpl::RopeImpl(int64_t head_dim, int64_t max_seq_len, double theta) {
-  // Angles in float64 then rounded once, so long contexts keep their accuracy.
+torch::Tensor rope_inverse_frequencies(int64_t head_dim, double theta, const RopeScaling& scaling) {
   const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
   const torch::Tensor exponents = torch::arange(0, head_dim, 2, f64) / static_cast<double>(head_dim);
-  const torch::Tensor inv_freq = torch::pow(theta, -exponents);                  // [d_h/2]
+  torch::Tensor inv_freq = torch::pow(theta, -exponents);  // [d_h/2]
+  switch (scaling.type) {
+    case RopeScaling::Type::kNone:
+      break;
+    case RopeScaling::Type::kLinear:  // positions / factor, folded into the frequencies
+      inv_freq = inv_freq / scaling.factor;
+      break;
+    case RopeScaling::Type::kLlama3: {
+      // Wavelengths below old_context / high_freq_factor keep their frequency,
+      // those above old_context / low_freq_factor are slowed by `factor`, and in
+      // between the two blend linearly in old_context / wavelength. Both bounds
+      // belong to the blend, where it meets the two sides.
+      const double old_context = static_cast<double>(scaling.original_max_position_embeddings);
+      const double low_freq_wavelen = old_context / scaling.low_freq_factor;
+      const double high_freq_wavelen = old_context / scaling.high_freq_factor;
+      auto f = inv_freq.accessor<double, 1>();
+      for (int64_t i = 0; i < inv_freq.size(0); ++i) {
+        const double wavelen = 2 * kPi / f[i];
+        if (wavelen < high_freq_wavelen) continue;
+        if (wavelen > low_freq_wavelen) {
+          f[i] = f[i] / scaling.factor;
+          continue;
+        }
+        const double smooth = (old_context / wavelen - scaling.low_freq_factor) /
+                              (scaling.high_freq_factor - scaling.low_freq_factor);
+        f[i] = (1 - smooth) * f[i] / scaling.factor + smooth * f[i];
+      }
+      break;
+    }
+  }
+  return inv_freq;
+}
+
+RopeImpl::RopeImpl(int64_t head_dim, int64_t max_seq_len, double theta, const RopeScaling& scaling) {
+  // Angles in float64 then rounded once, so long contexts keep their accuracy.
+  const auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  const torch::Tensor inv_freq = rope_inverse_frequencies(head_dim, theta, scaling);  // [d_h/2]
   const torch::Tensor angles = torch::outer(torch::arange(max_seq_len, f64), inv_freq);
   const torch::Tensor both = torch::cat({angles, angles}, -1);                  // [T, d_h]
   cos_ = register_buffer("cos", both.cos().to(torch::kFloat32));
@@ -63,10 +100,10 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t layer)
       head_dim_(c.head_dim),
       shares_(c.layout.shares_attention(layer)) {
   if (!shares_) {
-    q_proj = register_module("q_proj", linear(c.dim, n_heads_ * head_dim_));
-    k_proj = register_module("k_proj", linear(c.dim, n_k_heads_ * head_dim_));
+    q_proj = register_module("q_proj", linear(c.dim, n_heads_ * head_dim_, c.attention_bias));
+    k_proj = register_module("k_proj", linear(c.dim, n_k_heads_ * head_dim_, c.attention_bias));
   }
-  v_proj = register_module("v_proj", linear(c.dim, n_v_heads_ * head_dim_));
+  v_proj = register_module("v_proj", linear(c.dim, n_v_heads_ * head_dim_, c.attention_bias));
   o_proj = register_module("o_proj", linear(n_heads_ * head_dim_, c.dim));
   if (!shares_) k_map = register_buffer("k_map", map_tensor(c.layout.k_map[layer]));
   v_map = register_buffer("v_map", map_tensor(c.layout.v_map[layer]));
@@ -79,7 +116,8 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, i
     return y.view({b, t, n, head_dim_}).transpose(1, 2);  // [B, n, T, d_h]
   };
   const torch::Tensor v_weight = v_weight_override.defined() ? v_weight_override : v_proj->weight;
-  torch::Tensor v = heads(torch::nn::functional::linear(x, v_weight), n_v_heads_);
+  const torch::Tensor v_bias = v_bias_override.defined() ? v_bias_override : v_proj->bias;  // undefined: none
+  torch::Tensor v = heads(torch::nn::functional::linear(x, v_weight, v_bias), n_v_heads_);
   if (capture) {
     captured_keys = torch::Tensor();
     captured_values = v.detach();
@@ -99,8 +137,9 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, i
   }
 
   const torch::Tensor k_weight = k_weight_override.defined() ? k_weight_override : k_proj->weight;
+  const torch::Tensor k_bias = k_bias_override.defined() ? k_bias_override : k_proj->bias;
   torch::Tensor q = rope->apply(heads(q_proj(x), n_heads_), start);
-  torch::Tensor k = heads(torch::nn::functional::linear(x, k_weight), n_k_heads_);
+  torch::Tensor k = heads(torch::nn::functional::linear(x, k_weight, k_bias), n_k_heads_);
   if (capture) captured_keys = k.detach();
   k = rope->apply(k, start);
   if (cache_k.defined()) {
@@ -152,7 +191,7 @@ LlamaImpl::LlamaImpl(const ModelConfig& config) : config_(config) {
   model = register_module("model", Backbone(config_));
   if (!config_.tied_embeddings)
     lm_head = register_module("lm_head", linear(config_.dim, config_.vocab_size));
-  rope_ = register_module("rotary", Rope(config_.head_dim, config_.max_seq_len, config_.rope_theta));
+  rope_ = register_module("rotary", Rope(config_.head_dim, config_.max_seq_len, config_.rope_theta, config_.rope_scaling));
   for (int64_t l = 0; l + 1 < config_.n_layers; ++l)
     if (config_.layout.shares_attention(l + 1) && !config_.layout.shares_attention(l))
       model->layers[l]->as<DecoderLayer>()->self_attn->emits_probabilities = true;
@@ -223,7 +262,9 @@ Llama make_random_model(const ModelConfig& config, uint64_t seed) {
   for (auto& item : model->named_parameters()) {
     const std::string& name = item.key();
     torch::Tensor p = item.value();
-    if (p.dim() == 1) {
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) {
+      p.zero_();
+    } else if (p.dim() == 1) {
       p.fill_(1.0);
     } else if (name.find("o_proj") != std::string::npos || name.find("down_proj") != std::string::npos) {
       p.normal_(0.0, residual);
