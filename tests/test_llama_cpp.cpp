@@ -391,10 +391,10 @@ TEST(GgufExport, RefusesWhatLlamaCppCannotRunWithOneLine) {
   expect_one_line_error(
       [&] { dha::io::save_gguf_checkpoint(tmp.file("b.gguf"), ck, std::nullopt, demo_tokenizer()); },
       {"tokenizer.model", "2048", "61"});
-  dha::io::write_file_atomic(tmp.file("junk.json"), "{\"not\": \"a tokenizer\"}");
+  dha::io::write_file_atomic(tmp.file("junk.txt"), "not a tokenizer");
   expect_one_line_error(
-      [&] { dha::io::save_gguf_checkpoint(tmp.file("c.gguf"), ck, std::nullopt, tmp.file("junk.json")); },
-      {"junk.json", "neither a sentencepiece model nor a llama2.c tokenizer.bin"});
+      [&] { dha::io::save_gguf_checkpoint(tmp.file("c.gguf"), ck, std::nullopt, tmp.file("junk.txt")); },
+      {"junk.txt", "neither a sentencepiece model nor a llama2.c tokenizer.bin"});
   EXPECT_FALSE(fs::exists(tmp.file("b.gguf")));
   EXPECT_FALSE(fs::exists(tmp.file("c.gguf")));
   // dha-convert writes directories only.

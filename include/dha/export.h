@@ -38,6 +38,7 @@ struct ExportFormat {
   // Writes the re-laid-out checkpoint: into the existing (staged, empty)
   // directory `path`, or as the file `path` (atomically) when single_file.
   std::function<void(const std::string& path, const Checkpoint&, const ExportWriteOptions&)> write;
+  bool holds_biases = true;  // can hold q/k/v biases (Qwen2)
 };
 
 // Every format, in the order --help lists them.

@@ -71,6 +71,7 @@ std::vector<ExportFormat> make_formats() {
                      [](const std::string& file, const Checkpoint& ck, const ExportWriteOptions&) {
                        io::save_llama2c(file, ck);
                      }});
+  formats.back().holds_biases = false;
   formats.push_back({"gguf",
                      "a llama.cpp GGUF file (f32 | f16 | bf16): the per-layer GQA re-layout, architecture llama "
                      "when every layer has the same KV head count, else deci (per-layer head_count_kv); the "
@@ -81,6 +82,7 @@ std::vector<ExportFormat> make_formats() {
                        io::save_gguf_checkpoint(file, ck, options.dtype,
                                                 options.tokenizer ? options.tokenizer->path() : std::string());
                      }});
+  formats.back().holds_biases = false;
   return formats;
 }
 

@@ -132,6 +132,8 @@ void save_gguf_checkpoint(const std::string& path, const Checkpoint& checkpoint,
     fail(path, ": GGUF weights dtype ", c10::toString(weights),
          " is not supported (expected f32, f16 or bf16)");
   check_llama_cpp_layout(c, path);
+  if (c.attention_bias)
+    fail(path, ": this model has q/k/v biases, which the GGUF export does not write yet (export hf or dha)");
   check_tensors(c, checkpoint.tensors, path);
   const GgufMetadata metadata = gguf_export_metadata(c, tokenizer, weights);
 
