@@ -8,10 +8,10 @@
 #include <string>
 #include <vector>
 
+#include <functional>
+
 #include <torch/nn/module.h>
 #include <torch/nn/modules/container/modulelist.h>
-#include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
 #include "dha/checkpoint.h"
@@ -32,9 +32,34 @@ struct KVCache {
   int64_t bytes() const;
 };
 
+// x W^T (+ b) for a weight W [out, in]. Unlike torch::nn::Linear it can be built
+// without allocating its weight (the model then adopts a checkpoint's tensors),
+// and a frozen weight held in a lower precision than x is cast to x's dtype one
+// matrix at a time, in forward and again in backward: it is never kept in fp32.
+class ProjectionImpl : public torch::nn::Module {
+ public:
+  ProjectionImpl(int64_t in, int64_t out, bool bias, bool allocate);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;  // bias undefined when there is none
+};
+TORCH_MODULE(Projection);
+
+// x W^T (+ b) with Projection's casting rules, for weights held elsewhere (the
+// fusion stage's effective K/V weights). Under CUDA autocast the dtypes are autocast's.
+torch::Tensor project(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias = {});
+
+// Token ids [B, T] -> rows of the embedding [vocab, d].
+class TokenEmbeddingImpl : public torch::nn::Module {
+ public:
+  TokenEmbeddingImpl(int64_t vocab, int64_t dim, bool allocate);
+  torch::Tensor forward(const torch::Tensor& tokens);
+  torch::Tensor weight;
+};
+TORCH_MODULE(TokenEmbedding);
+
 class RMSNormImpl : public torch::nn::Module {
  public:
-  RMSNormImpl(int64_t dim, double eps);
+  RMSNormImpl(int64_t dim, double eps, bool allocate = true);
   torch::Tensor forward(const torch::Tensor& x);
   torch::Tensor weight;
 
@@ -63,15 +88,15 @@ TORCH_MODULE(Rope);
 
 class AttentionImpl : public torch::nn::Module {
  public:
-  AttentionImpl(const ModelConfig& config, int64_t layer);
+  AttentionImpl(const ModelConfig& config, int64_t layer, bool allocate = true);
   // x: [B, T, d]; cache_k/cache_v: this layer's cache or undefined.
   // probabilities: for a sharing layer, the source's attention probabilities
   // [B, H, T, T_k] (read); for a layer that emits them, written here.
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start,
                         torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities);
   // Null in a layer that shares attention (it has no queries or keys).
-  torch::nn::Linear q_proj{nullptr}, k_proj{nullptr};
-  torch::nn::Linear v_proj{nullptr}, o_proj{nullptr};
+  Projection q_proj{nullptr}, k_proj{nullptr};
+  Projection v_proj{nullptr}, o_proj{nullptr};
   torch::Tensor k_map, v_map;  // int64 [H] buffers (k_map undefined when sharing)
 
   bool shares_attention() const { return shares_; }
@@ -102,15 +127,15 @@ TORCH_MODULE(Attention);
 
 class MlpImpl : public torch::nn::Module {
  public:
-  MlpImpl(int64_t dim, int64_t hidden_dim);
+  MlpImpl(int64_t dim, int64_t hidden_dim, bool allocate = true);
   torch::Tensor forward(const torch::Tensor& x);
-  torch::nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Projection gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
 };
 TORCH_MODULE(Mlp);
 
 class DecoderLayerImpl : public torch::nn::Module {
  public:
-  DecoderLayerImpl(const ModelConfig& config, int64_t layer);
+  DecoderLayerImpl(const ModelConfig& config, int64_t layer, bool allocate = true);
   torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start,
                         torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities);
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
@@ -121,8 +146,8 @@ TORCH_MODULE(DecoderLayer);
 
 class BackboneImpl : public torch::nn::Module {
  public:
-  explicit BackboneImpl(const ModelConfig& config);
-  torch::nn::Embedding embed_tokens{nullptr};
+  explicit BackboneImpl(const ModelConfig& config, bool allocate = true);
+  TokenEmbedding embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RMSNorm norm{nullptr};
 };
@@ -130,8 +155,10 @@ TORCH_MODULE(Backbone);
 
 class LlamaImpl : public torch::nn::Module {
  public:
-  // Validates the config; parameters are zero until load_state().
-  explicit LlamaImpl(const ModelConfig& config);
+  // Validates the config; parameters are zero until load_state(). With
+  // allocate = false they are empty placeholders that make_model_sharing
+  // replaces by a checkpoint's tensors (no memory for a copy that is discarded).
+  explicit LlamaImpl(const ModelConfig& config, bool allocate = true);
 
   // tokens: int64 [B, T]. Returns logits [B, T, vocab] (float32 for a float32
   // model). With a cache, the tokens continue at position cache->length and
@@ -151,7 +178,13 @@ class LlamaImpl : public torch::nn::Module {
   Checkpoint to_checkpoint(torch::ScalarType storage_dtype) const;
 
   Backbone model{nullptr};
-  torch::nn::Linear lm_head{nullptr};  // null when tied to the embedding
+  Projection lm_head{nullptr};  // null when tied to the embedding
+
+  // Recompute each decoder layer in backward instead of keeping its
+  // activations (only its input is kept): training memory for activations
+  // falls from L layers' worth to one layer's plus L inputs. Used only when
+  // gradients are being recorded and there is no KV cache.
+  bool activation_checkpointing = false;
 
  private:
   ModelConfig config_;
@@ -164,7 +197,16 @@ TORCH_MODULE(Llama);
 // biases 0.
 Llama make_random_model(const ModelConfig& config, uint64_t seed);
 
-// Builds a model on CPU in float32 from a checkpoint.
+// Builds a model on CPU in float32 from a checkpoint (its own copy of every weight).
 Llama make_model(const Checkpoint& checkpoint, const std::string& source);
+
+// Builds a model over a checkpoint's tensors without copying the frozen ones:
+// a weight for which `trains(name)` holds gets its own float32 copy and
+// requires grad; every other weight shares the checkpoint's storage, in its
+// dtype, and is frozen (computed in float32 one matrix at a time on CPU).
+// Without `trains`, nothing trains. The checkpoint must outlive no one: the
+// model keeps the shared tensors alive.
+Llama make_model_sharing(const Checkpoint& checkpoint, const std::string& source,
+                         const std::function<bool(const std::string& name)>& trains = {});
 
 }  // namespace dha

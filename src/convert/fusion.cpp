@@ -78,7 +78,7 @@ torch::Tensor FusionTask::pool_weight(const PoolId& pool) {
   const ModelConfig& c = model_->config();
   if (!pool.value && attention.shares_attention())
     return torch::zeros({0, c.head_dim, c.dim + (c.attention_bias ? 1 : 0)}, attention.v_proj->weight.options());
-  const torch::nn::Linear& proj = pool.value ? attention.v_proj : attention.k_proj;
+  const Projection& proj = pool.value ? attention.v_proj : attention.k_proj;
   return join_heads(proj->weight, proj->bias, c.head_dim);  // bias undefined without attention biases
 }
 

@@ -3,15 +3,13 @@
 
 #include <cmath>
 
+#include "checkpointing.h"
 #include "dha/attention.h"
 #include "dha/error.h"
 
 namespace dha {
 namespace {
 
-torch::nn::Linear linear(int64_t in, int64_t out, bool bias = false) {
-  return torch::nn::Linear(torch::nn::LinearOptions(in, out).bias(bias));
-}
 
 constexpr double kPi = 3.14159265358979323846;
 
@@ -28,8 +26,8 @@ int64_t KVCache::bytes() const {
   return total;
 }
 
-RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
-  weight = register_parameter("weight", torch::ones({dim}));
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps, bool allocate) : eps_(eps) {
+  weight = register_parameter("weight", allocate ? torch::ones({dim}) : torch::empty({0}));
 }
 
 torch::Tensor RMSNormImpl::forward(const torch::Tensor& x) {
@@ -93,18 +91,18 @@ torch::Tensor RopeImpl::apply(const torch::Tensor& x, int64_t start) const {
   return x * cos + rotated * sin;
 }
 
-AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t layer)
+AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t layer, bool allocate)
     : n_heads_(c.n_heads),
       n_k_heads_(c.layout.n_k_heads(layer)),
       n_v_heads_(c.layout.n_v_heads(layer)),
       head_dim_(c.head_dim),
       shares_(c.layout.shares_attention(layer)) {
   if (!shares_) {
-    q_proj = register_module("q_proj", linear(c.dim, n_heads_ * head_dim_, c.attention_bias));
-    k_proj = register_module("k_proj", linear(c.dim, n_k_heads_ * head_dim_, c.attention_bias));
+    q_proj = register_module("q_proj", Projection(c.dim, n_heads_ * head_dim_, c.attention_bias, allocate));
+    k_proj = register_module("k_proj", Projection(c.dim, n_k_heads_ * head_dim_, c.attention_bias, allocate));
   }
-  v_proj = register_module("v_proj", linear(c.dim, n_v_heads_ * head_dim_, c.attention_bias));
-  o_proj = register_module("o_proj", linear(n_heads_ * head_dim_, c.dim));
+  v_proj = register_module("v_proj", Projection(c.dim, n_v_heads_ * head_dim_, c.attention_bias, allocate));
+  o_proj = register_module("o_proj", Projection(n_heads_ * head_dim_, c.dim, false, allocate));
   if (!shares_) k_map = register_buffer("k_map", map_tensor(c.layout.k_map[layer]));
   v_map = register_buffer("v_map", map_tensor(c.layout.v_map[layer]));
 }
@@ -117,7 +115,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, i
   };
   const torch::Tensor v_weight = v_weight_override.defined() ? v_weight_override : v_proj->weight;
   const torch::Tensor v_bias = v_bias_override.defined() ? v_bias_override : v_proj->bias;  // undefined: none
-  torch::Tensor v = heads(torch::nn::functional::linear(x, v_weight, v_bias), n_v_heads_);
+  torch::Tensor v = heads(project(x, v_weight, v_bias), n_v_heads_);
   if (capture) {
     captured_keys = torch::Tensor();
     captured_values = v.detach();
@@ -139,7 +137,7 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, i
   const torch::Tensor k_weight = k_weight_override.defined() ? k_weight_override : k_proj->weight;
   const torch::Tensor k_bias = k_bias_override.defined() ? k_bias_override : k_proj->bias;
   torch::Tensor q = rope->apply(heads(q_proj(x), n_heads_), start);
-  torch::Tensor k = heads(torch::nn::functional::linear(x, k_weight, k_bias), n_k_heads_);
+  torch::Tensor k = heads(project(x, k_weight, k_bias), n_k_heads_);
   if (capture) captured_keys = k.detach();
   k = rope->apply(k, start);
   if (cache_k.defined()) {
@@ -156,21 +154,21 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, i
   return output(grouped_attention(q, k, v, k_map, v_map, /*causal=*/true));
 }
 
-MlpImpl::MlpImpl(int64_t dim, int64_t hidden_dim) {
-  gate_proj = register_module("gate_proj", linear(dim, hidden_dim));
-  up_proj = register_module("up_proj", linear(dim, hidden_dim));
-  down_proj = register_module("down_proj", linear(hidden_dim, dim));
+MlpImpl::MlpImpl(int64_t dim, int64_t hidden_dim, bool allocate) {
+  gate_proj = register_module("gate_proj", Projection(dim, hidden_dim, false, allocate));
+  up_proj = register_module("up_proj", Projection(dim, hidden_dim, false, allocate));
+  down_proj = register_module("down_proj", Projection(hidden_dim, dim, false, allocate));
 }
 
 torch::Tensor MlpImpl::forward(const torch::Tensor& x) {
   return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
 }
 
-DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer) {
-  input_layernorm = register_module("input_layernorm", RMSNorm(c.dim, c.norm_eps));
-  self_attn = register_module("self_attn", Attention(c, layer));
-  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.dim, c.norm_eps));
-  mlp = register_module("mlp", Mlp(c.dim, c.hidden_dim));
+DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, bool allocate) {
+  input_layernorm = register_module("input_layernorm", RMSNorm(c.dim, c.norm_eps, allocate));
+  self_attn = register_module("self_attn", Attention(c, layer, allocate));
+  post_attention_layernorm = register_module("post_attention_layernorm", RMSNorm(c.dim, c.norm_eps, allocate));
+  mlp = register_module("mlp", Mlp(c.dim, c.hidden_dim, allocate));
 }
 
 torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start,
@@ -179,24 +177,26 @@ torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope
   return h + mlp(post_attention_layernorm(h));
 }
 
-BackboneImpl::BackboneImpl(const ModelConfig& c) {
-  embed_tokens = register_module("embed_tokens", torch::nn::Embedding(c.vocab_size, c.dim));
+BackboneImpl::BackboneImpl(const ModelConfig& c, bool allocate) {
+  embed_tokens = register_module("embed_tokens", TokenEmbedding(c.vocab_size, c.dim, allocate));
   layers = register_module("layers", torch::nn::ModuleList());
-  for (int64_t l = 0; l < c.n_layers; ++l) layers->push_back(DecoderLayer(c, l));
-  norm = register_module("norm", RMSNorm(c.dim, c.norm_eps));
+  for (int64_t l = 0; l < c.n_layers; ++l) layers->push_back(DecoderLayer(c, l, allocate));
+  norm = register_module("norm", RMSNorm(c.dim, c.norm_eps, allocate));
 }
 
-LlamaImpl::LlamaImpl(const ModelConfig& config) : config_(config) {
+LlamaImpl::LlamaImpl(const ModelConfig& config, bool allocate) : config_(config) {
   config_.validate("model config");
-  model = register_module("model", Backbone(config_));
+  model = register_module("model", Backbone(config_, allocate));
   if (!config_.tied_embeddings)
-    lm_head = register_module("lm_head", linear(config_.dim, config_.vocab_size));
+    lm_head = register_module("lm_head", Projection(config_.dim, config_.vocab_size, false, allocate));
+  if (allocate) {
+    torch::NoGradGuard no_grad;
+    for (auto& p : parameters()) p.zero_();
+  }
   rope_ = register_module("rotary", Rope(config_.head_dim, config_.max_seq_len, config_.rope_theta, config_.rope_scaling));
   for (int64_t l = 0; l + 1 < config_.n_layers; ++l)
     if (config_.layout.shares_attention(l + 1) && !config_.layout.shares_attention(l))
       model->layers[l]->as<DecoderLayer>()->self_attn->emits_probabilities = true;
-  torch::NoGradGuard no_grad;
-  for (auto& p : parameters()) p.zero_();
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
@@ -212,15 +212,23 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
       fail("forward: batch ", b, " does not match the KV cache batch ", cache->k.front().size(0));
   }
   torch::Tensor h = model->embed_tokens(tokens);
+  // The residual stream is float32 whatever the weights are stored in.
+  if (h.scalar_type() != torch::kFloat32) h = h.to(torch::kFloat32);
   torch::Tensor probabilities;  // handed from a source layer to the layers that share its attention
+  const bool recompute = activation_checkpointing && !cache && torch::GradMode::is_enabled();
   for (int64_t l = 0; l < config_.n_layers; ++l) {
+    DecoderLayerImpl& layer = *model->layers[l]->as<DecoderLayer>();
+    if (recompute) {
+      h = checkpointed_layer_forward(layer, h, rope_, probabilities);
+      continue;
+    }
     torch::Tensor ck, cv;
     if (cache) ck = cache->k[l], cv = cache->v[l];
-    h = model->layers[l]->as<DecoderLayer>()->forward(h, rope_, start, ck, cv, probabilities);
+    h = layer.forward(h, rope_, start, ck, cv, probabilities);
   }
   h = model->norm(h);
   if (cache) cache->length = start + t;
-  return lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());
+  return lm_head ? lm_head(h) : project(h, model->embed_tokens->weight);
 }
 
 KVCache LlamaImpl::make_cache(int64_t batch, int64_t capacity, torch::ScalarType dtype) const {
@@ -275,11 +283,25 @@ Llama make_random_model(const ModelConfig& config, uint64_t seed) {
   return model;
 }
 
-Llama make_model(const Checkpoint& checkpoint, const std::string& source) {
-  Llama model(checkpoint.config);
-  model->load_state(checkpoint.tensors, source);
+Llama make_model_sharing(const Checkpoint& checkpoint, const std::string& source,
+                         const std::function<bool(const std::string& name)>& trains) {
+  check_tensors(checkpoint.config, checkpoint.tensors, source);
+  Llama model(checkpoint.config, /*allocate=*/false);
+  torch::NoGradGuard no_grad;
+  for (auto& item : model->named_parameters()) {
+    const torch::Tensor& tensor = checkpoint.tensors.at(item.key());
+    const bool train = trains && trains(item.key());
+    // set_data: the parameter takes the tensor's storage (and dtype) in place of its placeholder.
+    item.value().set_data(train ? tensor.to(torch::kCPU, torch::kFloat32, /*non_blocking=*/false, /*copy=*/true)
+                                : tensor);
+    item.value().set_requires_grad(train);
+  }
   model->eval();
   return model;
+}
+
+Llama make_model(const Checkpoint& checkpoint, const std::string& source) {
+  return make_model_sharing(checkpoint, source, [](const std::string&) { return true; });
 }
 
 }  // namespace dha

@@ -108,8 +108,10 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     plan.categories.push_back({name, bytes, note});
   };
 
-  add("weights", trained * kFp32 + frozen * frozen_bytes,
-      std::string("trained in fp32") + (frozen > 0 ? ", frozen in the storage dtype" : ""));
+  // The RoPE tables (cos and sin, fp32) and the head maps live beside the weights.
+  const int64_t tables = 2 * c.max_seq_len * c.head_dim * kFp32 + 2 * c.n_layers * c.n_heads * 8;
+  add("weights", trained * kFp32 + frozen * frozen_bytes + tables,
+      std::string("trained in fp32") + (frozen > 0 ? ", frozen in the storage dtype" : "") + "; RoPE tables");
   if (in.cuda) add("autocast copies", trained * 2, "bf16 copies of the trained weights, forward to backward");
   add("gradients", trained * kFp32, "fp32, trained weights only");
   add("optimizer state", trained * 2 * kFp32, "AdamW moments, fp32");

@@ -1,0 +1,91 @@
+// Activation checkpointing as a custom autograd Function (LibTorch has no
+// torch::utils::checkpoint): forward runs the layer without recording a
+// graph; backward runs it again with one, and backpropagates through that.
+#include "checkpointing.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/autograd.h>
+
+namespace dha {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The autocast state a recomputation must repeat.
+struct AutocastState {
+  bool enabled = false;
+  at::ScalarType dtype = at::kBFloat16;
+
+  static AutocastState current() {
+    return {at::autocast::is_autocast_enabled(at::kCUDA), at::autocast::get_autocast_dtype(at::kCUDA)};
+  }
+  void apply() const {
+    at::autocast::set_autocast_enabled(at::kCUDA, enabled);
+    at::autocast::set_autocast_dtype(at::kCUDA, dtype);
+  }
+};
+
+// Inputs: x, and the probabilities the layer reads (an empty tensor unless it
+// shares attention: autograd Functions take defined tensors). Outputs: the layer's output, and the probabilities it
+// emits when it is the source of a shared span.
+struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& probabilities_in,
+                               DecoderLayerImpl* layer, const Rope* rope) {
+    ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
+    ctx->saved_data["rope"] = reinterpret_cast<int64_t>(rope);
+    const AutocastState autocast = AutocastState::current();
+    ctx->saved_data["autocast"] = autocast.enabled;
+    ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(autocast.dtype);
+    ctx->save_for_backward({x, probabilities_in});
+    torch::Tensor probabilities = layer->self_attn->shares_attention() ? probabilities_in : torch::Tensor();
+    const torch::Tensor out = layer->forward(x, *rope, 0, {}, {}, probabilities);
+    if (layer->self_attn->emits_probabilities) return {out, probabilities};
+    return {out};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    auto* layer = reinterpret_cast<DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
+    auto* rope = reinterpret_cast<const Rope*>(ctx->saved_data["rope"].toInt());
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor x = saved[0].detach().requires_grad_(saved[0].requires_grad());
+    const bool reads = layer->self_attn->shares_attention();
+    const bool probabilities_need_grad = reads && saved[1].requires_grad();
+    torch::Tensor probabilities_in = reads ? saved[1].detach().requires_grad_(probabilities_need_grad) : torch::Tensor();
+
+    const AutocastState outer = AutocastState::current();
+    AutocastState{ctx->saved_data["autocast"].toBool(),
+                  static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt())}
+        .apply();
+    variable_list outputs, output_grads;
+    {
+      torch::AutoGradMode enable(true);
+      torch::Tensor probabilities = probabilities_in;
+      outputs.push_back(layer->forward(x, *rope, 0, {}, {}, probabilities));
+      output_grads.push_back(grads[0]);
+      if (layer->self_attn->emits_probabilities && grads.size() > 1 && grads[1].defined()) {
+        outputs.push_back(probabilities);
+        output_grads.push_back(grads[1]);
+      }
+      // Into the layer's parameters (accumulated in their .grad, as without
+      // checkpointing) and into the detached inputs, which are returned.
+      torch::autograd::backward(outputs, output_grads);
+    }
+    outer.apply();
+    return {x.requires_grad() ? x.grad() : torch::Tensor(),
+            probabilities_need_grad ? probabilities_in.grad() : torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor checkpointed_layer_forward(DecoderLayerImpl& layer, const torch::Tensor& x, const Rope& rope,
+                                         torch::Tensor& probabilities) {
+  const torch::Tensor probabilities_in =
+      layer.self_attn->shares_attention() ? probabilities : torch::empty({0}, x.options());
+  const variable_list out = CheckpointedLayer::apply(x, probabilities_in, &layer, &rope);
+  if (out.size() > 1) probabilities = out[1];
+  return out[0];
+}
+
+}  // namespace dha
