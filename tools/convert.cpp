@@ -8,6 +8,7 @@
 #include "cli_common.h"
 #include "dha/convert.h"
 #include "dha/error.h"
+#include "dha/io/load.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"Convert a LLaMA checkpoint to Decoupled-Head Attention at a KV head budget", "dha-convert"};
@@ -15,15 +16,29 @@ int main(int argc, char** argv) {
   bool force = false;
   app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
-  app.add_option("--out", out_dir, "output directory: the model, tokenizer, recipe.json, report.json, SVGs")->required();
+  app.add_option("--out", out_dir, "output directory: the model, tokenizer, recipe.json, report.json, SVGs");
   app.add_option("--config", recipe_path, "JSON recipe (configs/*.json); command-line options override it");
   app.add_flag("--force", force, "replace an existing --out");
+  bool plan_only = false;
+  int world_size = 0;
+  app.add_flag("--plan-only", plan_only,
+               "print the memory plan of every stage for this model and recipe, then exit (reads only the headers; "
+               "plan for GPUs with --device cuda on any machine)");
+  app.add_option("--world-size", world_size, "with --plan-only: processes the run would use (default: $WORLD_SIZE or 1)");
   dha::cli::RecipeOptions recipe_keys(app);
   recipe_keys.add_fields(dha::convert_recipe_fields(), dha::ConvertOptions{});
   return dha::cli::run(app, argc, argv, [&] {
     const nlohmann::json recipe = recipe_keys.resolve(recipe_path);
     const dha::ConvertOptions options =
         dha::convert_options_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
+    if (plan_only) {
+      const dha::ConvertPlan plan = dha::plan_conversion(options, dha::io::load_model_config(model_path), model_path);
+      if (world_size <= 0) world_size = std::getenv("WORLD_SIZE") ? std::atoi(std::getenv("WORLD_SIZE")) : 1;
+      for (const auto& p : dha::conversion_memory_plans(options, plan, dha::io::load_storage_dtype(model_path),
+                                                        options.device == "cuda", world_size))
+        std::printf("%s", p.table().c_str());
+      return 0;
+    }
     const dha::ConvertSummary s = dha::run_convert(model_path, tokenizer_path, out_dir, force, options);
     const auto& r = s.report;
     if (options.analyze_attention) {

@@ -17,19 +17,26 @@ int main(int argc, char** argv) {
   app.add_option("--model", job.model_path, "model to continue: HF or dha directory, .gguf, or llama2.c .bin");
   app.add_option("--from-scratch", job.from_scratch_path, "instead: a JSON model description to pre-train");
   app.add_option("--tokenizer", job.tokenizer_path, "tokenizer (default: the model's, else the data's)");
-  app.add_option("--data", job.data_dir, "dha-tokenize output directory")->required();
-  app.add_option("--out", job.out_dir, "output directory: checkpoints/, metrics.jsonl, loss.svg, model/")->required();
+  app.add_option("--data", job.data_dir, "dha-tokenize output directory");
+  app.add_option("--out", job.out_dir, "output directory: checkpoints/, metrics.jsonl, loss.svg, model/");
   app.add_option("--config", recipe_path, "JSON recipe (keys as the options below, with underscores)");
   app.add_option("--teacher", job.teacher_path, "distil from this model: adds KL(teacher || student)");
   app.add_option("--eval-text", job.eval_text, "held-out text (dha-eval protocol); default: the data's heldout split");
   app.add_flag("--resume", job.resume, "continue from the newest checkpoint in --out");
   app.add_flag("--force", job.force, "replace an existing --out");
+  app.add_option("--dtype", job.dtype, "model/ on disk: keep (the source's) | f32 | bf16 | f16")->capture_default_str();
+  app.add_flag("--plan-only", job.plan_only,
+               "print the memory plan per rank for this model and recipe, then exit (reads only the model's headers; "
+               "plan for GPUs with --device cuda on any machine)");
+  app.add_option("--world-size", job.plan_world_size, "with --plan-only: processes the run would use (default: $WORLD_SIZE or 1)");
   dha::cli::RecipeOptions recipe_keys(app);
   recipe_keys.add_fields(dha::train_recipe_fields(), dha::TrainConfig{});
   return dha::cli::run(app, argc, argv, [&] {
     const nlohmann::json recipe = recipe_keys.resolve(recipe_path);
     job.config = dha::train_config_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
+    if (!job.plan_only && job.out_dir.empty()) dha::fail("--out DIR is required");
     const dha::TrainJobResult r = dha::run_train_job(job);
+    if (job.plan_only) return 0;
     if (r.train.stopped_early) {
       std::fprintf(stderr, "dha-train: stopped at step %lld; resume with the same command plus --resume\n",
                    static_cast<long long>(r.train.steps));

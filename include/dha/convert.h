@@ -12,6 +12,7 @@
 
 #include "dha/config.h"
 #include "dha/fusion.h"
+#include "dha/memory_plan.h"
 #include "dha/recipe.h"
 #include "dha/train.h"
 
@@ -53,8 +54,13 @@ struct ConvertOptions {
   double target_fraction = 0.25;   // the target falls to 0 over this share of the steps
   bool per_channel = false;        // Omega n x n x d_h instead of n x n
   double distill_weight = 0.0;     // KL(source || fusion model)
+  // Memory (search and fusion)
+  std::string train_weights = "all";    // all | attention (the fused K/V projections) | none (only Omega)
+  bool activation_checkpointing = false;  // recompute each decoder layer in backward
+  int64_t checkpoint_every = 0;         // training checkpoints of search and fusion (0: none)
   // Export
   std::string export_format = "dha";  // see export_formats()
+  std::string dtype = "keep";         // weights on disk: keep (the source's) | f32 | bf16 | f16
 };
 
 // The recipe keys of ConvertOptions, with their flags and help.
@@ -92,6 +98,8 @@ struct ConvertPlan {
   ModelConfig shared;                        // the source with the given spans applied: where head sharing starts
   int64_t target_heads = 0;                  // K+V heads after head sharing (0: none)
   int64_t seq_len = 0;                       // calibration sequence length
+  TrainWeights train_weights = TrainWeights::kAll;
+  std::optional<torch::ScalarType> output_dtype;  // unset: the source's storage dtype
 };
 ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& source, const std::string& model_path);
 
@@ -99,6 +107,14 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
 // fusion measure and the fusion stage): constant rate, no warmup, clip 1.
 TrainConfig conversion_train_config(const ConvertOptions& options, int64_t steps, int64_t seq_len);
 FusionOptions conversion_fusion_options(const ConvertOptions& options);
+
+// The memory each trained stage of the conversion will need per rank: the
+// search's whole-pool fusion (when the measure trains) and the fusion stage.
+// `fusion_operators`: the fusion stage's Omega entries (unknown before the
+// search: 0 gives the whole-pool bound).
+std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, const ConvertPlan& plan,
+                                                torch::ScalarType storage_dtype, bool cuda, int world_size,
+                                                int64_t fusion_operators = 0);
 
 struct ConvertSummary {
   nlohmann::json report;  // what report.json holds

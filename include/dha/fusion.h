@@ -10,6 +10,7 @@
 // ascended and the target t falling linearly from L_F(0) to 0.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -69,9 +70,13 @@ class FusionTask : public TrainTask {
   const std::vector<FusionRecord>& records() const { return records_; }
   // The collapsed DHA model's checkpoint (layout from the grouping).
   Checkpoint collapse();
-  // Keeps the effective weights of the last `n` steps (the search's fusion measure averages over them).
-  void keep_last_effective(int64_t n) { keep_last_ = n; }
-  const std::vector<std::vector<torch::Tensor>>& last_effective() const { return last_effective_; }
+  // Calls `observer` with the effective weights after each of the last `n`
+  // steps (the search's fusion measure accumulates its costs from them).
+  using EffectiveObserver = std::function<void(const std::vector<torch::Tensor>& effective)>;
+  void observe_last_steps(int64_t n, EffectiveObserver observer) {
+    observe_last_ = n;
+    observer_ = std::move(observer);
+  }
   // Operators for tests: omega(pool, group) (undefined for one-head groups).
   torch::Tensor& omega(size_t pool, size_t group) { return omegas_.at(pool).at(group); }
 
@@ -93,8 +98,8 @@ class FusionTask : public TrainTask {
   double initial_loss_ = 0.0;
   int64_t step_ = 0;
   std::vector<FusionRecord> records_;
-  int64_t keep_last_ = 0;
-  std::vector<std::vector<torch::Tensor>> last_effective_;
+  int64_t observe_last_ = 0;
+  EffectiveObserver observer_;
 };
 
 }  // namespace dha

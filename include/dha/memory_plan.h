@@ -23,6 +23,8 @@ enum class TrainWeights {
 };
 TrainWeights parse_train_weights(const std::string& name);  // "all" | "attention" | "none"
 const char* train_weights_name(TrainWeights weights);
+// Whether the checkpoint tensor `name` trains under `weights`.
+bool weight_trains(TrainWeights weights, const std::string& name);
 
 struct MemoryPlanInputs {
   ModelConfig model;
@@ -34,9 +36,11 @@ struct MemoryPlanInputs {
   torch::ScalarType storage_dtype = torch::kFloat32;  // how frozen weights are held
   TrainWeights train_weights = TrainWeights::kAll;
   bool activation_checkpointing = false;
-  bool teacher = false;              // a frozen second model (distillation) in storage_dtype
+  bool teacher = false;              // distillation: the teacher's logits (its weights: inference_copies)
   int64_t fusion_operator_elements = 0;  // Omega entries (fp32, trained with AdamW)
   int64_t inference_copies = 0;      // extra frozen copies of the model held alongside (storage dtype)
+  bool keeps_source = false;         // the source's own copy of the weights that train stays in memory
+  bool inference_only = false;       // forward passes without gradients (measurement, pooling, export)
 };
 
 struct MemoryCategory {

@@ -176,6 +176,9 @@ class LlamaImpl : public torch::nn::Module {
   // The parameters under their checkpoint names (shared storage, detached).
   TensorMap state() const;
   Checkpoint to_checkpoint(torch::ScalarType storage_dtype) const;
+  // The same without copying on CPU: the checkpoint's tensors are the model's
+  // (copied to the CPU when the model is elsewhere).
+  Checkpoint shared_checkpoint(torch::ScalarType storage_dtype) const;
 
   Backbone model{nullptr};
   Projection lm_head{nullptr};  // null when tied to the embedding

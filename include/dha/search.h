@@ -45,10 +45,20 @@ HeadLayout apply_grouping(const HeadLayout& layout, const Grouping& grouping);
 torch::Tensor weight_cost(const torch::Tensor& w);
 // ||a_i - a_j||^2 / (||a_i||^2 + ||a_j||^2) of activations a [n, N, d_h];
 torch::Tensor activation_cost(const torch::Tensor& a);
-// ||W~_i - W~_j||^2 / (||W_i||^2 + ||W_j||^2) averaged over snapshots of the
-// effective weights W~ [n, d_h, d] taken during whole-pool fusion, with W [n, d_h, d]
-// the weights before fusion (the fusion measure, docs/method.md §2).
-torch::Tensor fusion_cost(const torch::Tensor& original, const std::vector<torch::Tensor>& snapshots);
+// The fusion measure (docs/method.md §2): ||W~_i - W~_j||^2 / (||W_i||^2 + ||W_j||^2)
+// averaged over the steps of whole-pool fusion, W [n, d_h, d] the weights
+// before fusion and W~ the effective weights after each step. Accumulated one
+// step at a time, in float64, so no snapshot of the weights is kept.
+class FusionCostAccumulator {
+ public:
+  explicit FusionCostAccumulator(const torch::Tensor& original);
+  void add(const torch::Tensor& effective);
+  torch::Tensor cost() const;  // float64 [n, n], zero diagonal
+
+ private:
+  torch::Tensor norms_, sum_;
+  int64_t steps_ = 0;
+};
 
 struct GroupingOptions {
   int64_t target_total = 0;    // heads over all pools after grouping

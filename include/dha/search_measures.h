@@ -32,6 +32,7 @@ struct MeasureInputs {
 struct SearchMeasure {
   std::string name;
   std::string help;
+  bool trains = false;  // runs a training loop (its memory is planned as a stage)
   // One cost matrix [n, n] (float64, scale-free so pools compare) per pool of
   // all_pools(); an empty pool (the keys of a sharing layer) gets [0, 0].
   std::function<std::vector<torch::Tensor>(const MeasureInputs&)> costs;

@@ -16,6 +16,7 @@
 
 #include "dha/data.h"
 #include "dha/distributed.h"
+#include "dha/memory_plan.h"
 #include "dha/model.h"
 #include "dha/optim.h"
 #include "dha/recipe.h"
@@ -46,6 +47,7 @@ struct TrainConfig {
   int64_t bucket_mb = 25;        // gradient all-reduce bucket size
   int64_t dist_timeout_s = 300;  // a silent peer fails the run after this long
   int64_t stop_after = 0;        // stop (with a checkpoint) after this many steps of this run; 0: off
+  bool activation_checkpointing = false;  // recompute each decoder layer in backward
 };
 
 // The recipe keys of TrainConfig, with their flags and help.
@@ -103,6 +105,11 @@ struct TrainRun {
   bool show_progress = true;
   std::string label = "train";
   std::string description;  // logged once the run's inputs are checked (resume compatibility included)
+  // A checkpoint at the end of the run (the conversion's stages write none
+  // unless their recipe asks for periodic ones).
+  bool final_checkpoint = true;
+  // When set: written to metrics.jsonl at the start, and the measured peak beside it at the end.
+  std::optional<MemoryPlan> memory_plan;
 };
 
 struct TrainResult {

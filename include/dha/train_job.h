@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "dha/memory_plan.h"
 #include "dha/train.h"
 
 namespace dha {
@@ -19,6 +20,9 @@ struct TrainJob {
   std::string eval_text;          // held-out text file (dha-eval protocol); default: the data's heldout split
   bool resume = false;
   bool force = false;
+  std::string dtype = "keep";     // model/ on disk: keep (the source's) | f32 | bf16 | f16
+  bool plan_only = false;         // print the memory plan and return (reads only the model's headers)
+  int plan_world_size = 0;        // with plan_only: the processes the run would use (0: $WORLD_SIZE or 1)
   TrainConfig config;
 };
 
@@ -28,5 +32,9 @@ struct TrainJobResult {
 };
 
 TrainJobResult run_train_job(const TrainJob& job);
+
+// The memory dha-train needs per rank for this job's model and recipe.
+MemoryPlan train_memory_plan(const ModelConfig& model, const TrainConfig& config, int world_size, bool cuda,
+                             bool teacher, torch::ScalarType teacher_dtype);
 
 }  // namespace dha

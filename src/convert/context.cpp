@@ -1,24 +1,29 @@
-// The conversion's inputs, loaded once: the source model and its tokenizer,
-// calibration and held-out text, the device and the process group.
-#include <sys/resource.h>
-
+// The conversion's inputs, loaded once: the source checkpoint (as stored) and
+// its tokenizer, calibration and held-out text, the device and the process
+// group; and the per-stage memory accounting.
 #include "dha/corpus.h"
 #include "dha/device.h"
 #include "dha/eval.h"
 #include "dha/io/load.h"
 #include "dha/log.h"
 #include "dha/loss.h"
+#include "dha/memory.h"
 #include "stages.h"
 
 namespace dha::convert {
 
-double peak_rss_mb() {
-  rusage usage{};
-  getrusage(RUSAGE_SELF, &usage);
-  return usage.ru_maxrss / 1024.0;  // Linux reports KiB
+void begin_stage(const ConvertContext& ctx, const std::string& name, const std::optional<MemoryPlan>& plan) {
+  log::info("stage: ", name);
+  if (plan) log::info(plan->table());
+  MemoryMeter::reset_peak();
+  reset_device_peak(ctx.device);
 }
 
-void log_stage(const std::string& name) { log::info("stage: ", name); }
+StageTiming end_stage(const ConvertContext& ctx, const std::string& name, double seconds,
+                      std::optional<MemoryPlan> plan) {
+  return {name, seconds, peak_rss_bytes() / 1048576.0, MemoryMeter::peak_bytes(), device_peak_bytes(ctx.device),
+          std::move(plan)};
+}
 
 Quality ConvertContext::measure(Llama& model) const {
   torch::NoGradGuard no_grad;
@@ -35,15 +40,27 @@ int64_t ConvertContext::heldout_docs() const {
   return options.eval_docs > 0 ? std::min(options.eval_docs, n) : n;
 }
 
+Llama ConvertContext::source_model() const {
+  Llama model = make_model_sharing(source, model_path);
+  model->to(device);
+  return model;
+}
+
+std::optional<MemoryPlan> ConvertContext::stage_plan(const std::string& stage, int64_t fusion_operators) const {
+  for (const auto& p : conversion_memory_plans(options, plan, source.storage_dtype, device.is_cuda(),
+                                               dist->world_size(), fusion_operators))
+    if (p.stage == stage) return p;
+  return std::nullopt;
+}
+
 std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, const ConvertPlan& plan,
                                              const std::string& model_path, const std::string& tokenizer_path,
                                              io::StagedDirectory& staged) {
-  io::LoadedModel loaded = io::load_model(model_path, tokenizer_path, /*need_tokenizer=*/true);
+  MemoryMeter::install();
   auto ctx = std::make_unique<ConvertContext>(options, plan, staged);
   ctx->model_path = model_path;
-  ctx->source = loaded.model;
-  ctx->tokenizer = std::move(loaded.tokenizer);
-  ctx->source_dtype = loaded.checkpoint.storage_dtype;
+  ctx->source = io::load_checkpoint(model_path);
+  ctx->tokenizer = io::load_model_tokenizer(model_path, tokenizer_path, ctx->source.config.vocab_size);
   // Calibration tokens: the documents of each file; its last `heldout` share is
   // held out unless --eval-text is given.
   std::vector<int32_t> calib_tokens;
@@ -66,7 +83,6 @@ std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, cons
 
   ctx->device = resolve_device(options.device, 0);
   ctx->dist = Distributed::from_env(ctx->device, std::chrono::seconds(300));
-  ctx->source->to(ctx->device);
   ctx->probe = ctx->sampler->batch({}, 0, options.batch).to(ctx->device);
   return ctx;
 }

@@ -31,7 +31,8 @@ Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
   torch::NoGradGuard no_grad;
   for (size_t p = 0; p < pools.size(); ++p) {
     if (grouping[p].empty()) continue;  // the key pool of a layer that shares attention
-    const torch::Tensor w = effective.empty() ? pool_weights(source, pools[p]) : effective[p];
+    // The mean in float32 whatever the weights are stored in.
+    const torch::Tensor w = (effective.empty() ? pool_weights(source, pools[p]) : effective[p]).to(torch::kFloat32);
     std::vector<torch::Tensor> heads;
     for (const auto& group : grouping[p])
       heads.push_back(w.index_select(0, torch::tensor(group, torch::kInt64).to(w.device())).mean(0));
@@ -83,7 +84,8 @@ torch::Tensor FusionTask::pool_weight(const PoolId& pool) {
 }
 
 torch::Tensor FusionTask::fused_pool(size_t p, const torch::Tensor& w) {
-  torch::Tensor fused = w;
+  // Effective weights are float32 even when frozen weights are held in a lower precision.
+  torch::Tensor fused = w.to(torch::kFloat32);
   for (size_t g = 0; g < grouping_[p].size(); ++g) {
     const torch::Tensor& omega = omegas_[p][g];
     if (!omega.defined()) continue;
@@ -92,7 +94,7 @@ torch::Tensor FusionTask::fused_pool(size_t p, const torch::Tensor& w) {
     // Scalar: W~_j = sum_i Omega[j, i] W_i. Per channel: mixes row c with Omega[j, i, c].
     const torch::Tensor mixed = options_.per_channel ? torch::einsum("jic,icd->jcd", {omega, members})
                                                      : torch::einsum("ji,icd->jcd", {omega, members});
-    fused = fused.index_copy(0, index, mixed.to(w.scalar_type()));
+    fused = fused.index_copy(0, index, mixed);
   }
   return fused;
 }
@@ -166,7 +168,8 @@ void FusionTask::before_eval() {
 
 std::vector<ParamGroup> FusionTask::param_groups(const TrainConfig& config) {
   ParamGroup theta{"model", {}, config.lr, config.weight_decay, true, true};
-  for (const auto& item : model_->named_parameters()) theta.params.emplace_back(item.key(), item.value());
+  for (const auto& item : model_->named_parameters())  // frozen weights get no gradient, no optimizer state
+    if (item.value().requires_grad()) theta.params.emplace_back(item.key(), item.value());
   ParamGroup omega{"omega", {}, options_.omega_lr, 0.0, true, true};
   for (size_t p = 0; p < pools_.size(); ++p)
     for (size_t g = 0; g < omegas_[p].size(); ++g)
@@ -175,8 +178,9 @@ std::vector<ParamGroup> FusionTask::param_groups(const TrainConfig& config) {
   // Gradient ascent on the multipliers: a negative rate, no schedule, no clipping.
   ParamGroup lambda{"lambda", {{"fusion.lambda1", lambda1_}, {"fusion.lambda2", lambda2_}}, -options_.lambda_lr, 0.0,
                     false, false};
-  std::vector<ParamGroup> groups{theta, lambda};
-  if (!omega.params.empty()) groups.insert(groups.begin() + 1, omega);
+  std::vector<ParamGroup> groups{lambda};
+  if (!theta.params.empty()) groups.insert(groups.begin(), theta);
+  if (!omega.params.empty()) groups.insert(groups.end() - 1, omega);
   return groups;
 }
 
@@ -218,11 +222,9 @@ void FusionTask::after_step(int64_t step, int64_t total_steps, std::map<std::str
   r.lambda1 = lambda1_.item<double>();
   r.lambda2 = lambda2_.item<double>();
   records_.push_back(r);
-  if (keep_last_ > 0 && step > total_steps - keep_last_) {
+  if (observer_ && step > total_steps - observe_last_) {
     torch::NoGradGuard no_grad;
-    std::vector<torch::Tensor> snapshot;
-    for (const auto& w : effective_weights()) snapshot.push_back(w.detach().to(torch::kCPU, torch::kFloat64));
-    last_effective_.push_back(snapshot);
+    observer_(effective_weights());
   }
 }
 
@@ -266,8 +268,8 @@ void FusionTask::load_extra_state(const nlohmann::json& j) {
 Checkpoint FusionTask::collapse() {
   torch::NoGradGuard no_grad;
   const std::vector<torch::Tensor> fused = effective_weights();
-  Checkpoint source = model_->to_checkpoint(torch::kFloat32);
-  return collapse_groups(source, grouping_, fused);
+  // The trained weights go into the collapsed model as they are, not copied.
+  return collapse_groups(model_->shared_checkpoint(torch::kFloat32), grouping_, fused);
 }
 
 }  // namespace dha

@@ -18,7 +18,7 @@ std::vector<torch::Tensor> weight_costs(const MeasureInputs& in) {
 }
 
 std::vector<torch::Tensor> activation_costs(const MeasureInputs& in) {
-  Llama model = make_model(in.model, "search");
+  Llama model = make_model_sharing(in.model, "search");
   model->to(in.device);
   const torch::Tensor tokens = in.sampler.batch({}, 0, in.options.batch).narrow(1, 0, in.seq_len).to(in.device);
   const auto acts = collect_activations(model, tokens);
@@ -41,28 +41,33 @@ std::vector<torch::Tensor> fusion_costs(const MeasureInputs& in) {
     for (int64_t h = 0; h < n; ++h) all[h] = h;
     whole[p].push_back(all);
   }
-  Llama model = make_model(in.model, "search");
+  const TrainWeights weights = parse_train_weights(options.train_weights);
+  Llama model = make_model_sharing(in.model, "search", [&](const std::string& name) { return weight_trains(weights, name); });
   model->to(in.device);
   FusionOptions fusion = conversion_fusion_options(options);
   fusion.per_channel = false;   // the search scores heads with scalar operators,
   fusion.distill_weight = 0.0;  // on the LM loss alone
   FusionTask task(model, whole, options.search_steps, fusion, std::nullopt);
+  std::vector<std::optional<FusionCostAccumulator>> accumulators(pools.size());
+  for (size_t p = 0; p < pools.size(); ++p)
+    if (!whole[p].empty()) accumulators[p].emplace(pool_weights(in.model, pools[p]));
   // Averaging over the whole run (the default) rewards heads that converge
   // fast, not only those that end close: exact copies then cost 0.
-  task.keep_last_effective(options.search_average > 0 ? std::min(options.search_average, options.search_steps) : options.search_steps);
+  task.observe_last_steps(
+      options.search_average > 0 ? std::min(options.search_average, options.search_steps) : options.search_steps,
+      [&](const std::vector<torch::Tensor>& effective) {
+        for (size_t p = 0; p < pools.size(); ++p)
+          if (accumulators[p]) accumulators[p]->add(effective[p]);
+      });
   TrainRun run;
   run.out_dir = in.work_dir;
   run.label = "search";
+  run.final_checkpoint = false;  // only the periodic ones a recipe asks for
   std::filesystem::create_directories(in.work_dir);
   train(task, in.sampler, conversion_train_config(options, options.search_steps, in.seq_len), in.dist, run);
-  std::filesystem::remove_all(in.work_dir + "/checkpoints");
   std::vector<torch::Tensor> costs;
-  for (size_t p = 0; p < pools.size(); ++p) {
-    std::vector<torch::Tensor> snapshots;
-    for (const auto& step : task.last_effective()) snapshots.push_back(step[p]);
-    costs.push_back(whole[p].empty() ? torch::zeros({0, 0}, torch::kFloat64)
-                                     : fusion_cost(pool_weights(in.model, pools[p]), snapshots));
-  }
+  for (size_t p = 0; p < pools.size(); ++p)
+    costs.push_back(accumulators[p] ? accumulators[p]->cost() : torch::zeros({0, 0}, torch::kFloat64));
   in.report["fusion_measure_final_loss"] = task.fusion_loss();
   return costs;
 }
@@ -71,9 +76,10 @@ std::vector<torch::Tensor> fusion_costs(const MeasureInputs& in) {
 
 const std::vector<SearchMeasure>& search_measures() {
   static const std::vector<SearchMeasure> measures = {
-      {"weight", "1 - linear CKA of the heads' weight slices (no data, instant)", weight_costs},
-      {"activation", "distance of the heads' keys (before RoPE) and values on a calibration batch", activation_costs},
-      {"fusion", "short whole-pool fusion training; heads that converge together fast are cheap (default)",
+      {"weight", "1 - linear CKA of the heads' weight slices (no data, instant)", false, weight_costs},
+      {"activation", "distance of the heads' keys (before RoPE) and values on a calibration batch", false,
+       activation_costs},
+      {"fusion", "short whole-pool fusion training; heads that converge together fast are cheap (default)", true,
        fusion_costs},
   };
   return measures;

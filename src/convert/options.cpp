@@ -54,7 +54,17 @@ RecipeFields<ConvertOptions> make_fields() {
       {"per_channel", "--per-channel", "per-channel fusion operators (n x n x d_h)", &O::per_channel, true},
       {"distill_weight", "--distill-weight", "weight of KL(source || fusion model) next to the LM loss",
        &O::distill_weight},
+      {"train_weights", "--train-weights",
+       "what trains in search and fusion: all (theta jointly with Omega) | attention (only the K/V projections "
+       "being fused) | none (only Omega and lambda; weights stay frozen in the source dtype)",
+       &O::train_weights},
+      {"activation_checkpointing", "--activation-checkpointing",
+       "recompute each decoder layer in backward instead of keeping its activations", &O::activation_checkpointing,
+       true},
+      {"checkpoint_every", "--checkpoint-every", "training checkpoints of the search and fusion stages every N steps (0: none)",
+       &O::checkpoint_every},
       {"export", "--export", export_formats_help(/*directories_only=*/true), &O::export_format},
+      {"dtype", "--dtype", "weights on disk: keep (the source's) | f32 | bf16 | f16", &O::dtype},
   };
 }
 
@@ -85,6 +95,8 @@ TrainConfig conversion_train_config(const ConvertOptions& options, int64_t steps
   c.seed = options.seed;
   c.device = options.device;
   c.keep_checkpoints = 1;
+  c.checkpoint_every = options.checkpoint_every;
+  c.activation_checkpointing = options.activation_checkpointing;
   c.log_every = 1;
   c.eval_every = 0;
   return c;

@@ -35,11 +35,15 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   ConvertResults r;
   if (plan.measure_similarity) r.similarity = timed(*ctx, "attention similarity", [&] { return analyze_attention(*ctx); });
   if (!plan.analyze_only) {
-    r.before = timed(*ctx, "measure source", [&] { return ctx->measure(ctx->source); });
+    r.before = timed(*ctx, "measure source", [&] {
+      Llama source = ctx->source_model();
+      return ctx->measure(source);
+    });
     r.sharing = share_layers(*ctx, r.similarity);
-    r.search = timed(*ctx, "search", [&] { return search_groups(*ctx, r.sharing->model); });
+    r.search = timed(
+        *ctx, "search", [&] { return search_groups(*ctx, r.sharing->model); }, ctx->stage_plan("search"));
     r.merge = merge_heads(*ctx, r.sharing->model, r.search->grouping);
-    Llama result = make_model(r.merge->collapsed, "collapsed");
+    Llama result = make_model_sharing(r.merge->collapsed, "collapsed");
     result->to(ctx->device);
     r.after = timed(*ctx, "measure result", [&] { return ctx->measure(result); });
     r.exported = timed(*ctx, "export", [&] { return export_model(*ctx, r.merge->collapsed, result); });

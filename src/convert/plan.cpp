@@ -86,8 +86,58 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
            " pools, not a whole number");
   }
   plan.fusion_stage = plan.method == ConvertMethod::kDha && options.fusion && options.fusion_steps > 0;
+  plan.train_weights = parse_train_weights(options.train_weights);
+  if (options.dtype == "f32") plan.output_dtype = torch::kFloat32;
+  else if (options.dtype == "bf16") plan.output_dtype = torch::kBFloat16;
+  else if (options.dtype == "f16") plan.output_dtype = torch::kFloat16;
+  else if (options.dtype != "keep") fail("--dtype \"", options.dtype, "\" is not one of keep, f32, bf16, f16");
+  if (options.checkpoint_every < 0) fail("--checkpoint-every must not be negative");
   plan.seq_len = options.seq_len > 0 ? std::min(options.seq_len, source.max_seq_len) : source.max_seq_len;
   return plan;
+}
+
+std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, const ConvertPlan& plan,
+                                                torch::ScalarType storage_dtype, bool cuda, int world_size,
+                                                int64_t fusion_operators) {
+  MemoryPlanInputs in;
+  in.model = plan.shared;
+  in.micro_batch = options.batch;
+  in.seq_len = plan.seq_len;
+  in.world_size = world_size;
+  in.cuda = cuda;
+  in.storage_dtype = storage_dtype;
+  in.train_weights = plan.train_weights;
+  in.activation_checkpointing = options.activation_checkpointing;
+  // The source checkpoint stays in memory: what trains is a copy of it.
+  in.keeps_source = plan.train_weights != TrainWeights::kNone;
+  int64_t whole_pools = 0;  // Omega of whole-pool fusion: n^2 per pool of n heads
+  for (int64_t l = 0; l < plan.shared.n_layers; ++l) {
+    const int64_t k = plan.shared.layout.n_k_heads(l), v = plan.shared.layout.n_v_heads(l);
+    whole_pools += k * k + v * v;
+  }
+  std::vector<MemoryPlan> plans;
+  if (plan.shares_heads && plan.method == ConvertMethod::kDha && plan.measure->trains) {
+    in.stage = "search";
+    in.fusion_operator_elements = whole_pools;
+    plans.push_back(plan_memory(in));
+  }
+  if (plan.fusion_stage) {
+    in.stage = "fusion";
+    in.fusion_operator_elements =
+        fusion_operators > 0 ? fusion_operators : whole_pools * (options.per_channel ? plan.shared.head_dim : 1);
+    in.teacher = options.distill_weight > 0;  // its weights are the source's, shared
+    plans.push_back(plan_memory(in));
+  }
+  // Every conversion measures the source and its result with forward passes only.
+  MemoryPlanInputs measure = in;
+  measure.stage = "measure";
+  measure.train_weights = TrainWeights::kNone;
+  measure.inference_only = true;
+  measure.teacher = false;
+  measure.keeps_source = false;
+  measure.fusion_operator_elements = 0;
+  plans.push_back(plan_memory(measure));
+  return plans;
 }
 
 }  // namespace dha

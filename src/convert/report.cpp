@@ -140,8 +140,15 @@ json conversion_report(const ConvertContext& ctx, const ConvertResults& r, doubl
   if (plan.shares_heads) report["target_heads"] = plan.target_heads;
   if (r.similarity) report["attention_similarity"] = similarity_report(*r.similarity);
   json stages = json::array();
-  for (const auto& t : ctx.timings)
-    stages.push_back({{"stage", t.stage}, {"seconds", t.seconds}, {"peak_rss_mb", t.peak_rss_mb}});
+  for (const auto& t : ctx.timings) {
+    json stage = {{"stage", t.stage},
+                  {"seconds", t.seconds},
+                  {"peak_rss_mb", t.peak_rss_mb},
+                  {"peak_tensor_bytes", t.peak_tensor_bytes}};
+    if (t.device_peak_bytes > 0) stage["device_peak_bytes"] = t.device_peak_bytes;
+    if (t.plan) stage["memory_plan"] = t.plan->to_json();
+    stages.push_back(stage);
+  }
   report["stages"] = stages;
   report["wall_seconds"] = wall_seconds;
   if (plan.analyze_only) return report;

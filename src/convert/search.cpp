@@ -106,17 +106,22 @@ torch::Tensor activation_cost(const torch::Tensor& a) {
   return cost;
 }
 
-torch::Tensor fusion_cost(const torch::Tensor& original, const std::vector<torch::Tensor>& snapshots) {
+FusionCostAccumulator::FusionCostAccumulator(const torch::Tensor& original) {
   const int64_t n = original.size(0);
-  if (snapshots.empty()) fail("fusion cost: no snapshots of the effective weights (search steps must be positive)");
-  const torch::Tensor norms = original.to(torch::kFloat64).reshape({n, -1}).pow(2).sum(1);
-  torch::Tensor cost = torch::zeros({n, n}, torch::kFloat64);
-  for (const auto& snapshot : snapshots) {
-    const torch::Tensor w = snapshot.reshape({n, -1});
-    const torch::Tensor d = torch::cdist(w.unsqueeze(0), w.unsqueeze(0)).squeeze(0).pow(2);
-    cost += d / (norms.unsqueeze(0) + norms.unsqueeze(1));
-  }
-  cost /= static_cast<double>(snapshots.size());
+  norms_ = original.to(torch::kFloat64).reshape({n, -1}).pow(2).sum(1);
+  sum_ = torch::zeros({n, n}, torch::kFloat64);
+}
+
+void FusionCostAccumulator::add(const torch::Tensor& effective) {
+  const torch::Tensor w = effective.detach().to(torch::kCPU, torch::kFloat64).reshape({sum_.size(0), -1});
+  const torch::Tensor d = torch::cdist(w.unsqueeze(0), w.unsqueeze(0)).squeeze(0).pow(2);
+  sum_ += d / (norms_.unsqueeze(0) + norms_.unsqueeze(1));
+  steps_ += 1;
+}
+
+torch::Tensor FusionCostAccumulator::cost() const {
+  if (steps_ == 0) fail("fusion cost: no step was recorded (search steps must be positive)");
+  torch::Tensor cost = sum_ / static_cast<double>(steps_);
   cost.fill_diagonal_(0.0);
   return cost;
 }

@@ -34,18 +34,19 @@ Grouping compose(const Grouping& first, const Grouping& second) {
 
 FusionStageResult fuse(ConvertContext& ctx, const Checkpoint& model, const Grouping& grouping, Checkpoint& collapsed) {
   const ConvertOptions& recipe = ctx.options;
-  Llama fused = make_model(model, "fusion");
+  const TrainWeights weights = ctx.plan.train_weights;
+  Llama fused = make_model_sharing(model, "fusion", [&](const std::string& name) { return weight_trains(weights, name); });
   fused->to(ctx.device);
   std::optional<Llama> teacher;
-  if (recipe.distill_weight > 0) teacher = ctx.source;
+  if (recipe.distill_weight > 0) teacher = ctx.source_model();  // shares the source's tensors
   const FusionOptions fusion = conversion_fusion_options(recipe);
   FusionTask task(fused, grouping, recipe.fusion_steps, fusion, teacher);
   TrainRun run;
   run.out_dir = ctx.staged.file("fusion");
   run.label = "fusion";
+  run.final_checkpoint = false;  // only the periodic ones a recipe asks for
   fs::create_directories(run.out_dir);
   train(task, *ctx.sampler, conversion_train_config(recipe, recipe.fusion_steps, ctx.plan.seq_len), *ctx.dist, run);
-  fs::remove_all(run.out_dir + "/checkpoints");
   task.before_eval();
   FusionStageResult result;
   result.after = ctx.measure(task.model());
@@ -66,20 +67,20 @@ AttentionSimilarity analyze_attention(ConvertContext& ctx) {
   const int64_t b = ctx.options.batch;
   for (int64_t i = 0; i < kAnalysisBatches; ++i)
     batches.push_back(ctx.sampler->batch({}, i * b, b).narrow(1, 0, t).to(ctx.device));
-  return measure_attention_similarity(ctx.source, batches);
+  Llama source = ctx.source_model();
+  return measure_attention_similarity(source, batches);
 }
 
 SharingResult share_layers(ConvertContext& ctx, const std::optional<AttentionSimilarity>& similarity) {
   SharingResult result;
-  result.model = ctx.source->to_checkpoint(torch::kFloat32);
-  result.model.storage_dtype = ctx.source_dtype;
+  result.model = ctx.source;  // the same tensors
   result.spans = ctx.plan.spans;
   if (ctx.plan.choose_spans) result.spans = choose_share_spans(ctx.plan.source, similarity->cosine, ctx.options.budget);
   if (result.spans.empty()) return result;
   timed(ctx, "share attention", [&] {
     result.model = share_attention(result.model, result.spans);
     if (ctx.plan.shares_heads) {
-      Llama shared = make_model(result.model, "shared attention");
+      Llama shared = make_model_sharing(result.model, "shared attention");
       shared->to(ctx.device);
       result.after = ctx.measure(shared);
     }
@@ -125,14 +126,23 @@ MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grou
     case ConvertMethod::kAlignedGqa:
       result.stage = "align and merge";
       timed(ctx, result.stage, [&] {
-        const auto acts = collect_activations(ctx.source, ctx.probe.narrow(1, 0, ctx.plan.seq_len));
+        Llama source = ctx.source_model();
+        const auto acts = collect_activations(source, ctx.probe.narrow(1, 0, ctx.plan.seq_len));
         result.collapsed = collapse_groups(align_groups(model, grouping, acts), grouping);
       });
       break;
     case ConvertMethod::kDha:
       if (ctx.plan.fusion_stage) {
         result.stage = "fusion";
-        result.fusion = timed(ctx, result.stage, [&] { return fuse(ctx, model, grouping, result.collapsed); });
+        int64_t operators = 0;  // Omega entries: n^2 per group of n (times d_h per channel)
+        for (const auto& pool : grouping)
+          for (const auto& group : pool)
+            if (group.size() > 1)
+              operators += static_cast<int64_t>(group.size() * group.size()) *
+                           (ctx.options.per_channel ? ctx.plan.source.head_dim : 1);
+        result.fusion = timed(
+            ctx, result.stage, [&] { return fuse(ctx, model, grouping, result.collapsed); },
+            ctx.stage_plan("fusion", operators));
         break;
       }
       [[fallthrough]];  // --no-fusion: the searched groups are mean-pooled
@@ -147,17 +157,17 @@ MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grou
 ExportResult export_model(ConvertContext& ctx, const Checkpoint& collapsed, Llama& collapsed_model) {
   const ExportFormat& format = *ctx.plan.export_format;
   Checkpoint exported = export_checkpoint(collapsed, format);
-  exported.storage_dtype = torch::kFloat32;
   ExportResult result;
   result.config = exported.config;
   {
     torch::NoGradGuard no_grad;
-    Llama reloaded = make_model(exported, "export");
+    Llama reloaded = make_model_sharing(exported, "export");
     reloaded->to(ctx.device);
     const torch::Tensor tokens = ctx.probe.narrow(1, 0, std::min<int64_t>(ctx.plan.seq_len, 64));
     result.max_abs_logit_diff = (reloaded->forward(tokens) - collapsed_model->forward(tokens)).abs().max().item<double>();
   }
   ExportWriteOptions write;
+  write.dtype = ctx.plan.output_dtype.value_or(ctx.source.storage_dtype);
   write.tokenizer = ctx.tokenizer.get();
   format.write(ctx.staged.path(), exported, write);
   return result;

@@ -15,6 +15,7 @@
 #include "dha/distributed.h"
 #include "dha/fusion.h"
 #include "dha/io/atomic_file.h"
+#include "dha/memory_plan.h"
 #include "dha/model.h"
 #include "dha/search.h"
 #include "dha/shared_attention.h"
@@ -22,11 +23,14 @@
 
 namespace dha::convert {
 
-// Wall time and peak memory of one stage, for the report.
+// Wall time and memory of one stage, for the report.
 struct StageTiming {
   std::string stage;
   double seconds = 0.0;
-  double peak_rss_mb = 0.0;
+  double peak_rss_mb = 0.0;        // the process's, so far
+  int64_t peak_tensor_bytes = 0;   // CPU tensor storage at its highest during the stage
+  int64_t device_peak_bytes = 0;   // CUDA allocations at their highest (0 on CPU)
+  std::optional<MemoryPlan> plan;  // what the memory plan predicted for it
 };
 
 // The model's quality at one point of the pipeline.
@@ -42,9 +46,8 @@ struct ConvertContext {
   const ConvertOptions& options;
   const ConvertPlan& plan;
   std::string model_path;
-  Llama source{nullptr};                         // on the device
+  Checkpoint source;                             // as stored (bf16 stays bf16), on the CPU
   std::unique_ptr<Tokenizer> tokenizer;          // the source's, written into the output
-  torch::ScalarType source_dtype = torch::kFloat32;
   std::vector<std::vector<int32_t>> heldout;     // BOS + tokens per document
   std::unique_ptr<TokenDataset> calibration;
   std::unique_ptr<SequenceSampler> sampler;
@@ -56,6 +59,10 @@ struct ConvertContext {
 
   Quality measure(Llama& model) const;
   int64_t heldout_docs() const;  // documents measure() scores
+  // The source as a frozen model over its own tensors (no copy), on the device.
+  Llama source_model() const;
+  // The memory plan of a stage that trains (nullopt for one that does not).
+  std::optional<MemoryPlan> stage_plan(const std::string& stage, int64_t fusion_operators = 0) const;
 };
 
 // Loads the model, tokenizes calibration and held-out text, sets up the device.
@@ -63,9 +70,11 @@ std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, cons
                                              const std::string& model_path, const std::string& tokenizer_path,
                                              io::StagedDirectory& staged);
 
-// Runs `body` as the stage `name`, recording its time and peak memory.
+// Runs `body` as the stage `name`, recording its time and peak memory (and,
+// when given, the memory plan it is held to, which is printed first).
 template <typename F>
-auto timed(ConvertContext& ctx, const std::string& name, F&& body) -> decltype(body());
+auto timed(ConvertContext& ctx, const std::string& name, F&& body, std::optional<MemoryPlan> plan = std::nullopt)
+    -> decltype(body());
 
 // ---- the stages ---------------------------------------------------------------
 
@@ -120,16 +129,19 @@ void write_pictures(const ConvertContext& ctx, const ConvertResults& results);
 
 // ---- implementation of timed() --------------------------------------------------
 
-double peak_rss_mb();
-void log_stage(const std::string& name);
+// Starts a stage: logs it (and its plan), resets the peak counters.
+void begin_stage(const ConvertContext& ctx, const std::string& name, const std::optional<MemoryPlan>& plan);
+StageTiming end_stage(const ConvertContext& ctx, const std::string& name, double seconds,
+                      std::optional<MemoryPlan> plan);
 
 template <typename F>
-auto timed(ConvertContext& ctx, const std::string& name, F&& body) -> decltype(body()) {
-  log_stage(name);
+auto timed(ConvertContext& ctx, const std::string& name, F&& body, std::optional<MemoryPlan> plan)
+    -> decltype(body()) {
+  begin_stage(ctx, name, plan);
   const auto begin = std::chrono::steady_clock::now();
   auto record = [&] {
     ctx.timings.push_back(
-        {name, std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count(), peak_rss_mb()});
+        end_stage(ctx, name, std::chrono::duration<double>(std::chrono::steady_clock::now() - begin).count(), plan));
   };
   if constexpr (std::is_void_v<decltype(body())>) {
     body();

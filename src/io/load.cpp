@@ -4,10 +4,14 @@
 #include <filesystem>
 #include <fstream>
 
+#include <nlohmann/json.hpp>
+
 #include "dha/error.h"
+#include "dha/io/atomic_file.h"
 #include "dha/io/gguf_checkpoint.h"
 #include "dha/io/hf_dir.h"
 #include "dha/io/llama2c.h"
+#include "dha/io/safetensors.h"
 
 namespace dha::io {
 namespace fs = std::filesystem;
@@ -51,19 +55,43 @@ ModelConfig load_model_config(const std::string& path) {
   return load_llama2c_config(path);
 }
 
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
+                                                int64_t vocab) {
+  std::string path = tokenizer_path;
+  if (path.empty()) path = find_tokenizer_for_model(model_path, vocab);
+  if (path.empty())
+    fail(model_path, ": no tokenizer found in or beside the model (tokenizer.model, tokenizer.bin, tokenizer.json, tok",
+         vocab, ".bin); pass --tokenizer PATH");
+  return load_tokenizer(path, vocab);
+}
+
+torch::ScalarType load_storage_dtype(const std::string& path) {
+  switch (checkpoint_kind(path)) {
+    case CheckpointKind::kDirectory: {
+      std::string file = path + "/model.safetensors";
+      if (!fs::exists(file)) {  // sharded: the shard that holds the embedding
+        const nlohmann::json index = nlohmann::json::parse(read_file(path + "/model.safetensors.index.json"));
+        file = path + "/" + index.at("weight_map").at("model.embed_tokens.weight").get<std::string>();
+      }
+      return SafetensorsFile(file).entry("model.embed_tokens.weight").dtype;
+    }
+    case CheckpointKind::kGguf: {
+      const GgufFile file(path);
+      const uint32_t type = file.tensor_info("token_embd.weight").type;
+      return type == kGgmlF16 ? torch::kFloat16 : type == kGgmlBF16 ? torch::kBFloat16 : torch::kFloat32;
+    }
+    case CheckpointKind::kLlama2c: break;
+  }
+  return torch::kFloat32;
+}
+
 LoadedModel load_model(const std::string& model_path, const std::string& tokenizer_path,
                        bool need_tokenizer) {
   LoadedModel loaded;
   loaded.checkpoint = load_checkpoint(model_path);
   const int64_t vocab = loaded.checkpoint.config.vocab_size;
-  if (need_tokenizer || !tokenizer_path.empty()) {
-    std::string path = tokenizer_path;
-    if (path.empty()) path = find_tokenizer_for_model(model_path, vocab);
-    if (path.empty())
-      fail(model_path, ": no tokenizer found in or beside the model (tokenizer.model, tokenizer.bin, tok",
-           vocab, ".bin); pass --tokenizer PATH");
-    loaded.tokenizer = load_tokenizer(path, vocab);
-  }
+  if (need_tokenizer || !tokenizer_path.empty())
+    loaded.tokenizer = load_model_tokenizer(model_path, tokenizer_path, vocab);
   loaded.model = make_model(loaded.checkpoint, model_path);
   loaded.checkpoint.tensors.clear();  // the model owns the weights now
   return loaded;

@@ -262,6 +262,14 @@ Checkpoint LlamaImpl::to_checkpoint(torch::ScalarType storage_dtype) const {
   return checkpoint;
 }
 
+Checkpoint LlamaImpl::shared_checkpoint(torch::ScalarType storage_dtype) const {
+  Checkpoint checkpoint;
+  checkpoint.config = config_;
+  checkpoint.storage_dtype = storage_dtype;
+  for (const auto& [name, tensor] : state()) checkpoint.tensors[name] = tensor.to(torch::kCPU);
+  return checkpoint;
+}
+
 Llama make_random_model(const ModelConfig& config, uint64_t seed) {
   Llama model(config);
   torch::NoGradGuard no_grad;

@@ -36,10 +36,16 @@ const char* train_weights_name(TrainWeights weights) {
   return weights == TrainWeights::kAll ? "all" : weights == TrainWeights::kAttention ? "attention" : "none";
 }
 
+bool weight_trains(TrainWeights weights, const std::string& name) {
+  if (weights == TrainWeights::kAll) return true;
+  if (weights == TrainWeights::kNone) return false;
+  return name.find(".k_proj.") != std::string::npos || name.find(".v_proj.") != std::string::npos;
+}
+
 int64_t trainable_parameters(const ModelConfig& c, TrainWeights weights) {
   if (weights == TrainWeights::kAll) return c.parameter_count();
   if (weights == TrainWeights::kNone) return 0;
-  return c.layout.kv_heads() * c.head_dim * c.dim;
+  return c.layout.kv_heads() * c.head_dim * (c.dim + (c.attention_bias ? 1 : 0));
 }
 
 int64_t activation_bytes_per_token_per_layer(const ModelConfig& c, int64_t layer, bool cuda) {
@@ -113,6 +119,7 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   add("weights", trained * kFp32 + frozen * frozen_bytes + tables,
       std::string("trained in fp32") + (frozen > 0 ? ", frozen in the storage dtype" : "") + "; RoPE tables");
   if (in.cuda) add("autocast copies", trained * 2, "bf16 copies of the trained weights, forward to backward");
+  if (in.keeps_source) add("source weights", trained * frozen_bytes, "the source's copy of the trained weights");
   add("gradients", trained * kFp32, "fp32, trained weights only");
   add("optimizer state", trained * 2 * kFp32, "AdamW moments, fp32");
   add("fusion operators", in.fusion_operator_elements * 4 * kFp32, "Omega, its gradient and moments");
@@ -127,13 +134,16 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   int64_t activations = tokens * (per_token + 3 * c.dim * act_bytes);  // + embedding output and final norm
   if (in.activation_checkpointing)
     activations = tokens * (c.n_layers * c.dim * act_bytes + largest_layer + 3 * c.dim * act_bytes);
+  if (in.inference_only) activations = tokens * (largest_layer + 3 * c.dim * act_bytes);  // one layer at a time
   add("activations", activations,
-      std::to_string(tokens) + " tokens" + (in.activation_checkpointing ? ", checkpointed per layer" : ""));
+      std::to_string(tokens) + " tokens" +
+          (in.inference_only ? ", no gradient" : in.activation_checkpointing ? ", checkpointed per layer" : ""));
   // The logits, their log-softmax and its gradient, fp32.
-  add("logits and loss", 3 * tokens * c.vocab_size * kFp32, "fp32 logits, log-softmax, gradient");
-  if (in.teacher) add("teacher", plan.parameters * frozen_bytes + tokens * c.vocab_size * kFp32, "frozen, storage dtype");
+  add("logits and loss", (in.inference_only ? 2 : 3) * tokens * c.vocab_size * kFp32,
+      in.inference_only ? "fp32 logits, log-softmax" : "fp32 logits, log-softmax, gradient");
+  if (in.teacher) add("teacher logits", tokens * c.vocab_size * kFp32, "fp32");
   if (in.inference_copies > 0)
-    add("model copies", in.inference_copies * plan.parameters * frozen_bytes, "frozen, storage dtype");
+    add("model copies", in.inference_copies * plan.parameters * frozen_bytes, "frozen, storage dtype (a teacher)");
   const bool upcasts = !in.cuda && frozen > 0 && frozen_bytes < kFp32;
   add("workspace", upcasts ? 2 * largest_matrix(c) * kFp32 : 0, "fp32 copy of one frozen weight, forward and backward");
   if (!in.cuda) add("runtime", kCpuRuntimeBytes, "LibTorch and BLAS in the process");

@@ -13,6 +13,7 @@
 #include "dha/io/hf_dir.h"
 #include "dha/io/load.h"
 #include "dha/log.h"
+#include "dha/memory.h"
 #include "dha/svg.h"
 
 namespace dha {
@@ -47,13 +48,62 @@ void write_loss_curve(const std::string& metrics_path, const std::string& svg_pa
   svg::write(svg_path, svg::line_chart(series, options));
 }
 
+ModelConfig from_scratch_config(const std::string& path, int64_t default_vocab) {
+  json description;
+  try {
+    description = json::parse(io::read_file(path));
+  } catch (const json::exception& e) {
+    fail(path, ": not valid JSON (", e.what(), ")");
+  }
+  return model_config_from_json(description, default_vocab, path);
+}
+
+std::optional<torch::ScalarType> parse_dtype(const std::string& name) {
+  if (name == "keep") return std::nullopt;
+  if (name == "f32") return torch::kFloat32;
+  if (name == "bf16") return torch::kBFloat16;
+  if (name == "f16") return torch::kFloat16;
+  fail("--dtype \"", name, "\" is not one of keep, f32, bf16, f16");
+}
+
+int env_world_size() { return std::getenv("WORLD_SIZE") ? std::atoi(std::getenv("WORLD_SIZE")) : 1; }
+
 }  // namespace
+
+MemoryPlan train_memory_plan(const ModelConfig& model, const TrainConfig& config, int world_size, bool cuda,
+                             bool teacher, torch::ScalarType teacher_dtype) {
+  MemoryPlanInputs in;
+  in.model = model;
+  in.stage = "train";
+  in.micro_batch = config.micro_batch;
+  in.seq_len = config.seq_len;
+  in.world_size = world_size;
+  in.cuda = cuda;
+  in.storage_dtype = teacher_dtype;  // the only frozen weights are a teacher's
+  in.train_weights = TrainWeights::kAll;
+  in.activation_checkpointing = config.activation_checkpointing;
+  in.teacher = teacher;
+  in.inference_copies = teacher ? 1 : 0;
+  return plan_memory(in);
+}
 
 TrainJobResult run_train_job(const TrainJob& job) {
   TrainConfig config = job.config;
   if (job.model_path.empty() == job.from_scratch_path.empty())
     fail("give exactly one of --model PATH and --from-scratch CONFIG");
+  const std::optional<torch::ScalarType> output_dtype = parse_dtype(job.dtype);
+  if (job.plan_only) {  // from the headers alone: no data, no weights
+    const ModelConfig model_config = job.model_path.empty() ? from_scratch_config(job.from_scratch_path, 0)
+                                                            : io::load_model_config(job.model_path);
+    const torch::ScalarType teacher_dtype =
+        job.teacher_path.empty() ? torch::kFloat32 : io::load_storage_dtype(job.teacher_path);
+    const MemoryPlan plan = train_memory_plan(model_config, config, job.plan_world_size > 0 ? job.plan_world_size : env_world_size(),
+                                              config.device == "cuda", !job.teacher_path.empty(), teacher_dtype);
+    std::printf("%s", plan.table().c_str());
+    return {};
+  }
   if (job.data_dir.empty()) fail("--data DIR is required");
+  MemoryMeter::install();
   const int local_rank = std::getenv("LOCAL_RANK") ? std::atoi(std::getenv("LOCAL_RANK")) : 0;
   const torch::Device device = resolve_device(config.device, local_rank);
 
@@ -72,19 +122,14 @@ TrainJobResult run_train_job(const TrainJob& job) {
 
   Llama model{nullptr};
   std::string tokenizer_path = job.tokenizer_path;
+  torch::ScalarType source_dtype = torch::kFloat32;
   if (!job.from_scratch_path.empty()) {
-    json description;
-    try {
-      description = json::parse(io::read_file(job.from_scratch_path));
-    } catch (const json::exception& e) {
-      fail(job.from_scratch_path, ": not valid JSON (", e.what(), ")");
-    }
-    const ModelConfig model_config = model_config_from_json(description, data.vocab_size(), job.from_scratch_path);
-    model = make_random_model(model_config, config.seed);
+    model = make_random_model(from_scratch_config(job.from_scratch_path, data.vocab_size()), config.seed);
     if (tokenizer_path.empty()) tokenizer_path = find_tokenizer_in_dir(job.data_dir);
   } else {
     io::LoadedModel loaded = io::load_model(job.model_path, job.tokenizer_path, /*need_tokenizer=*/false);
     model = loaded.model;
+    source_dtype = loaded.checkpoint.storage_dtype;
     if (tokenizer_path.empty()) tokenizer_path = find_tokenizer_for_model(job.model_path, model->config().vocab_size);
     if (tokenizer_path.empty()) tokenizer_path = find_tokenizer_in_dir(job.data_dir);
   }
@@ -100,12 +145,15 @@ TrainJobResult run_train_job(const TrainJob& job) {
   if (!tokenizer_path.empty()) tokenizer = load_tokenizer(tokenizer_path, model_config.vocab_size);
 
   std::optional<Llama> teacher;
+  torch::ScalarType teacher_dtype = torch::kFloat32;
   if (!job.teacher_path.empty()) {
-    io::LoadedModel t = io::load_model(job.teacher_path, "", /*need_tokenizer=*/false);
-    if (t.model->config().vocab_size != model_config.vocab_size)
-      fail(job.teacher_path, ": the teacher's vocab (", t.model->config().vocab_size, ") differs from the student's (",
+    // Frozen, in its stored dtype: a bf16 teacher costs 2 bytes per parameter.
+    const Checkpoint t = io::load_checkpoint(job.teacher_path);
+    if (t.config.vocab_size != model_config.vocab_size)
+      fail(job.teacher_path, ": the teacher's vocab (", t.config.vocab_size, ") differs from the student's (",
            model_config.vocab_size, ")");
-    teacher = t.model;
+    teacher_dtype = t.storage_dtype;
+    teacher = make_model_sharing(t, job.teacher_path);
     (*teacher)->to(device);
   }
   model->to(device);
@@ -117,6 +165,8 @@ TrainJobResult run_train_job(const TrainJob& job) {
   TrainRun run;
   run.out_dir = job.out_dir;
   run.resume = job.resume;
+  run.memory_plan =
+      train_memory_plan(model_config, config, dist->world_size(), device.is_cuda(), teacher.has_value(), teacher_dtype);
   run.meta = {{"model_config", io::config_to_hf_json(model_config, io::DirFormat::kDha, torch::kFloat32)},
               {"data", data.fingerprint()},
               {"source", job.model_path.empty() ? job.from_scratch_path : job.model_path}};
@@ -157,7 +207,9 @@ TrainJobResult run_train_job(const TrainJob& job) {
       options.tokenizer = tokenizer.get();
       result.model_dir = job.out_dir + "/model";
       model->to(torch::kCPU);
-      io::save_hf_dir(result.model_dir, model->to_checkpoint(torch::kFloat32), options);
+      // Written from the model's own tensors (no copy), in the source's dtype unless --dtype says otherwise.
+      options.dtype = output_dtype.value_or(source_dtype);
+      io::save_hf_dir(result.model_dir, model->shared_checkpoint(torch::kFloat32), options);
     }
   }
   dist->barrier();

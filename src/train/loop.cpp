@@ -17,6 +17,7 @@
 #include "dha/io/atomic_file.h"
 #include "dha/log.h"
 #include "dha/loss.h"
+#include "dha/memory.h"
 #include "dha/progress.h"
 #include "dha/train_checkpoint.h"
 #include "run_state.h"
@@ -221,6 +222,13 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   if (dist.is_main() && !run.description.empty()) log::info(run.description);
   MetricsLog metrics(run.out_dir + "/metrics.jsonl", dist.is_main(),
                      run.resume ? std::optional<int64_t>(result.steps) : std::nullopt);
+  if (run.memory_plan) {
+    if (dist.is_main()) log::info(run.memory_plan->table());
+    json line = run.memory_plan->to_json();
+    line["event"] = "memory_plan";
+    line["step"] = result.steps;
+    metrics.write(line);
+  }
 
   auto save_checkpoint = [&] {
     TrainCheckpoint ck;
@@ -245,6 +253,7 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
     if (dist.is_main()) log::info(run.label, " step ", point.step, ": held-out NLL ", point.mean_nll);
   };
 
+  task.model()->activation_checkpointing = config.activation_checkpointing;
   if (!run.resume) record_eval();  // the starting point
   StopSignals signals;
   Progress progress(run.label, total_steps, "steps");
@@ -328,8 +337,15 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   }
   if (dist.is_main() && run.show_progress) progress.finish();
   record_eval();
-  save_checkpoint();
+  if (run.final_checkpoint || config.checkpoint_every > 0) save_checkpoint();
   task.model()->eval();
+  // The measured peaks beside the plan (the counted CPU tensors when the meter is installed).
+  metrics.write({{"event", "memory"},
+                 {"step", result.steps},
+                 {"peak_rss_bytes", peak_rss_bytes()},
+                 {"peak_tensor_bytes", MemoryMeter::installed() ? MemoryMeter::peak_bytes() : 0},
+                 {"device_peak_bytes", device_peak_bytes(device)},
+                 {"planned_bytes", run.memory_plan ? run.memory_plan->total() : 0}});
   return result;
 }
 

@@ -33,6 +33,9 @@ RecipeFields<TrainConfig> make_fields() {
       {"bucket_mb", "", "gradient all-reduce bucket size in MiB", &C::bucket_mb},
       {"dist_timeout_s", "--dist-timeout", "seconds before a silent peer fails the run", &C::dist_timeout_s},
       {"stop_after", "--stop-after", "stop with a checkpoint after N steps of this run (0: off)", &C::stop_after},
+      {"activation_checkpointing", "--activation-checkpointing",
+       "recompute each decoder layer in backward instead of keeping its activations", &C::activation_checkpointing,
+       true},
   };
 }
 

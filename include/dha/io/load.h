@@ -14,10 +14,18 @@ namespace dha::io {
 Checkpoint load_checkpoint(const std::string& path);
 // Only the config of any checkpoint load_checkpoint reads (cheap: no weights).
 ModelConfig load_model_config(const std::string& path);
+// The dtype load_checkpoint will give its weights (the token embedding's),
+// read from the file headers only.
+torch::ScalarType load_storage_dtype(const std::string& path);
 
 // The model (CPU, float32, eval mode) and its tokenizer: `tokenizer_path`, or
 // when empty the tokenizer inside / beside the model. A tokenizer whose vocab
 // differs from the model's is a dha::Error.
+// The tokenizer given, else the one in or beside the model (a .gguf model's
+// own); its vocab must fit the model's. Throws when there is none.
+std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
+                                                int64_t vocab);
+
 struct LoadedModel {
   Checkpoint checkpoint;  // config and storage dtype; tensors released after loading
   Llama model{nullptr};
