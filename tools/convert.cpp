@@ -54,6 +54,7 @@ int main(int argc, char** argv) {
                   out_dir.c_str());
     else
       std::printf("%s: %s -> %s\n", model_path.c_str(), options.method.c_str(), out_dir.c_str());
+    if (r.contains("budget_note")) std::printf("budget             %s\n", r["budget_note"].get<std::string>().c_str());
     if (r.contains("shared_spans"))
       std::printf("shared spans       %s\n", r["shared_spans"].get<std::string>().c_str());
     std::printf("KV bytes/token     %lld -> %lld\n", r["kv_bytes_per_token"]["before"].get<long long>(),

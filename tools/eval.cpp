@@ -1,4 +1,5 @@
 // dha-eval: mean NLL per token, perplexity and KV bytes per token on a text file.
+#include <algorithm>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -14,6 +15,7 @@ int main(int argc, char** argv) {
                "dha-eval"};
   std::string model_path, tokenizer_path, text_path;
   int64_t max_docs = 0;
+  std::string ids_path;
   bool as_json = false;
   app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
@@ -21,12 +23,27 @@ int main(int argc, char** argv) {
   app.add_option("--max-docs", max_docs, "score only the first N documents (0: all)")
       ->check(CLI::NonNegativeNumber);
   app.add_flag("--json", as_json, "end with one JSON object on the last line");
+  app.add_option("--save-ids", ids_path,
+                 "also write the token ids scored, one JSON array per document (truncated to the context), "
+                 "so that another runtime can score the same ids");
   return dha::cli::run(app, argc, argv, [&] {
     const std::vector<std::string> docs = dha::split_documents(dha::io::read_file(text_path));
     if (docs.empty()) dha::fail(text_path, ": holds no document (no non-blank text)");
     dha::io::LoadedModel loaded = dha::io::load_model(model_path, tokenizer_path);
     const dha::EvalResult r = dha::evaluate_nll(loaded.model, *loaded.tokenizer, docs, max_docs,
                                                 /*show_progress=*/true);
+    if (!ids_path.empty()) {
+      // What evaluate_nll scored: each document's ids cut to the context, those with a token to predict.
+      const size_t n_docs = max_docs > 0 ? std::min<size_t>(max_docs, docs.size()) : docs.size();
+      const size_t context = static_cast<size_t>(loaded.model->config().max_seq_len);
+      nlohmann::json ids = nlohmann::json::array();
+      for (size_t d = 0; d < n_docs; ++d) {
+        std::vector<int32_t> doc = dha::encode_document(*loaded.tokenizer, docs[d]);
+        if (doc.size() > context) doc.resize(context);
+        if (doc.size() >= 2) ids.push_back(doc);
+      }
+      dha::io::write_file_atomic(ids_path, ids.dump() + "\n");
+    }
     std::printf("model:              %s\n", model_path.c_str());
     std::printf("documents:          %lld\n", static_cast<long long>(r.docs));
     std::printf("tokens:             %lld\n", static_cast<long long>(r.tokens));

@@ -45,6 +45,10 @@ struct ConvertOptions {
   int64_t max_group_size = 0;      // 0: no cap
   bool uniform = false;            // the same count in every pool (ablation "w/o adaptive")
   int64_t rounds = 1;              // progressive search in this many rounds
+  // "dha": K and V grouped separately, any group sizes (the paper's layout);
+  // "per-layer-gqa": K and V of a layer on one partition of equal groups,
+  // which the gqa / gguf exports hold without duplicating heads.
+  std::string layout = "dha";
   // Stage 2: fusion
   bool fusion = true;              // false: mean-pool the searched groups (ablation "w/o linear fusion")
   int64_t fusion_steps = 200;
@@ -97,6 +101,10 @@ struct ConvertPlan {
   ModelConfig source;                        // the source model's config
   ModelConfig shared;                        // the source with the given spans applied: where head sharing starts
   int64_t target_heads = 0;                  // K+V heads after head sharing (0: none)
+  bool per_layer_gqa = false;                // --layout per-layer-gqa: K and V on one partition of equal groups
+  int64_t requested_heads = 0;               // the budget's heads; above target_heads when per-layer GQA
+                                             // cannot reach them (the nearest total below is taken)
+  std::string budget_note;                   // one line saying so (report.json, dha-convert's stdout); else empty
   int64_t seq_len = 0;                       // calibration sequence length
   TrainWeights train_weights = TrainWeights::kAll;
   std::optional<torch::ScalarType> output_dtype;  // unset: the source's storage dtype

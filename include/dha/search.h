@@ -71,6 +71,49 @@ struct GroupingOptions {
 // least one head. Deterministic (ties: first pool, first pair).
 Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOptions& options);
 
+// ---- per-layer GQA (dha-convert --layout per-layer-gqa) ---------------------
+// K and V of a layer on ONE partition of equal groups, so that the gqa / gguf
+// exports (which need exactly that) keep the converted model's KV bytes.
+
+// The pool size n_l of every layer of a source that per-layer GQA can group:
+// its K and V on one partition (k_map == v_map), each KV head read by H / n_l
+// query heads (MHA, GQA). Otherwise one error naming `where` and the layer.
+std::vector<int64_t> per_layer_gqa_pool_sizes(const ModelConfig& config, const std::string& where);
+
+// The group counts a pool of n heads may take: the divisors G of n whose group
+// size n / G is at most max_group_size (0: no cap), ascending.
+std::vector<int64_t> equal_group_counts(int64_t n, int64_t max_group_size);
+
+// The largest K+V head total 2 sum_l G_l at most `target` with each G_l from
+// equal_group_counts (uniform: one G in every layer); an error when none is.
+int64_t per_layer_gqa_reachable_heads(const std::vector<int64_t>& pool_sizes, int64_t target,
+                                      const GroupingOptions& options);
+
+// An equal-size partition of a pool and its cost: sum over groups of
+// (heads removed) x (mean pairwise cost inside the group), i.e.
+// (2 / s) sum_g sum_{i<j in g} c_ij for groups of s heads.
+struct EqualPartition {
+  std::vector<std::vector<int64_t>> groups;  // sorted members, ordered by the smallest
+  double cost = 0.0;
+  bool exact = false;  // proven optimal (exhaustive search) rather than a local optimum
+};
+double equal_partition_cost(const torch::Tensor& cost, const std::vector<std::vector<int64_t>>& groups);
+// Pools with at most this many equal partitions are searched exhaustively
+// (every pool of <= 12 heads; n = 16 into 2 groups of 8).
+constexpr double kMaxExactPartitions = 1e5;
+// The cheapest partition of cost [n, n] into n_groups groups of n / n_groups
+// heads: exhaustive branch and bound when the count of such partitions is at
+// most max_exact, else greedy seeding plus best-swap local search.
+EqualPartition equal_partition(const torch::Tensor& cost, int64_t n_groups,
+                               double max_exact = kMaxExactPartitions);
+
+// The per-layer GQA search over the 2L pool costs (L0 K, L0 V, ...): a layer's
+// joint cost is its K cost plus its V cost; each layer takes a group count
+// G_l from equal_group_counts, with sum_l 2 G_l = target_total exactly (an
+// error naming the nearest reachable total otherwise), chosen to minimise the
+// summed partition costs; K and V pools of a layer get the same groups.
+Grouping group_heads_per_layer_gqa(const std::vector<torch::Tensor>& costs, const GroupingOptions& options);
+
 // The head target of a budget: round(rho * 2 L H), checked against the limits
 // (>= one head per pool, <= the heads the source has) with a clear message.
 int64_t budget_heads(const ModelConfig& config, double budget);

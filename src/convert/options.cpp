@@ -44,6 +44,10 @@ RecipeFields<ConvertOptions> make_fields() {
       {"uniform", "--uniform", "same K and V head count in every layer (ablation: w/o adaptive allocation)",
        &O::uniform, true},
       {"rounds", "--rounds", "progressive search in N rounds", &O::rounds},
+      {"layout", "--layout",
+       "dha: K and V grouped separately, any sizes; per-layer-gqa: K and V of a layer on one partition of equal "
+       "groups (group counts dividing H), kept without loss by dha-export --format gqa / gguf",
+       &O::layout},
       {"fusion", "--no-fusion", "mean-pool the searched groups (ablation: w/o linear fusion)", &O::fusion, false},
       {"fusion_steps", "--fusion-steps", "steps of fusion training", &O::fusion_steps},
       {"lr", "--lr", "learning rate of the model weights during fusion", &O::lr},

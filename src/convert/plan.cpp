@@ -1,6 +1,8 @@
 // The conversion plan: every decision and every refusal that the options and
 // the source config allow, made before any model is loaded.
 #include <filesystem>
+#include <iomanip>
+#include <sstream>
 
 #include "dha/convert.h"
 #include "dha/error.h"
@@ -32,6 +34,18 @@ ConvertMethod parse_method(const std::string& name) {
   fail("--method \"", name, "\" is not one of ", names);
 }
 
+std::string short_number(double x) {
+  std::ostringstream out;
+  out << std::setprecision(4) << x;
+  return out.str();
+}
+
+bool parse_layout(const std::string& layout) {
+  if (layout == "dha") return false;
+  if (layout == "per-layer-gqa") return true;
+  fail("--layout \"", layout, "\" is not one of dha, per-layer-gqa");
+}
+
 }  // namespace
 
 ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& source, const std::string& model_path) {
@@ -61,6 +75,14 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
       fail(model_path, ": layers share attention, which only the dha format can hold (--export dha)");
   }
   if (!options.share_spans.empty()) plan.spans = parse_share_spans(options.share_spans, source.n_layers);
+  plan.per_layer_gqa = parse_layout(options.layout);
+  if (plan.per_layer_gqa) {
+    if (plan.method != ConvertMethod::kDha)
+      fail("--layout per-layer-gqa applies to --method dha (", options.method, " is not a head search)");
+    if (!plan.spans.empty()) fail("--layout per-layer-gqa: --share-spans removes keys, which no GQA layout can hold");
+    if (options.rounds != 1) fail("--layout per-layer-gqa searches in one round (--rounds 1), not ", options.rounds);
+    per_layer_gqa_pool_sizes(source, model_path);  // refuses a source without equal shared K/V groups
+  }
   // Head sharing runs on the model with its spans applied: the budget counts
   // their removed key heads, and their key pools take no heads.
   plan.shared = source;
@@ -74,6 +96,7 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
     choose_share_spans(source, torch::zeros({source.n_layers, source.n_layers}), options.budget);
   } else if (plan.shares_heads) {
     plan.target_heads = budget_heads(plan.shared, options.budget);
+    plan.requested_heads = plan.target_heads;
     const int64_t n_pools = pools_with_heads(plan.shared);
     if (plan.method != ConvertMethod::kDha) {
       if (plan.target_heads % n_pools != 0)
@@ -81,7 +104,18 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
              plan.target_heads, " heads over ", n_pools, " pools, not a whole number");
       contiguous_grouping(plan.shared, plan.target_heads / n_pools);  // divisibility check
     }
-    if (options.uniform && plan.target_heads % n_pools != 0)
+    if (plan.per_layer_gqa) {
+      GroupingOptions grouping;
+      grouping.max_group_size = options.max_group_size;
+      grouping.uniform = options.uniform;
+      plan.target_heads =
+          per_layer_gqa_reachable_heads(per_layer_gqa_pool_sizes(source, model_path), plan.target_heads, grouping);
+      if (plan.target_heads != plan.requested_heads)
+        plan.budget_note = "--layout per-layer-gqa: budget " + short_number(options.budget) + " asks for " +
+                           std::to_string(plan.requested_heads) + " K+V heads, which equal groups per layer cannot " +
+                           "reach; taking the nearest below, " + std::to_string(plan.target_heads) + " (budget " +
+                           short_number(static_cast<double>(plan.target_heads) / (2 * source.n_layers * source.n_heads)) + ")";
+    } else if (options.uniform && plan.target_heads % n_pools != 0)
       fail("--uniform: budget ", options.budget, " gives ", plan.target_heads, " heads over ", n_pools,
            " pools, not a whole number");
   }

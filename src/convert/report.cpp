@@ -138,6 +138,10 @@ json conversion_report(const ConvertContext& ctx, const ConvertResults& r, doubl
                  {"source", ctx.model_path}};
   if (plan.uses_budget) report["budget"] = ctx.options.budget;
   if (plan.shares_heads) report["target_heads"] = plan.target_heads;
+  if (plan.shares_heads && plan.requested_heads != plan.target_heads) {
+    report["requested_heads"] = plan.requested_heads;
+    report["budget_note"] = plan.budget_note;
+  }
   if (r.similarity) report["attention_similarity"] = similarity_report(*r.similarity);
   json stages = json::array();
   for (const auto& t : ctx.timings) {

@@ -108,7 +108,7 @@ SearchResult search_groups(ConvertContext& ctx, const Checkpoint& model) {
                                  ctx.staged.file("search-round" + std::to_string(round)), result.figures};
       const auto costs = plan.measure->costs(inputs);
       if (round == 1) result.costs = costs;
-      const Grouping step = group_heads(costs, grouping);
+      const Grouping step = plan.per_layer_gqa ? group_heads_per_layer_gqa(costs, grouping) : group_heads(costs, grouping);
       result.grouping = compose(result.grouping, step);
       current = collapse_groups(current, step);
     }
