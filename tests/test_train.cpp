@@ -39,7 +39,9 @@ std::string token_data(const TempDir& tmp, int64_t vocab, int64_t n) {
   std::vector<int32_t> tokens(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + n);
   for (int64_t i = 0; i < n; i += 16) tokens[i] = 1;
   fs::create_directories(tmp.file("data"));
-  dha::write_token_shard(tmp.file("data/train-00000.tok"), tokens, vocab, n / 16);
+  std::vector<int64_t> starts;
+  for (int64_t i = 0; i < n; i += 16) starts.push_back(i);
+  dha::write_token_shard(tmp.file("data/train-00000.tok"), tokens, vocab, starts, {dha::FirstToken::kBos, 1});
   return tmp.file("data");
 }
 

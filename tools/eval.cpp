@@ -11,7 +11,11 @@
 #include "dha/io/load.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"Held-out NLL of a model: documents are the blank-line-separated chunks of a text file",
+  CLI::App app{"Held-out NLL of a model: documents are the blank-line-separated chunks of a text file.\n"
+               "Each is scored as the model reads a document, truncated to its context: BOS + tokens when\n"
+               "its tokenizer adds BOS; else its pre-training document separator + tokens when it declares\n"
+               "one (<|endoftext|>, else EOS); else the tokens alone. Every token after the first is\n"
+               "predicted; the JSON records which (first_token: bos | separator | given).",
                "dha-eval"};
   std::string model_path, tokenizer_path, text_path;
   int64_t max_docs = 0;
@@ -44,16 +48,33 @@ int main(int argc, char** argv) {
       }
       dha::io::write_file_atomic(ids_path, ids.dump() + "\n");
     }
+    const dha::DocumentProtocol protocol = dha::document_protocol(*loaded.tokenizer);
+    // The separator's text names it (<|endoftext|>); a BOS piece can be
+    // anything ("\n<s>\n" in llama2.c's tokenizer.bin), so it goes by its id.
+    const std::string separator_text = protocol.first_token == dha::FirstToken::kSeparator
+                                           ? loaded.tokenizer->decode_piece(protocol.token_id, protocol.token_id)
+                                           : "";
     std::printf("model:              %s\n", model_path.c_str());
+    if (protocol.first_token == dha::FirstToken::kGiven)
+      std::printf("first token:        given (no BOS, no separator); every later token is predicted\n");
+    else if (protocol.first_token == dha::FirstToken::kBos)
+      std::printf("first token:        BOS (id %d); every token of the text is predicted\n", protocol.token_id);
+    else
+      std::printf("first token:        the separator %s (id %d); every token of the text is predicted\n",
+                  separator_text.c_str(), protocol.token_id);
     std::printf("documents:          %lld\n", static_cast<long long>(r.docs));
     std::printf("tokens:             %lld\n", static_cast<long long>(r.tokens));
     std::printf("mean NLL per token: %.6f\n", r.mean_nll);
     std::printf("perplexity:         %.4f\n", r.ppl);
     std::printf("KV bytes per token: %lld (bf16 cache)\n", static_cast<long long>(r.kv_bytes_per_token));
     if (as_json) {
-      const nlohmann::json j = {{"model", model_path}, {"text", text_path},  {"mean_nll", r.mean_nll},
-                                {"ppl", r.ppl},        {"tokens", r.tokens}, {"docs", r.docs},
-                                {"kv_bytes_per_token", r.kv_bytes_per_token}};
+      nlohmann::json j = {{"model", model_path}, {"text", text_path},  {"mean_nll", r.mean_nll},
+                          {"ppl", r.ppl},        {"tokens", r.tokens}, {"docs", r.docs},
+                          {"kv_bytes_per_token", r.kv_bytes_per_token},
+                          {"first_token", dha::first_token_name(protocol.first_token)},
+                          {"first_token_id", nullptr}};
+      if (protocol.token_id >= 0) j["first_token_id"] = protocol.token_id;
+      if (!separator_text.empty()) j["separator"] = separator_text;
       std::printf("%s\n", j.dump().c_str());
     }
     return 0;

@@ -1,5 +1,7 @@
-// dha-tokenize: text files -> token shards (documents separated by BOS), with
-// an optional held-out split and an optional freshly trained sentencepiece vocab.
+// dha-tokenize: text files -> token shards (each document as dha-eval reads it:
+// BOS-led, led by the model's pre-training separator, or as is; see
+// encode_document), with an optional held-out split and an optional freshly
+// trained sentencepiece vocab.
 #include <cstdio>
 #include <filesystem>
 
@@ -46,6 +48,9 @@ int main(int argc, char** argv) {
     const nlohmann::json meta = {{"tokenizer", tokenizer_name},
                                  {"vocab_size", tokenizer->vocab_size()},
                                  {"bos_id", tokenizer->bos_id()},
+                                 {"first_token", dha::first_token_name(s.protocol.first_token)},
+                                 {"first_token_id", s.protocol.token_id >= 0 ? nlohmann::json(s.protocol.token_id)
+                                                                             : nlohmann::json(nullptr)},
                                  {"files", files},
                                  {"heldout_fraction", options.heldout},
                                  {"train", {{"tokens", s.train_tokens}, {"docs", s.train_docs}, {"shards", s.train_shards}}},

@@ -19,6 +19,7 @@ struct CorpusSummary {
   int64_t train_tokens = 0, heldout_tokens = 0;
   int64_t train_docs = 0, heldout_docs = 0;
   int64_t train_shards = 0, heldout_shards = 0;
+  DocumentProtocol protocol;  // how every document begins (document_protocol of the tokenizer)
 };
 
 // Index of a file's first held-out document: the last `heldout` fraction (at
@@ -26,8 +27,12 @@ struct CorpusSummary {
 size_t heldout_start(size_t n_docs, double heldout);
 
 // Documents of each file (blank-line separated, as dha-eval reads them) are
-// encoded as BOS + tokens and written to out_dir/train-NNNNN.tok and
-// out_dir/heldout-NNNNN.tok (the last `heldout` fraction of each file).
+// encoded as dha-eval encodes them (encode_document: BOS + tokens, separator +
+// tokens, or tokens, by the tokenizer's document_protocol) and written with
+// their index to out_dir/train-NNNNN.tok and out_dir/heldout-NNNNN.tok (the
+// last `heldout` fraction of each file). For a separator-led model the
+// training stream is then the pre-training one: every document follows the
+// separator the model was pre-trained with.
 CorpusSummary tokenize_corpus(const Tokenizer& tokenizer, const std::vector<std::string>& files,
                               const std::string& out_dir, const CorpusOptions& options,
                               bool show_progress);

@@ -1,10 +1,18 @@
 // Token shards and the deterministic, resumable sequence sampler shared by
 // dha-train and the fusion stage of dha-convert.
 //
-// Shard file (.tok): a 64-byte header
-//   magic "DHATOK\0\0" | u32 version (1) | u32 bytes per token (2 = uint16, 4 = uint32)
-//   | u64 vocab size | u64 token count | u64 document count | 24 reserved zero bytes
-// then the tokens, little-endian. Every document starts with BOS.
+// Shard file (.tok), version 2: a 64-byte header
+//   magic "DHATOK\0\0" | u32 version (2) | u32 bytes per token (2 = uint16, 4 = uint32)
+//   | u64 vocab size | u64 token count | u64 document count
+//   | u32 how documents begin (0 BOS, 1 separator, 2 nothing: FirstToken) | i32 that token's id (-1: none)
+//   | 16 reserved zero bytes
+// then the tokens, little-endian, then the document index: one u64 per
+// document, its first token's position in the shard (0 first, ascending).
+// Each document is encode_document(tokenizer, text) (dha/eval.h), so it begins
+// with the header's token; the index finds documents even when that token also
+// occurs inside a text (a literal "<|endoftext|>"), or when there is none.
+// Version 1 (still read): the same header with those 8 bytes zero and no index;
+// every document starts with BOS and is found by splitting at BOS.
 #pragma once
 
 #include <cstdint>
@@ -14,14 +22,18 @@
 
 #include <torch/types.h>
 
+#include "dha/tokenizer.h"
+
 namespace dha {
 
-constexpr uint32_t kShardVersion = 1;
+constexpr uint32_t kShardVersion = 2;
 constexpr int64_t kShardHeaderBytes = 64;
 
-// Writes a shard atomically (uint16 tokens when the vocab fits, else uint32).
+// Writes a version-2 shard atomically (uint16 tokens when the vocab fits, else
+// uint32). `document_starts`: each document's first position (0 first,
+// ascending); every document must begin with protocol.token_id when it is >= 0.
 void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int64_t vocab_size,
-                       int64_t documents);
+                       const std::vector<int64_t>& document_starts, const DocumentProtocol& protocol);
 
 class TokenShard {
  public:
@@ -36,6 +48,11 @@ class TokenShard {
   int64_t vocab_size() const { return vocab_; }
   int64_t documents() const { return documents_; }
   int64_t bytes_per_token() const { return width_; }
+  uint32_t version() const { return version_; }
+  // How its documents begin; version 1: {kBos, -1} (BOS, whose id it does not record).
+  const DocumentProtocol& protocol() const { return protocol_; }
+  // Document d's first position (version 2 only: version 1 has no index).
+  int64_t document_start(int64_t d) const;
   int64_t at(int64_t i) const;
   // Copies tokens [begin, begin + n) into out.
   void read(int64_t begin, int64_t n, int64_t* out) const;
@@ -45,6 +62,8 @@ class TokenShard {
   const uint8_t* map_ = nullptr;
   size_t map_size_ = 0;
   int64_t width_ = 0, count_ = 0, vocab_ = 0, documents_ = 0;
+  uint32_t version_ = 0;
+  DocumentProtocol protocol_;
 };
 
 // All shards of one split ("train" or "heldout") of a dha-tokenize directory,
@@ -61,8 +80,15 @@ class TokenDataset {
   int64_t vocab_size() const { return vocab_; }
   const std::string& dir() const { return dir_; }
   void read(int64_t begin, int64_t n, int64_t* out) const;
-  // The documents (split at BOS; each starts with BOS), at most `max_docs` (<= 0: all).
+  // The documents, each as encode_document gave it, at most `max_docs` (<= 0:
+  // all): by the shards' index (version 2); version-1 shards and an in-memory
+  // stream are split at `bos_id` (each document starts with BOS).
   std::vector<std::vector<int32_t>> documents(int32_t bos_id, int64_t max_docs) const;
+  // How the documents begin (every shard of the split agrees); version-1 shards
+  // and an in-memory stream: {kBos, -1}.
+  const DocumentProtocol& protocol() const { return protocol_; }
+  // The shards' format version (0 for an in-memory stream).
+  uint32_t version() const { return version_; }
   // Identifies the data for checkpoint compatibility checks.
   std::string fingerprint() const;
 
@@ -72,6 +98,8 @@ class TokenDataset {
   std::vector<int64_t> offsets_;  // start of each shard in the stream
   std::vector<int32_t> memory_;   // the in-memory stream, when there are no shards
   int64_t total_ = 0, vocab_ = 0;
+  uint32_t version_ = 0;
+  DocumentProtocol protocol_;
 };
 
 // Where the sampler stands: the next sequence of the current epoch.

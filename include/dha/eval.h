@@ -24,10 +24,14 @@ struct EvalResult {
   int64_t kv_bytes_per_token = 0;  // at 2 bytes per element (a bf16 cache)
 };
 
-// A document's ids as the evaluation (and the conversion's calibration) reads
-// them: BOS + encode(text) when the tokenizer starts documents with BOS
-// (Tokenizer::add_bos_by_default), else encode(text). The first id is given,
-// every later one is predicted.
+// A document's ids as the evaluation, the conversion's calibration and
+// dha-tokenize's shards read them, by document_protocol(tokenizer): BOS +
+// encode(text) for a model that starts documents with BOS; separator +
+// encode(text) for one pre-trained on documents separated by a token (GPT-2's
+// <|endoftext|>: the token the model saw right before every document, so its
+// first token is predicted as in pre-training, and a calibration stream of
+// such documents is packed as the pre-training stream was); else encode(text).
+// The first id is given, every later one is predicted.
 std::vector<int32_t> encode_document(const Tokenizer& tokenizer, const std::string& text);
 
 // Scores each document as encode_document(doc), truncated to the model's
@@ -36,8 +40,8 @@ EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer,
                         const std::vector<std::string>& docs, int64_t max_docs = 0,
                         bool show_progress = false);
 
-// The same protocol on documents already tokenized (each BOS + tokens), e.g.
-// the held-out split of a dha-tokenize directory.
+// The same protocol on documents already tokenized (each as encode_document
+// gives it), e.g. the held-out split of a dha-tokenize directory.
 EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32_t>>& docs,
                                int64_t max_docs = 0, bool show_progress = false);
 

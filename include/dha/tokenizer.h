@@ -31,6 +31,10 @@ class Tokenizer {
   // The model's own convention: whether a document starts with BOS
   // (sentencepiece and llama2.c: always; byte-level BPE: its add_bos_token).
   virtual bool add_bos_by_default() const { return true; }
+  // The token the model was pre-trained with between documents when it does not
+  // start them with BOS (document_protocol); -1 when it declares none.
+  // sentencepiece and llama2.c: none (their models start documents with BOS).
+  virtual int32_t document_separator_id() const { return -1; }
   // Writes this tokenizer into the directory `dir` under the names
   // find_tokenizer_in_dir looks for: the file it was read from, copied under
   // its canonical name (tokenizer_file_name), with what it reads beside it.
@@ -41,6 +45,24 @@ class Tokenizer {
  protected:
   std::string path_;
 };
+
+// How a document begins as the model reads it: in dha-eval, in the conversion's
+// calibration and held-out text (encode_document) and in dha-tokenize's shards.
+enum class FirstToken {
+  kBos,        // BOS + encode(text): the model starts documents with BOS
+  kSeparator,  // separator + encode(text): no BOS, the pre-training separator
+               // (e.g. GPT-2's <|endoftext|>) stands where the previous document ended
+  kGiven,      // encode(text): neither; the document's own first token is given
+};
+struct DocumentProtocol {
+  FirstToken first_token = FirstToken::kBos;
+  int32_t token_id = -1;  // the BOS or separator id; -1 for kGiven
+};
+// BOS when the tokenizer adds it by default, else its document separator when
+// it declares one, else kGiven.
+DocumentProtocol document_protocol(const Tokenizer& tokenizer);
+// "bos", "separator", "given" (dha-eval's JSON, data.json).
+const char* first_token_name(FirstToken first_token);
 
 // Loads a tokenizer by content: a sentencepiece protobuf (.model), a llama2.c
 // tokenizer.bin, a Hugging Face tokenizer.json (byte-level BPE; a .json name

@@ -67,6 +67,8 @@ class ByteLevelBpeTokenizer : public Tokenizer {
   // tokenizer.ggml.add_bos_token.
   bool add_bos_by_default() const override;
   bool add_eos_by_default() const;
+  // The special token <|endoftext|> when there is one, else EOS (-1: neither).
+  int32_t document_separator_id() const override;
 
   // An added token's content or a vocab token's byte-level spelling -> id; -1 if none.
   int32_t token_to_id(const std::string& token) const;

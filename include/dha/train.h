@@ -95,6 +95,7 @@ struct EvalPoint {
   int64_t step = 0;
   int64_t tokens = 0;
   double mean_nll = 0.0;
+  int64_t eval_tokens = 0;  // held-out tokens predicted (dha-eval's "tokens" on the same documents)
 };
 
 struct TrainRun {

@@ -1,4 +1,5 @@
-// dha-tokenize's library side: documents -> BOS-separated token shards.
+// dha-tokenize's library side: documents -> token shards, each document as
+// encode_document gives it (BOS-led, separator-led, or as is) and indexed.
 #include "dha/corpus.h"
 
 #include <cmath>
@@ -21,13 +22,15 @@ namespace {
 
 class ShardWriter {
  public:
-  ShardWriter(std::string dir, std::string split, int64_t vocab, int64_t shard_tokens)
-      : dir_(std::move(dir)), split_(std::move(split)), vocab_(vocab), shard_tokens_(shard_tokens) {}
+  ShardWriter(std::string dir, std::string split, int64_t vocab, int64_t shard_tokens, DocumentProtocol protocol)
+      : dir_(std::move(dir)), split_(std::move(split)), vocab_(vocab), shard_tokens_(shard_tokens),
+        protocol_(protocol) {}
 
   void add_document(const std::vector<int32_t>& ids) {
+    if (ids.empty()) return;  // an empty text under the "given" protocol: nothing to store
     if (!buffer_.empty() && static_cast<int64_t>(buffer_.size() + ids.size()) > shard_tokens_) flush();
+    starts_.push_back(static_cast<int64_t>(buffer_.size()));
     buffer_.insert(buffer_.end(), ids.begin(), ids.end());
-    docs_ += 1;
     total_docs_ += 1;
     total_tokens_ += static_cast<int64_t>(ids.size());
   }
@@ -35,9 +38,9 @@ class ShardWriter {
     if (buffer_.empty()) return;
     char name[64];
     std::snprintf(name, sizeof(name), "%s-%05lld.tok", split_.c_str(), static_cast<long long>(shards_));
-    write_token_shard(dir_ + "/" + name, buffer_, vocab_, docs_);
+    write_token_shard(dir_ + "/" + name, buffer_, vocab_, starts_, protocol_);
     buffer_.clear();
-    docs_ = 0;
+    starts_.clear();
     shards_ += 1;
   }
   int64_t tokens() const { return total_tokens_; }
@@ -47,8 +50,10 @@ class ShardWriter {
  private:
   std::string dir_, split_;
   int64_t vocab_, shard_tokens_;
+  DocumentProtocol protocol_;
   std::vector<int32_t> buffer_;
-  int64_t docs_ = 0, total_docs_ = 0, total_tokens_ = 0, shards_ = 0;
+  std::vector<int64_t> starts_;  // each buffered document's first position
+  int64_t total_docs_ = 0, total_tokens_ = 0, shards_ = 0;
 };
 
 }  // namespace
@@ -59,8 +64,9 @@ CorpusSummary tokenize_corpus(const Tokenizer& tokenizer, const std::vector<std:
   if (options.heldout < 0.0 || options.heldout >= 1.0)
     fail("--heldout ", options.heldout, " must be in [0, 1)");
   if (options.shard_tokens < 1) fail("--shard-tokens must be positive");
-  ShardWriter train(out_dir, "train", tokenizer.vocab_size(), options.shard_tokens);
-  ShardWriter heldout(out_dir, "heldout", tokenizer.vocab_size(), options.shard_tokens);
+  const DocumentProtocol protocol = document_protocol(tokenizer);
+  ShardWriter train(out_dir, "train", tokenizer.vocab_size(), options.shard_tokens, protocol);
+  ShardWriter heldout(out_dir, "heldout", tokenizer.vocab_size(), options.shard_tokens, protocol);
   for (const auto& file : files) {
     const std::vector<std::string> docs = split_documents(io::read_file(file));
     if (docs.empty()) fail(file, ": holds no text");
@@ -68,7 +74,7 @@ CorpusSummary tokenize_corpus(const Tokenizer& tokenizer, const std::vector<std:
     if (split == 0) fail(file, ": all of its ", docs.size(), " documents would be held out; lower --heldout");
     Progress progress("tokenize " + file, static_cast<int64_t>(docs.size()), "docs");
     for (size_t d = 0; d < docs.size(); ++d) {
-      const std::vector<int32_t> ids = tokenizer.encode(docs[d], /*bos=*/true, /*eos=*/false);
+      const std::vector<int32_t> ids = encode_document(tokenizer, docs[d]);
       (d < split ? train : heldout).add_document(ids);
       if (show_progress) progress.update(static_cast<int64_t>(d + 1));
     }
@@ -77,6 +83,7 @@ CorpusSummary tokenize_corpus(const Tokenizer& tokenizer, const std::vector<std:
   train.flush();
   heldout.flush();
   CorpusSummary summary;
+  summary.protocol = protocol;
   summary.train_tokens = train.tokens();
   summary.train_docs = train.docs();
   summary.train_shards = train.shards();

@@ -27,23 +27,59 @@ struct RawHeader {
   uint64_t vocab;
   uint64_t count;
   uint64_t documents;
-  uint8_t reserved[24];
+  uint32_t first_token;     // version 2: FirstToken code (kFirstTokenCodes); version 1: 0
+  int32_t first_token_id;   // version 2: its id, -1 for none; version 1: 0
+  uint8_t reserved[16];
 };
 static_assert(sizeof(RawHeader) == kShardHeaderBytes, "shard header is 64 bytes");
+
+// The on-disk codes of FirstToken, in code order (fixed: they are the format).
+constexpr FirstToken kFirstTokenCodes[] = {FirstToken::kBos, FirstToken::kSeparator, FirstToken::kGiven};
+
+uint32_t first_token_code(FirstToken first_token) {
+  for (uint32_t c = 0; c < 3; ++c)
+    if (kFirstTokenCodes[c] == first_token) return c;
+  return 2;
+}
+
+bool same_protocol(const DocumentProtocol& a, const DocumentProtocol& b) {
+  return a.first_token == b.first_token && a.token_id == b.token_id;
+}
+
+std::string describe(const DocumentProtocol& p) {
+  return std::string(first_token_name(p.first_token)) + (p.token_id >= 0 ? " (id " + std::to_string(p.token_id) + ")" : "");
+}
 
 }  // namespace
 
 void write_token_shard(const std::string& path, const std::vector<int32_t>& tokens, int64_t vocab_size,
-                       int64_t documents) {
+                       const std::vector<int64_t>& document_starts, const DocumentProtocol& protocol) {
+  if ((protocol.first_token == FirstToken::kGiven) != (protocol.token_id < 0))
+    fail(path, ": documents that begin with ", first_token_name(protocol.first_token), " need ",
+         protocol.first_token == FirstToken::kGiven ? "no token id" : "a token id >= 0", " (got ", protocol.token_id, ")");
+  const int64_t n_tokens = static_cast<int64_t>(tokens.size());
+  for (size_t d = 0; d < document_starts.size(); ++d) {
+    const int64_t start = document_starts[d];
+    const int64_t previous = d == 0 ? -1 : document_starts[d - 1];
+    if ((d == 0 && start != 0) || start <= previous || start >= n_tokens)
+      fail(path, ": document ", d, " starts at ", start, " (expected ", d == 0 ? "0" : "after the previous start",
+           ", inside the ", n_tokens, " tokens)");
+    if (protocol.token_id >= 0 && tokens[start] != protocol.token_id)
+      fail(path, ": document ", d, " begins with token ", tokens[start], ", not the ",
+           first_token_name(protocol.first_token), " id ", protocol.token_id);
+  }
+  if (n_tokens > 0 && document_starts.empty()) fail(path, ": ", n_tokens, " tokens but no document starts");
   RawHeader h{};
   std::memcpy(h.magic, kMagic, 8);
   h.version = kShardVersion;
   h.width = vocab_size <= 65536 ? 2 : 4;
   h.vocab = static_cast<uint64_t>(vocab_size);
   h.count = tokens.size();
-  h.documents = static_cast<uint64_t>(documents);
+  h.documents = document_starts.size();
+  h.first_token = first_token_code(protocol.first_token);
+  h.first_token_id = protocol.token_id;
   std::string bytes(reinterpret_cast<const char*>(&h), sizeof(h));
-  bytes.resize(sizeof(h) + tokens.size() * h.width);
+  bytes.resize(sizeof(h) + tokens.size() * h.width + document_starts.size() * 8);
   char* out = bytes.data() + sizeof(h);
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (tokens[i] < 0 || tokens[i] >= vocab_size)
@@ -55,6 +91,11 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& toke
       const uint32_t t = static_cast<uint32_t>(tokens[i]);
       std::memcpy(out + 4 * i, &t, 4);
     }
+  }
+  char* index = out + tokens.size() * h.width;
+  for (size_t d = 0; d < document_starts.size(); ++d) {
+    const uint64_t start = static_cast<uint64_t>(document_starts[d]);
+    std::memcpy(index + 8 * d, &start, 8);
   }
   io::write_file_atomic(path, bytes);
 }
@@ -81,16 +122,35 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   try {
     if (std::memcmp(h.magic, kMagic, 8) != 0)
       fail(path, ": not a dha token shard (bad magic; make shards with dha-tokenize)");
-    if (h.version != kShardVersion)
-      fail(path, ": token shard version ", h.version, " is not supported (expected ", kShardVersion, ")");
+    if (h.version != 1 && h.version != kShardVersion)
+      fail(path, ": token shard version ", h.version, " is not supported (expected 1 or ", kShardVersion, ")");
     if (h.width != 2 && h.width != 4)
       fail(path, ": token width ", h.width, " bytes is invalid (expected 2 or 4)");
     if (h.vocab == 0 || h.vocab > (1ull << 31)) fail(path, ": vocab size ", h.vocab, " is invalid");
     if (h.width == 2 && h.vocab > 65536) fail(path, ": vocab ", h.vocab, " does not fit uint16 tokens");
     const uint64_t data_bytes = map_size_ - kShardHeaderBytes;
-    if (h.count > data_bytes / h.width || h.count * h.width != data_bytes)
-      fail(path, ": header says ", h.count, " tokens (", h.count * h.width, " bytes) but the file holds ",
-           data_bytes, " bytes of tokens", h.count * h.width > data_bytes ? " (truncated?)" : "");
+    // Version 2 ends with the document index (8 bytes per document).
+    const uint64_t index_bytes = h.version == 1 ? 0 : h.documents * 8;
+    if (h.version != 1 && h.documents > data_bytes / 8)
+      fail(path, ": header says ", h.documents, " documents but the file holds ", data_bytes,
+           " bytes after the header (truncated?)");
+    if (h.count > (data_bytes - index_bytes) / h.width || h.count * h.width + index_bytes != data_bytes)
+      fail(path, ": header says ", h.count, " tokens (", h.count * h.width, " bytes)",
+           index_bytes ? " and " + std::to_string(h.documents) + " documents (" + std::to_string(index_bytes) +
+                             " bytes of index)"
+                       : std::string(),
+           " but the file holds ", data_bytes, " bytes after the header",
+           h.count * h.width + index_bytes > data_bytes ? " (truncated?)" : "");
+    if (h.version == 1) {
+      protocol_ = {FirstToken::kBos, -1};
+    } else {
+      if (h.first_token > 2) fail(path, ": first-token code ", h.first_token, " is invalid (expected 0, 1 or 2)");
+      protocol_ = {kFirstTokenCodes[h.first_token], h.first_token_id};
+      if ((protocol_.first_token == FirstToken::kGiven) != (protocol_.token_id < 0) ||
+          protocol_.token_id >= static_cast<int64_t>(h.vocab))
+        fail(path, ": first token ", describe(protocol_), " is invalid for a vocab of ", h.vocab);
+      if (h.count > 0 && h.documents == 0) fail(path, ": ", h.count, " tokens but no documents in the index");
+    }
   } catch (...) {
     ::munmap(const_cast<uint8_t*>(map_), map_size_);
     map_ = nullptr;
@@ -100,6 +160,32 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   count_ = static_cast<int64_t>(h.count);
   vocab_ = static_cast<int64_t>(h.vocab);
   documents_ = static_cast<int64_t>(h.documents);
+  version_ = h.version;
+  if (version_ == 1) return;
+  // The index must describe the tokens: bad input is refused on open, not
+  // when the held-out documents are first read.
+  try {
+    for (int64_t d = 0; d < documents_; ++d) {
+      const int64_t start = document_start(d), previous = d == 0 ? -1 : document_start(d - 1);
+      if ((d == 0 && start != 0) || start <= previous || start >= count_)
+        fail(path, ": document index entry ", d, " is ", start, " (expected ",
+             d == 0 ? "0" : "above the previous entry", " and below the ", count_, " tokens)");
+      if (protocol_.token_id >= 0 && at(start) != protocol_.token_id)
+        fail(path, ": document ", d, " begins with token ", at(start), ", not the header's ", describe(protocol_));
+    }
+  } catch (...) {
+    ::munmap(const_cast<uint8_t*>(map_), map_size_);
+    map_ = nullptr;
+    throw;
+  }
+}
+
+int64_t TokenShard::document_start(int64_t d) const {
+  if (version_ == 1) fail(path_, ": a version-1 shard has no document index");
+  if (d < 0 || d >= documents_) fail(path_, ": document ", d, " is outside the shard's ", documents_);
+  uint64_t start;
+  std::memcpy(&start, map_ + kShardHeaderBytes + count_ * width_ + 8 * d, 8);
+  return static_cast<int64_t>(start);
 }
 
 TokenShard::~TokenShard() {
@@ -150,6 +236,11 @@ TokenDataset::TokenDataset(const std::string& dir, const std::string& split) : d
     if (vocab_ && shard->vocab_size() != vocab_)
       fail(path, ": vocab ", shard->vocab_size(), " differs from the other shards' ", vocab_);
     vocab_ = shard->vocab_size();
+    if (!shards_.empty() && (shard->version() != version_ || !same_protocol(shard->protocol(), protocol_)))
+      fail(path, ": version ", shard->version(), " shard whose documents begin with ", describe(shard->protocol()),
+           ", but the other shards are version ", version_, " with ", describe(protocol_), " (tokenize again)");
+    version_ = shard->version();
+    protocol_ = shard->protocol();
     offsets_.push_back(total_);
     total_ += shard->size();
     shards_.push_back(std::move(shard));
@@ -183,6 +274,21 @@ void TokenDataset::read(int64_t begin, int64_t n, int64_t* out) const {
 
 std::vector<std::vector<int32_t>> TokenDataset::documents(int32_t bos_id, int64_t max_docs) const {
   std::vector<std::vector<int32_t>> docs;
+  if (version_ >= 2) {
+    std::vector<int64_t> buffer;
+    for (size_t s = 0; s < shards_.size(); ++s) {
+      const TokenShard& shard = *shards_[s];
+      for (int64_t d = 0; d < shard.documents(); ++d) {
+        if (max_docs > 0 && static_cast<int64_t>(docs.size()) == max_docs) return docs;
+        const int64_t begin = shard.document_start(d);
+        const int64_t end = d + 1 < shard.documents() ? shard.document_start(d + 1) : shard.size();
+        buffer.resize(end - begin);
+        shard.read(begin, end - begin, buffer.data());
+        docs.emplace_back(buffer.begin(), buffer.end());
+      }
+    }
+    return docs;
+  }
   std::vector<int64_t> buffer(1 << 16);
   for (int64_t pos = 0; pos < total_; pos += static_cast<int64_t>(buffer.size())) {
     const int64_t n = std::min<int64_t>(buffer.size(), total_ - pos);

@@ -44,7 +44,11 @@ std::vector<std::string> split_documents(const std::string& text) {
 }
 
 std::vector<int32_t> encode_document(const Tokenizer& tokenizer, const std::string& text) {
-  return tokenizer.encode(text, tokenizer.add_bos_by_default(), /*eos=*/false);
+  const DocumentProtocol protocol = document_protocol(tokenizer);
+  if (protocol.first_token == FirstToken::kBos) return tokenizer.encode(text, /*bos=*/true, /*eos=*/false);
+  std::vector<int32_t> ids = tokenizer.encode(text, /*bos=*/false, /*eos=*/false);
+  if (protocol.first_token == FirstToken::kSeparator) ids.insert(ids.begin(), protocol.token_id);
+  return ids;
 }
 
 EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer, const std::vector<std::string>& docs,

@@ -868,6 +868,18 @@ int32_t ByteLevelBpeTokenizer::eos_id() const { return impl_->eos; }
 bool ByteLevelBpeTokenizer::add_bos_by_default() const { return impl_->add_bos; }
 bool ByteLevelBpeTokenizer::add_eos_by_default() const { return impl_->add_eos; }
 
+int32_t ByteLevelBpeTokenizer::document_separator_id() const {
+  // GPT-2's special <|endoftext|> first: GPT-2, SmolLM / SmolLM2, StarCoder and
+  // Qwen2 were pre-trained on documents each followed by it, and their chat
+  // fine-tunes redeclare EOS as the end-of-turn token (SmolLM2-Instruct's GGUF:
+  // eos <|im_end|>, bos <|im_start|>, while <|endoftext|> is id 0), which never
+  // stood between pre-training documents. Otherwise the declared EOS, the
+  // usual "EOS after every document" convention.
+  for (const AddedToken& t : impl_->added)
+    if (t.special && t.content == "<|endoftext|>") return t.id;
+  return impl_->eos;
+}
+
 int32_t ByteLevelBpeTokenizer::token_to_id(const std::string& token) const {
   for (const AddedToken& t : impl_->added)
     if (t.content == token) return t.id;

@@ -33,6 +33,22 @@ void Tokenizer::write_files(const std::string& dir) const {
   if (error) fail(path_, ": cannot copy into ", dir, " (", error.message(), ")");
 }
 
+DocumentProtocol document_protocol(const Tokenizer& tokenizer) {
+  if (tokenizer.add_bos_by_default()) return {FirstToken::kBos, tokenizer.bos_id()};
+  const int32_t separator = tokenizer.document_separator_id();
+  if (separator >= 0) return {FirstToken::kSeparator, separator};
+  return {FirstToken::kGiven, -1};
+}
+
+const char* first_token_name(FirstToken first_token) {
+  switch (first_token) {
+    case FirstToken::kBos: return "bos";
+    case FirstToken::kSeparator: return "separator";
+    case FirstToken::kGiven: return "given";
+  }
+  return "given";
+}
+
 namespace detail {
 
 bool parse_byte_piece(const std::string& piece, unsigned char* byte) {

@@ -143,6 +143,15 @@ TrainJobResult run_train_job(const TrainJob& job) {
   config.seq_len = seq_len;
   std::unique_ptr<Tokenizer> tokenizer;
   if (!tokenizer_path.empty()) tokenizer = load_tokenizer(tokenizer_path, model_config.vocab_size);
+  // Shards that begin documents otherwise than the model does (BOS, its
+  // pre-training separator, nothing) would train and evaluate it out of protocol.
+  if (tokenizer && data.version() >= 2) {
+    const DocumentProtocol expected = document_protocol(*tokenizer), found = data.protocol();
+    if (expected.first_token != found.first_token || expected.token_id != found.token_id)
+      fail(job.data_dir, ": documents begin with ", first_token_name(found.first_token), " (id ", found.token_id,
+           ") but the model's tokenizer ", tokenizer_path, " begins them with ", first_token_name(expected.first_token),
+           " (id ", expected.token_id, "); tokenize with the model's tokenizer");
+  }
 
   std::optional<Llama> teacher;
   torch::ScalarType teacher_dtype = torch::kFloat32;

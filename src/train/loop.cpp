@@ -108,6 +108,7 @@ EvalPoint evaluate(TrainTask& task, const std::vector<std::vector<int32_t>>& doc
   point.step = step;
   point.tokens = tokens;
   point.mean_nll = sums[1] > 0 ? sums[0] / sums[1] : std::nan("");
+  point.eval_tokens = static_cast<int64_t>(sums[1]);
   return point;
 }
 
@@ -249,7 +250,8 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
     if (run.eval_docs.empty()) return;
     const EvalPoint point = evaluate(task, run.eval_docs, dist, device, config.eval_docs, result.steps, result.tokens);
     result.evals.push_back(point);
-    metrics.write({{"event", "eval"}, {"step", point.step}, {"tokens", point.tokens}, {"eval_nll", point.mean_nll}});
+    metrics.write({{"event", "eval"}, {"step", point.step}, {"tokens", point.tokens}, {"eval_nll", point.mean_nll},
+                   {"eval_tokens", point.eval_tokens}});
     if (dist.is_main()) log::info(run.label, " step ", point.step, ": held-out NLL ", point.mean_nll);
   };
 
