@@ -94,7 +94,7 @@ class NanAtStep : public dha::LanguageModelTask {
  public:
   NanAtStep(int64_t bad_step)
       : LanguageModelTask(dha::make_random_model(dha::test::tiny_config(), 1), std::nullopt, 0, 1), bad_step_(bad_step) {}
-  torch::Tensor loss(const torch::Tensor& batch, std::map<std::string, double>& m) override {
+  torch::Tensor loss(const torch::Tensor& batch, dha::StepScalars& m) override {
     torch::Tensor l = LanguageModelTask::loss(batch, m);
     return ++calls_ > 2 * (bad_step_ - 1) ? l * std::nan("") : l;  // 2 micro-steps per step
   }

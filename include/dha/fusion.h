@@ -52,7 +52,7 @@ class FusionTask : public TrainTask {
              std::optional<Llama> teacher);
 
   std::vector<ParamGroup> param_groups(const TrainConfig& config) override;
-  torch::Tensor loss(const torch::Tensor& batch, std::map<std::string, double>& metrics) override;
+  torch::Tensor loss(const torch::Tensor& batch, StepScalars& scalars) override;
   void after_step(int64_t step, int64_t total_steps, std::map<std::string, double>& metrics) override;
   void before_eval() override;
   Llama& model() override { return model_; }

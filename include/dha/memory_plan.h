@@ -38,6 +38,7 @@ struct MemoryPlanInputs {
   bool activation_checkpointing = false;
   bool teacher = false;              // distillation: the teacher's logits (its weights: inference_copies)
   int64_t fusion_operator_elements = 0;  // Omega entries (fp32, trained with AdamW)
+  int64_t fused_projection_elements = 0; // K/V projection entries recomputed from Omega each step
   int64_t inference_copies = 0;      // extra frozen copies of the model held alongside (storage dtype)
   bool keeps_source = false;         // the source's own copy of the weights that train stays in memory
   bool inference_only = false;       // forward passes without gradients (measurement, pooling, export)

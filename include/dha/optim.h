@@ -27,6 +27,7 @@ class AdamW {
 
   // One update at lr = group.lr * (scheduled ? schedule_factor : 1).
   void step(double schedule_factor);
+  // Releases every gradient (torch's set_to_none), so backward adopts new buffers.
   void zero_grad();
   // Clips the global L2 norm of the clipped groups' gradients to max_norm
   // (<= 0: no clipping) and returns the norm before clipping.

@@ -56,6 +56,11 @@ const RecipeFields<TrainConfig>& train_recipe_fields();
 TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json train_config_to_json(const TrainConfig& config);
 
+// Named scalars a micro-step records, as 0-dim tensors left on the device: the
+// loop sums them and reads them back once per optimizer step, so that a CUDA
+// step never waits on the host between its forward and backward passes.
+using StepScalars = std::map<std::string, torch::Tensor>;
+
 // What is trained and how a micro-batch's loss is computed.
 class TrainTask {
  public:
@@ -63,7 +68,7 @@ class TrainTask {
   virtual std::vector<ParamGroup> param_groups(const TrainConfig& config) = 0;
   // batch: int64 [B, T + 1] on the training device. Returns the scalar loss to
   // minimise and may record named scalars (averaged over micro-steps and ranks).
-  virtual torch::Tensor loss(const torch::Tensor& batch, std::map<std::string, double>& metrics) = 0;
+  virtual torch::Tensor loss(const torch::Tensor& batch, StepScalars& scalars) = 0;
   // Called after every optimizer step (e.g. to move a target schedule).
   virtual void after_step(int64_t step, int64_t total_steps, std::map<std::string, double>& metrics) {}
   // The model evaluated on held-out documents.
@@ -82,7 +87,7 @@ class LanguageModelTask : public TrainTask {
  public:
   LanguageModelTask(Llama model, std::optional<Llama> teacher, double distill_weight, double temperature);
   std::vector<ParamGroup> param_groups(const TrainConfig& config) override;
-  torch::Tensor loss(const torch::Tensor& batch, std::map<std::string, double>& metrics) override;
+  torch::Tensor loss(const torch::Tensor& batch, StepScalars& scalars) override;
   Llama& model() override { return model_; }
 
  private:

@@ -63,9 +63,15 @@ for run in "${RUNS[@]}"; do
   timed "$name-convert" "$BIN/dha-convert" --model "$WORK/twin" --method "$method" --budget "$budget" \
     --search-steps "$SEARCH_STEPS" --fusion-steps "$FUSION_STEPS" --batch 1 --seq-len 256 \
     --calib "$TRAIN" --eval-text "$VALID" --eval-docs 20 --out "$WORK/$name" --force >"$WORK/$name-convert.log" 2>&1
-  log "$name: dha-train, $TRAIN_STEPS steps of 1 x 256 tokens"
+  # Equal tokens: dha's search and fusion train on SEARCH_STEPS + FUSION_STEPS
+  # batches of calibration text; gqa and aligned-gqa train on none, so their
+  # continued pre-training gets those steps on top.
+  steps=$TRAIN_STEPS
+  [[ $method == dha ]] || steps=$(( TRAIN_STEPS + SEARCH_STEPS + FUSION_STEPS ))
+  echo "$steps" >"$WORK/$name.train_steps"
+  log "$name: dha-train, $steps steps of 1 x 256 tokens"
   timed "$name-train" "$BIN/dha-train" --model "$WORK/$name" --data "$WORK/data" --out "$WORK/$name-train" --force \
-    --steps "$TRAIN_STEPS" --batch 1 --seq-len 256 --lr "$TRAIN_LR" --eval-text "$VALID" --eval-docs 200 \
+    --steps "$steps" --batch 1 --seq-len 256 --lr "$TRAIN_LR" --eval-text "$VALID" --eval-docs 200 \
     --device cpu >"$WORK/$name-train.log" 2>&1
   rm -rf "$WORK/$name-train/checkpoints"  # 2 GB each of optimizer state, not needed here
   "$BIN/dha-inspect" --model "$WORK/$name" | awk '/^parameters:/ {print $2}' >"$WORK/$name.params"
@@ -125,8 +131,8 @@ lines.append(f"GQA original (the GGUF): NLL {gqa['mean_nll']:.6f}, KV {gqa['kv_b
              f"difference {abs(gqa['mean_nll'] - twin['mean_nll']):.2e}")
 lines.append("")
 lines.append("| run | method | budget | KV bytes/token | copies found | NLL after conversion | "
-             f"NLL after {train_steps} steps | convert s | fusion s/step | convert peak RSS (B/param) | train s/step | train peak RSS (B/param) |")
-lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+             f"training tokens (conversion + dha-train) | NLL after them | convert s | fusion s/step | convert peak RSS (B/param) | train s/step | train peak RSS (B/param) |")
+lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name, method, budget in runs:
     report = json.load(open(f"{work}/{name}/report.json"))
     conv_s, conv_rss = read_time(f"{name}-convert")
@@ -139,8 +145,10 @@ for name, method, budget in runs:
     found, pools = copies(layout)
     fusion = step_seconds(f"{work}/{name}/fusion/metrics.jsonl")
     kv = report["kv_bytes_per_token"]
+    steps = int(open(f"{work}/{name}.train_steps").read())
+    conversion_tokens = (search_steps + fusion_steps) * 256 if method == "dha" else 0
     lines.append(f"| {name} | {method} | {budget} | {kv['before']} -> {kv['after']} | {found}/{pools} | "
-                 f"{first['eval_nll']:.4f} | {last['eval_nll']:.4f} | {conv_s:.0f} | {'-' if fusion is None else f'{fusion:.2f}'} | "
+                 f"{first['eval_nll']:.4f} | {conversion_tokens} + {steps * 256} | {last['eval_nll']:.4f} | {conv_s:.0f} | {'-' if fusion is None else f'{fusion:.2f}'} | "
                  f"{conv_rss / 2**20:.0f} MiB ({conv_rss / p_twin:.1f}) | "
                  f"{step_seconds(f'{work}/{name}-train/metrics.jsonl'):.2f} | "
                  f"{train_rss / 2**20:.0f} MiB ({train_rss / p_conv:.1f}) |")
@@ -158,7 +166,7 @@ for method in ("gqa", "aligned-gqa"):
     lines.append(f"- {method} at 0.167: `{open(f'{work}/{method}-0.167.refused').read().strip()}`")
 load = open(f"{work}/load.txt").read().strip().replace("\n", "; ")
 lines.append(f"- dha-convert: {search_steps} search steps + {fusion_steps} fusion steps of 1 x 256 tokens for dha; "
-             f"dha-train: {train_steps} steps of 1 x 256 tokens each; total {total} s; {load}; "
+             f"dha-train: {train_steps} steps of 1 x 256 tokens for dha, {train_steps + search_steps + fusion_steps} for gqa and aligned-gqa (equal tokens); total {total} s; {load}; "
              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '')}")
 text = "\n".join(lines) + "\n"
 open(f"{work}/results.md", "w").write(text)

@@ -184,14 +184,14 @@ std::vector<ParamGroup> FusionTask::param_groups(const TrainConfig& config) {
   return groups;
 }
 
-torch::Tensor FusionTask::loss(const torch::Tensor& batch, std::map<std::string, double>& metrics) {
+torch::Tensor FusionTask::loss(const torch::Tensor& batch, StepScalars& scalars) {
   const std::vector<torch::Tensor> fused = effective_weights();
   set_overrides(fused);
   const int64_t t = batch.size(1) - 1;
   const torch::Tensor inputs = batch.narrow(1, 0, t), targets = batch.narrow(1, 1, t);
   const torch::Tensor logits = model_->forward(inputs);
   torch::Tensor objective = lm_loss(logits, targets);
-  metrics["lm_loss"] += objective.item<double>();
+  scalars["lm_loss"] = objective.detach();
   if (teacher_ && options_.distill_weight > 0) {
     torch::Tensor teacher_logits;
     {
@@ -199,16 +199,16 @@ torch::Tensor FusionTask::loss(const torch::Tensor& batch, std::map<std::string,
       teacher_logits = (*teacher_)->forward(inputs);
     }
     const torch::Tensor kl = distill_kl(logits, teacher_logits, 1.0);
-    metrics["kl"] += kl.item<double>();
+    scalars["kl"] = kl.detach();
     objective = objective + options_.distill_weight * kl;
   }
   const torch::Tensor l_f = fusion_loss_tensor(fused, nullptr);
   const double t_now = target(step_);
   const torch::Tensor gap = l_f - t_now;
-  metrics["fusion_loss"] += l_f.item<double>();
-  metrics["target"] += t_now;
-  metrics["lambda1"] += lambda1_.item<double>();
-  metrics["lambda2"] += lambda2_.item<double>();
+  scalars["fusion_loss"] = l_f.detach();
+  scalars["target"] = torch::full({}, t_now, l_f.options().dtype(torch::kFloat64));
+  scalars["lambda1"] = lambda1_.detach().reshape({});
+  scalars["lambda2"] = lambda2_.detach().reshape({});
   return objective + (lambda1_ * gap).sum() + (lambda2_ * gap * gap).sum();
 }
 

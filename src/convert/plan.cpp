@@ -145,10 +145,14 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
   // The source checkpoint stays in memory: what trains is a copy of it.
   in.keeps_source = plan.train_weights != TrainWeights::kNone;
   int64_t whole_pools = 0;  // Omega of whole-pool fusion: n^2 per pool of n heads
-  for (int64_t l = 0; l < plan.shared.n_layers; ++l) {
-    const int64_t k = plan.shared.layout.n_k_heads(l), v = plan.shared.layout.n_v_heads(l);
+  int64_t projections = 0;  // the K/V weights of every pool (rows of head_dim x dim, and biases)
+  const ModelConfig& m = plan.shared;
+  for (int64_t l = 0; l < m.n_layers; ++l) {
+    const int64_t k = m.layout.n_k_heads(l), v = m.layout.n_v_heads(l);
     whole_pools += k * k + v * v;
+    projections += (m.layout.shares_attention(l) ? v : k + v) * m.head_dim * (m.dim + (m.attention_bias ? 1 : 0));
   }
+  in.fused_projection_elements = projections;
   std::vector<MemoryPlan> plans;
   if (plan.shares_heads && plan.method == ConvertMethod::kDha && plan.measure->trains) {
     in.stage = "search";
@@ -170,6 +174,7 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
   measure.teacher = false;
   measure.keeps_source = false;
   measure.fusion_operator_elements = 0;
+  measure.fused_projection_elements = 0;
   plans.push_back(plan_memory(measure));
   return plans;
 }

@@ -99,47 +99,70 @@ void remove_tree(const std::string& path) {
 
 }  // namespace
 
-void write_file_atomic(const std::string& path, std::string_view bytes) {
-  const std::string target = strip_trailing_slashes(path);
-  const std::string dir = parent_dir(target);
-  const std::string tmp = dir + "/." + basename_of(target) + ".tmp-" + unique_suffix();
-
+AtomicFileWriter::AtomicFileWriter(const std::string& path)
+    : path_(path), target_(strip_trailing_slashes(path)), dir_(parent_dir(target_)) {
+  tmp_ = dir_ + "/." + basename_of(target_) + ".tmp-" + unique_suffix();
   // O_EXCL: never clobber someone else's temporary that happens to share the name.
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-  if (fd < 0) {
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd_ < 0) {
     int err = errno;
     if (err == ENOENT)
-      fail(path, ": cannot write: directory ", dir, " does not exist (expected an existing directory)");
-    fail(path, ": cannot create temporary file ", tmp, ": ", errno_text(err));
+      fail(path, ": cannot write: directory ", dir_, " does not exist (expected an existing directory)");
+    fail(path, ": cannot create temporary file ", tmp_, ": ", errno_text(err));
   }
+}
 
-  // Any failure below must leave neither a temporary nor a partial target.
-  auto abandon = [&](const std::string& what, int err) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    fail(path, ": ", what, ": ", errno_text(err));
-  };
+AtomicFileWriter::~AtomicFileWriter() {
+  if (fd_ >= 0) ::close(fd_);
+  if (!committed_) ::unlink(tmp_.c_str());
+}
 
+void AtomicFileWriter::abandon(const std::string& what, int err) {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  ::unlink(tmp_.c_str());
+  fail(path_, ": ", what, ": ", errno_text(err));
+}
+
+void AtomicFileWriter::write(std::string_view bytes) {
   const char* p = bytes.data();
   size_t left = bytes.size();
   while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
+    ssize_t n = ::write(fd_, p, left);
     if (n < 0) {
       int err = errno;
       if (err == EINTR) continue;
-      abandon("write failed after " + std::to_string(bytes.size() - left) + " of " +
-                  std::to_string(bytes.size()) + " bytes",
-              err);
+      abandon("write failed after " + std::to_string(written_ + bytes.size() - left) + " bytes", err);
     }
     p += n;
     left -= static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0) abandon("fsync failed", errno);
-  int rc = ::close(fd);
-  fd = -1;
+  written_ += bytes.size();
+}
+
+void AtomicFileWriter::write_zeros(uint64_t count) {
+  static const char zeros[4096] = {};
+  while (count > 0) {
+    const uint64_t n = std::min<uint64_t>(count, sizeof(zeros));
+    write(std::string_view(zeros, n));
+    count -= n;
+  }
+}
+
+void AtomicFileWriter::commit() {
+  if (::fsync(fd_) != 0) abandon("fsync failed", errno);
+  int rc = ::close(fd_);
+  fd_ = -1;
   if (rc != 0) abandon("close failed", errno);
-  if (::rename(tmp.c_str(), target.c_str()) != 0) abandon("cannot rename " + tmp + " into place", errno);
-  fsync_directory(dir, path);
+  if (::rename(tmp_.c_str(), target_.c_str()) != 0) abandon("cannot rename " + tmp_ + " into place", errno);
+  committed_ = true;
+  fsync_directory(dir_, path_);
+}
+
+void write_file_atomic(const std::string& path, std::string_view bytes) {
+  AtomicFileWriter out(path);
+  out.write(bytes);
+  out.commit();
 }
 
 std::string read_file(const std::string& path) {

@@ -673,15 +673,17 @@ void save_gguf(const std::string& path, const GgufMetadata& metadata,
     offset = align_up(offset + static_cast<uint64_t>(t.numel() * t.element_size()), alignment);
   }
   pad_to(out, alignment);
-  const uint64_t data_start = out.size();
-  out.reserve(data_start + offset);
+  // The header, then the tensors streamed one at a time: no second copy in memory.
+  AtomicFileWriter file(path);
+  file.write(out);
   for (size_t i = 0; i < tensors.size(); ++i) {
     const torch::Tensor& t = cpu[i];
-    out.resize(data_start + offsets[i], '\0');
-    out.append(static_cast<const char*>(t.data_ptr()), static_cast<size_t>(t.numel() * t.element_size()));
+    const uint64_t nbytes = static_cast<uint64_t>(t.numel() * t.element_size());
+    file.write_zeros(out.size() + offsets[i] - file.written());
+    file.write(std::string_view(static_cast<const char*>(t.data_ptr()), nbytes));
   }
-  out.resize(data_start + offset, '\0');  // the last tensor padded as well, as gguf-py does
-  write_file_atomic(path, out);
+  file.write_zeros(out.size() + offset - file.written());  // the last tensor padded as well, as gguf-py does
+  file.commit();
 }
 
 }  // namespace dha::io

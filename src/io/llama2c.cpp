@@ -183,17 +183,18 @@ void save_llama2c(const std::string& path, const Checkpoint& checkpoint) {
     fail(path, ": the llama2.c format needs head_dim * n_heads == dim");
   check_tensors(c, checkpoint.tensors, path);
 
-  std::string bytes;
+  // Streamed one fp32 tensor at a time: no copy of the whole model in memory.
+  AtomicFileWriter out(path);
   auto append = [&](const torch::Tensor& t) {
     const torch::Tensor f = t.to(torch::kCPU, torch::kFloat32).contiguous();
-    bytes.append(reinterpret_cast<const char*>(f.data_ptr<float>()), f.numel() * 4);
+    out.write(std::string_view(reinterpret_cast<const char*>(f.data_ptr<float>()), f.numel() * 4));
   };
   const Header h{static_cast<int32_t>(c.dim), static_cast<int32_t>(c.hidden_dim),
                  static_cast<int32_t>(c.n_layers), static_cast<int32_t>(c.n_heads),
                  static_cast<int32_t>(n_kv),
                  static_cast<int32_t>(c.tied_embeddings ? c.vocab_size : -c.vocab_size),
                  static_cast<int32_t>(c.max_seq_len)};
-  bytes.append(reinterpret_cast<const char*>(&h), kHeaderBytes);
+  out.write(std::string_view(reinterpret_cast<const char*>(&h), kHeaderBytes));
   for (const auto& slot : file_order(c)) {
     const torch::Tensor& t = checkpoint.tensors.at(slot.name);
     append(is_query_or_key(slot.name) ? rotate_half_to_interleaved(t, t.size(0) / c.head_dim) : t);
@@ -202,7 +203,7 @@ void save_llama2c(const std::string& path, const Checkpoint& checkpoint) {
   append(cos);
   append(sin);
   if (!c.tied_embeddings) append(checkpoint.tensors.at("lm_head.weight"));
-  write_file_atomic(path, bytes);
+  out.commit();
 }
 
 }  // namespace dha::io

@@ -375,18 +375,16 @@ void save_safetensors(const std::string& path, const NamedTensors& tensors,
   // readers that map the file use the tensors in place.
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
 
-  std::string bytes;
-  bytes.resize(8 + header_text.size() + offset);
+  // Streamed tensor by tensor: no second copy of the tensors in memory.
+  AtomicFileWriter out(path);
   const uint64_t header_len = header_text.size();
-  std::memcpy(bytes.data(), &header_len, 8);  // little-endian host assumed (x86-64)
-  std::memcpy(bytes.data() + 8, header_text.data(), header_text.size());
-  char* out = bytes.data() + 8 + header_text.size();
+  out.write(std::string_view(reinterpret_cast<const char*>(&header_len), 8));  // little-endian host (x86-64)
+  out.write(header_text);
   for (const torch::Tensor& t : cpu) {
     const size_t nbytes = static_cast<size_t>(t.numel()) * t.element_size();
-    if (nbytes > 0) std::memcpy(out, t.data_ptr(), nbytes);
-    out += nbytes;
+    if (nbytes > 0) out.write(std::string_view(static_cast<const char*>(t.data_ptr()), nbytes));
   }
-  write_file_atomic(path, bytes);
+  out.commit();
 }
 
 }  // namespace dha::io

@@ -123,6 +123,12 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   add("gradients", trained * kFp32, "fp32, trained weights only");
   add("optimizer state", trained * 2 * kFp32, "AdamW moments, fp32");
   add("fusion operators", in.fusion_operator_elements * 4 * kFp32, "Omega, its gradient and moments");
+  // Each step recomputes the fused K/V projections from Omega and the weights;
+  // backward keeps the fused result, the mixed members and the fusion loss's
+  // view of them (fp32), plus the fp32 upcast of a frozen low-precision pool.
+  const bool low_precision_pools = in.train_weights == TrainWeights::kNone && element_bytes(in.storage_dtype) < kFp32;
+  add("fused projections", in.fused_projection_elements * (low_precision_pools ? 4 : 3) * kFp32,
+      "fp32, kept for backward");
 
   int64_t per_token = 0, largest_layer = 0;
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -145,7 +151,14 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   if (in.inference_copies > 0)
     add("model copies", in.inference_copies * plan.parameters * frozen_bytes, "frozen, storage dtype (a teacher)");
   const bool upcasts = !in.cuda && frozen > 0 && frozen_bytes < kFp32;
-  add("workspace", upcasts ? 2 * largest_matrix(c) * kFp32 : 0, "fp32 copy of one frozen weight, forward and backward");
+  // AdamW's denominator: one temporary the size of the largest trained tensor.
+  const int64_t largest_trained = in.inference_only                             ? 0
+                                  : in.train_weights == TrainWeights::kAll       ? largest_matrix(c)
+                                  : in.train_weights == TrainWeights::kAttention ? c.n_heads * c.head_dim * c.dim
+                                                                                 : 0;
+  add("workspace", (upcasts ? 2 * largest_matrix(c) : 0) * kFp32 + largest_trained * kFp32,
+      std::string(upcasts ? "fp32 copy of one frozen weight, forward and backward; " : "") +
+          (largest_trained > 0 ? "AdamW's update of the largest tensor" : ""));
   if (!in.cuda) add("runtime", kCpuRuntimeBytes, "LibTorch and BLAS in the process");
   return plan;
 }

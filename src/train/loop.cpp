@@ -46,6 +46,28 @@ double flops_per_token(const ModelConfig& c, int64_t seq_len) {
   return 6.0 * weights + 6.0 * c.n_layers * c.n_heads * c.head_dim * seq_len;
 }
 
+// sum += micro / grad_accum for every scalar, in fp64 on the device.
+void accumulate_scalars(StepScalars& sum, const StepScalars& micro, int64_t grad_accum) {
+  for (const auto& [key, value] : micro) {
+    const torch::Tensor share = value.detach().to(torch::kFloat64) / static_cast<double>(grad_accum);
+    auto it = sum.find(key);
+    if (it == sum.end()) sum.emplace(key, share);
+    else it->second.add_(share);
+  }
+}
+
+// The step's scalars on the host, in one transfer.
+std::map<std::string, double> read_scalars(const StepScalars& scalars) {
+  std::vector<torch::Tensor> values;
+  for (const auto& [key, value] : scalars) values.push_back(value.reshape({}));
+  const torch::Tensor host = torch::stack(values).cpu();
+  const auto read = host.accessor<double, 1>();
+  std::map<std::string, double> out;
+  int64_t i = 0;
+  for (const auto& [key, value] : scalars) out[key] = read[i++];
+  return out;
+}
+
 std::vector<torch::Tensor> all_params(const std::vector<ParamGroup>& groups) {
   std::vector<torch::Tensor> out;
   for (const auto& group : groups)
@@ -179,12 +201,12 @@ std::vector<ParamGroup> LanguageModelTask::param_groups(const TrainConfig& confi
   return {group};
 }
 
-torch::Tensor LanguageModelTask::loss(const torch::Tensor& batch, std::map<std::string, double>& metrics) {
+torch::Tensor LanguageModelTask::loss(const torch::Tensor& batch, StepScalars& scalars) {
   const int64_t t = batch.size(1) - 1;
   const torch::Tensor inputs = batch.narrow(1, 0, t), targets = batch.narrow(1, 1, t);
   const torch::Tensor logits = model_->forward(inputs);
   const torch::Tensor lm = lm_loss(logits, targets);
-  metrics["lm_loss"] += lm.item<double>();
+  scalars["lm_loss"] = lm.detach();
   if (!teacher_) return lm;
   torch::Tensor teacher_logits;
   {
@@ -192,7 +214,7 @@ torch::Tensor LanguageModelTask::loss(const torch::Tensor& batch, std::map<std::
     teacher_logits = (*teacher_)->forward(inputs);
   }
   const torch::Tensor kl = distill_kl(logits, teacher_logits, temperature_);
-  metrics["kl"] += kl.item<double>();
+  scalars["kl"] = kl.detach();
   return lm + distill_weight_ * kl;
 }
 
@@ -267,24 +289,26 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   while (result.steps < total_steps) {
     const auto start = std::chrono::steady_clock::now();
     optimizer.zero_grad();
-    std::map<std::string, double> step_metrics;
-    double loss_sum = 0.0;
+    StepScalars step_scalars{{"loss", torch::zeros({}, torch::TensorOptions(torch::kFloat64).device(device))}};
     for (int64_t micro = 0; micro < config.grad_accum; ++micro) {
       const int64_t offset = (micro * dist.world_size() + dist.rank()) * config.micro_batch;
       const torch::Tensor batch = sampler.batch(cursor, offset, config.micro_batch).to(device);
-      std::map<std::string, double> micro_metrics;
+      StepScalars micro_scalars;
       torch::Tensor loss;
       {
         Autocast autocast(device);
-        loss = task.loss(batch, micro_metrics);
+        loss = task.loss(batch, micro_scalars);
       }
       (loss / static_cast<double>(config.grad_accum)).backward();
-      loss_sum += loss.item<double>() / config.grad_accum;
-      for (const auto& [key, value] : micro_metrics) step_metrics[key] += value / config.grad_accum;
+      micro_scalars["loss"] = loss.detach();
+      accumulate_scalars(step_scalars, micro_scalars, config.grad_accum);
     }
     cursor = sampler.advance(cursor, per_step_sequences);
     dist.average_gradients(params, config.bucket_mb << 20);
-    // Loss and task metrics averaged over ranks, in one collective.
+    // Loss and task metrics read back once, then averaged over ranks in one collective.
+    std::map<std::string, double> step_metrics = read_scalars(step_scalars);
+    double loss_sum = step_metrics["loss"];
+    step_metrics.erase("loss");
     std::vector<double> reduced{loss_sum};
     for (const auto& [key, value] : step_metrics) reduced.push_back(value);
     reduced = dist.sum(reduced);

@@ -23,9 +23,11 @@ AdamW::AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double 
 }
 
 void AdamW::zero_grad() {
+  // Released rather than zeroed (torch's set_to_none): backward then adopts
+  // each new gradient buffer instead of adding it into a zeroed one, which
+  // would hold a second gradient-sized temporary per tensor at a time.
   for (auto& group : groups_)
-    for (auto& [name, p] : group.params)
-      if (p.grad().defined()) p.mutable_grad().zero_();
+    for (auto& [name, p] : group.params) p.mutable_grad().reset();
 }
 
 double AdamW::clip_grad_norm(double max_norm) {
@@ -66,8 +68,11 @@ void AdamW::step(double schedule_factor) {
       if (group.weight_decay != 0.0) p.mul_(1.0 - lr * group.weight_decay);
       m.mul_(beta1_).add_(grad, 1.0 - beta1_);
       v.mul_(beta2_).addcmul_(grad, grad, 1.0 - beta2_);
-      const torch::Tensor denom = (v.sqrt() / std::sqrt(correction2)).add_(eps_);
-      p.add_((m / denom).to(p.scalar_type()), -lr / correction1);
+      // One temporary the size of the parameter (the denominator), as torch.optim.AdamW.
+      torch::Tensor denom = v.sqrt();
+      denom.div_(std::sqrt(correction2)).add_(eps_);
+      if (p.scalar_type() == torch::kFloat32) p.addcdiv_(m, denom, -lr / correction1);
+      else p.add_((m / denom).to(p.scalar_type()), -lr / correction1);
     }
   }
 }
