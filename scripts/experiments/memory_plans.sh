@@ -22,23 +22,26 @@ for m in "${MODELS[@]}"; do
  "hidden_act": "silu", "torch_dtype": "float16", "bos_token_id": 1, "eos_token_id": 2}
 JSON
 done
-# The total of each plan the tool prints ("  total  X GiB  Y B/param"), one per stage.
-totals() { awk '/^memory plan/ {stage=$3; sub(/,$/, "", stage)} $1 == "total" {printf "%s %.1f %.1f\n", stage, $2, $4}'; }
-echo "| model | run | GPUs | stage | GiB per GPU | bytes/param | fits 80 GB |"
-echo "|---|---|---:|---|---:|---:|---|"
+# The largest total of the plans the tool prints ("  total  X GiB  Y B/param"), with its stage.
+peak() { awk '/^memory plan/ {stage=$3; gsub(/[(,]/, "", stage)}
+              $1 == "total" && $2 > best {best=$2; bpp=$4; at=stage}
+              END {printf "%.1f %.1f %s\n", best, bpp, at}'; }
+fits() { awk -v g="$1" 'BEGIN {print (g * 1.073741824 <= 80 ? "yes" : "no")}'; }
+echo "| model | run | largest stage | GiB per GPU, 1 GPU | GiB per GPU, 8 GPUs | bytes/param | fits 1 x 80 GB | fits 8 x 80 GB |"
+echo "|---|---|---|---:|---:|---:|---|---|"
 for m in "${MODELS[@]}"; do
   read -r name _ <<<"$m"
-  for gpus in 1 8; do
-    runs=("dha-convert (default recipe: batch 8 x 256)|$BIN/dha-convert --model $WORK/$name --plan-only --device cuda --world-size $gpus"
-          "dha-convert --train-weights none|$BIN/dha-convert --model $WORK/$name --plan-only --device cuda --world-size $gpus --train-weights none"
-          "dha-train (batch 1 x 4096)|$BIN/dha-train --model $WORK/$name --plan-only --device cuda --world-size $gpus --batch 1 --seq-len 4096"
-          "dha-train (batch 1 x 4096) --activation-checkpointing|$BIN/dha-train --model $WORK/$name --plan-only --device cuda --world-size $gpus --batch 1 --seq-len 4096 --activation-checkpointing")
-    for run in "${runs[@]}"; do
-      label=${run%%|*} cmd=${run#*|}
-      $cmd 2>&1 | totals | while read -r stage gib bpp; do
-        fits=$(awk -v g="$gib" 'BEGIN {print (g * 1.073741824 <= 80 ? "yes" : "no")}')
-        echo "| $name | $label | $gpus | $stage | $gib | $bpp | $fits |"
-      done
-    done
+  runs=("dha-convert (default recipe: batch 8 x 256)|dha-convert|"
+        "dha-convert --train-weights attention|dha-convert|--train-weights attention"
+        "dha-convert --train-weights none|dha-convert|--train-weights none"
+        "dha-train (batch 1 x 4096)|dha-train|--batch 1 --seq-len 4096"
+        "dha-train (batch 1 x 4096) --activation-checkpointing|dha-train|--batch 1 --seq-len 4096 --activation-checkpointing")
+  for run in "${runs[@]}"; do
+    IFS='|' read -r label tool args <<<"$run"
+    # shellcheck disable=SC2086  # args are words
+    read -r one bpp stage < <("$BIN/$tool" --model "$WORK/$name" --plan-only --device cuda --world-size 1 $args | peak)
+    # shellcheck disable=SC2086
+    read -r eight _ _ < <("$BIN/$tool" --model "$WORK/$name" --plan-only --device cuda --world-size 8 $args | peak)
+    echo "| $name | $label | $stage | $one | $eight | $bpp | $(fits "$one") | $(fits "$eight") |"
   done
 done

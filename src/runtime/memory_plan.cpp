@@ -151,11 +151,13 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   if (in.inference_copies > 0)
     add("model copies", in.inference_copies * plan.parameters * frozen_bytes, "frozen, storage dtype (a teacher)");
   const bool upcasts = !in.cuda && frozen > 0 && frozen_bytes < kFp32;
-  // AdamW's denominator: one temporary the size of the largest trained tensor.
-  const int64_t largest_trained = in.inference_only                             ? 0
+  // AdamW's denominator: one temporary the size of the largest trained tensor,
+  // or of the slice (2^24 elements) the update of a larger one goes by.
+  const int64_t largest_trained = std::min<int64_t>(int64_t{1} << 24,
+                                  in.inference_only                             ? 0
                                   : in.train_weights == TrainWeights::kAll       ? largest_matrix(c)
                                   : in.train_weights == TrainWeights::kAttention ? c.n_heads * c.head_dim * c.dim
-                                                                                 : 0;
+                                                                                 : 0);
   add("workspace", (upcasts ? 2 * largest_matrix(c) : 0) * kFp32 + largest_trained * kFp32,
       std::string(upcasts ? "fp32 copy of one frozen weight, forward and backward; " : "") +
           (largest_trained > 0 ? "AdamW's update of the largest tensor" : ""));

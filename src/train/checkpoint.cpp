@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <vector>
 
 #include "dha/error.h"
 #include "dha/io/atomic_file.h"
@@ -76,12 +78,21 @@ TrainCheckpoint read_checkpoint(const std::string& dir) {
 }  // namespace
 
 std::string file_checksum(const std::string& path) {
-  const std::string bytes = io::read_file(path);
+  // FNV-1a over the file, read in blocks: a checkpoint's optimizer state can
+  // be larger than the memory left beside the model.
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path, ": cannot open for reading (to checksum it)");
+  std::vector<char> block(1 << 20);
   uint64_t hash = 1469598103934665603ull;
-  for (unsigned char c : bytes) {
-    hash ^= c;
-    hash *= 1099511628211ull;
+  while (in) {
+    in.read(block.data(), static_cast<std::streamsize>(block.size()));
+    const std::streamsize n = in.gcount();
+    for (std::streamsize i = 0; i < n; ++i) {
+      hash ^= static_cast<unsigned char>(block[static_cast<size_t>(i)]);
+      hash *= 1099511628211ull;
+    }
   }
+  if (in.bad()) fail(path, ": read failed while checksumming it");
   char out[17];
   std::snprintf(out, sizeof(out), "%016llx", static_cast<unsigned long long>(hash));
   return out;

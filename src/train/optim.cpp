@@ -8,6 +8,11 @@
 
 namespace dha {
 
+namespace {
+// Elements per slice of the update (64 MiB of fp32): bounds its temporary.
+constexpr int64_t kUpdateChunk = int64_t{1} << 24;
+}  // namespace
+
 AdamW::AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double eps)
     : groups_(std::move(groups)), beta1_(beta1), beta2_(beta2), eps_(eps) {
   std::set<std::string> names;
@@ -68,11 +73,20 @@ void AdamW::step(double schedule_factor) {
       if (group.weight_decay != 0.0) p.mul_(1.0 - lr * group.weight_decay);
       m.mul_(beta1_).add_(grad, 1.0 - beta1_);
       v.mul_(beta2_).addcmul_(grad, grad, 1.0 - beta2_);
-      // One temporary the size of the parameter (the denominator), as torch.optim.AdamW.
-      torch::Tensor denom = v.sqrt();
-      denom.div_(std::sqrt(correction2)).add_(eps_);
-      if (p.scalar_type() == torch::kFloat32) p.addcdiv_(m, denom, -lr / correction1);
-      else p.add_((m / denom).to(p.scalar_type()), -lr / correction1);
+      // torch.optim.AdamW's update, over slices of at most kUpdateChunk
+      // elements: the denominator is the only temporary, and slicing an
+      // elementwise update changes no bit of it.
+      const bool sliced = p.is_contiguous() && p.numel() > kUpdateChunk;
+      const std::vector<torch::Tensor> ps = sliced ? p.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{p};
+      const std::vector<torch::Tensor> ms = sliced ? m.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{m};
+      const std::vector<torch::Tensor> vs = sliced ? v.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{v};
+      for (size_t c = 0; c < ps.size(); ++c) {
+        torch::Tensor denom = vs[c].sqrt();
+        denom.div_(std::sqrt(correction2)).add_(eps_);
+        torch::Tensor target = ps[c];
+        if (target.scalar_type() == torch::kFloat32) target.addcdiv_(ms[c], denom, -lr / correction1);
+        else target.add_((ms[c] / denom).to(target.scalar_type()), -lr / correction1);
+      }
     }
   }
 }
