@@ -6,6 +6,8 @@
 #include <torch/torch.h>
 
 #include "dha/checkpoint.h"
+#include "dha/fusion.h"
+#include "dha/search.h"
 #include "dha/loss.h"
 #include "dha/memory.h"
 #include "dha/memory_plan.h"
@@ -243,4 +245,43 @@ TEST(MemoryPlan, CountsOnlyWhatTrainsAndHoldsFrozenWeightsInTheirDtype) {
   EXPECT_GT(attention.total(), none.total());
   EXPECT_NE(all.table().find("optimizer state"), std::string::npos);
   dha::test::expect_one_line_error([] { dha::parse_train_weights("some"); }, "all, attention, none");
+}
+
+// A fusion step keeps, beyond the model's own activations and logits, the
+// fused K/V projections the plan counts (fp32, three views of each for
+// backward); measured with every pool fused as one group.
+TEST(MemoryPlan, FusedProjectionsMatchWhatAFusionStepKeeps) {
+  dha::MemoryMeter::install();
+  dha::ModelConfig c = dha::test::tiny_config();
+  c.dim = 64;
+  c.hidden_dim = 160;
+  c.n_layers = 4;
+  c.head_dim = 16;
+  c.max_seq_len = 96;
+  c.layout = dha::HeadLayout::mha(4, 4);
+  const int64_t batch = 3, seq = 96;
+  dha::MemoryPlanInputs in;
+  in.model = c;
+  in.micro_batch = batch;
+  in.seq_len = seq;
+  in.fused_projection_elements = c.n_layers * 2 * c.n_heads * c.head_dim * c.dim;
+  const dha::MemoryPlan plan = dha::plan_memory(in);
+  auto planned = [&](const std::string& name) {
+    for (const auto& cat : plan.categories)
+      if (cat.name == name) return cat.bytes;
+    return int64_t{0};
+  };
+  EXPECT_EQ(planned("fused projections"), 3 * 4 * in.fused_projection_elements);
+
+  const dha::Checkpoint ck = dha::test::random_checkpoint(c, 21);
+  const torch::Tensor tokens = dha::test::random_tokens(batch, seq + 1, c.vocab_size, 22);
+  dha::FusionTask task(dha::make_model(ck, "fusion"), dha::contiguous_grouping(c, 1), 10, {}, std::nullopt);
+  task.model()->train();
+  dha::StepScalars scalars;
+  const int64_t before = dha::MemoryMeter::current_bytes();
+  torch::Tensor loss = task.loss(tokens, scalars);
+  const int64_t kept = dha::MemoryMeter::current_bytes() - before;
+  const int64_t want = planned("activations") + planned("logits and loss") * 2 / 3 + planned("fused projections");
+  EXPECT_NEAR(static_cast<double>(kept), static_cast<double>(want), 0.25 * want)
+      << "measured " << kept << ", planned " << want << " (fused projections " << planned("fused projections") << ")";
 }

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
       const dha::ConvertPlan plan = dha::plan_conversion(options, dha::io::load_model_config(model_path), model_path);
       if (world_size <= 0) world_size = std::getenv("WORLD_SIZE") ? std::atoi(std::getenv("WORLD_SIZE")) : 1;
       for (const auto& p : dha::conversion_memory_plans(options, plan, dha::io::load_storage_dtype(model_path),
+                                                        dha::io::loads_file_pages(model_path),
                                                         options.device == "cuda", world_size))
         std::printf("%s", p.table().c_str());
       return 0;

@@ -118,11 +118,13 @@ FusionOptions conversion_fusion_options(const ConvertOptions& options);
 
 // The memory each trained stage of the conversion will need per rank: the
 // search's whole-pool fusion (when the measure trains) and the fusion stage.
-// `fusion_operators`: the fusion stage's Omega entries (unknown before the
+// `source_file_pages`: the source's weights are pages of its files
+// (io::loads_file_pages), handed back once a stage has its fp32 copies, so
+// they do not stay beside them. `fusion_operators`: the fusion stage's Omega entries (unknown before the
 // search: 0 gives the whole-pool bound).
 std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, const ConvertPlan& plan,
-                                                torch::ScalarType storage_dtype, bool cuda, int world_size,
-                                                int64_t fusion_operators = 0);
+                                                torch::ScalarType storage_dtype, bool source_file_pages, bool cuda,
+                                                int world_size, int64_t fusion_operators = 0);
 
 struct ConvertSummary {
   nlohmann::json report;  // what report.json holds

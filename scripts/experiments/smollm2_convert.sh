@@ -44,7 +44,7 @@ log() { echo "[smollm2 $(( $(date +%s) - START ))s] $*"; }
 timed() { local name=$1; shift; /usr/bin/time -f "%e %M" -o "$WORK/$name.time" "$@"; }
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 echo "load average at the start: $(load)" >"$WORK/load.txt"
-log "load average $(load) on $(nproc) cores, OMP_NUM_THREADS=$OMP_NUM_THREADS"
+log "load average $(load) on $(nproc --all) cores, OMP_NUM_THREADS=$OMP_NUM_THREADS"
 
 log "MHA twin: dha-export --format mha"
 timed twin-export "$BIN/dha-export" --model "$GGUF" --format mha --out "$WORK/twin" --force >"$WORK/twin-export.log" 2>&1

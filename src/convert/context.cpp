@@ -47,8 +47,8 @@ Llama ConvertContext::source_model() const {
 }
 
 std::optional<MemoryPlan> ConvertContext::stage_plan(const std::string& stage, int64_t fusion_operators) const {
-  for (const auto& p : conversion_memory_plans(options, plan, source.storage_dtype, device.is_cuda(),
-                                               dist->world_size(), fusion_operators))
+  for (const auto& p : conversion_memory_plans(options, plan, source.storage_dtype, io::loads_file_pages(model_path),
+                                               device.is_cuda(), dist->world_size(), fusion_operators))
     if (p.stage == stage) return p;
   return std::nullopt;
 }

@@ -131,8 +131,8 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
 }
 
 std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, const ConvertPlan& plan,
-                                                torch::ScalarType storage_dtype, bool cuda, int world_size,
-                                                int64_t fusion_operators) {
+                                                torch::ScalarType storage_dtype, bool source_file_pages, bool cuda,
+                                                int world_size, int64_t fusion_operators) {
   MemoryPlanInputs in;
   in.model = plan.shared;
   in.micro_batch = options.batch;
@@ -142,8 +142,9 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
   in.storage_dtype = storage_dtype;
   in.train_weights = plan.train_weights;
   in.activation_checkpointing = options.activation_checkpointing;
-  // The source checkpoint stays in memory: what trains is a copy of it.
-  in.keeps_source = plan.train_weights != TrainWeights::kNone;
+  // What trains is a copy of the source checkpoint, which stays in host
+  // memory beside it unless its pages belong to the file (then handed back).
+  in.keeps_source = plan.train_weights != TrainWeights::kNone && !cuda && !source_file_pages;
   int64_t whole_pools = 0;  // Omega of whole-pool fusion: n^2 per pool of n heads
   int64_t projections = 0;  // the K/V weights of every pool (rows of head_dim x dim, and biases)
   const ModelConfig& m = plan.shared;
@@ -163,7 +164,13 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
     in.stage = "fusion";
     in.fusion_operator_elements =
         fusion_operators > 0 ? fusion_operators : whole_pools * (options.per_channel ? plan.shared.head_dim : 1);
-    in.teacher = options.distill_weight > 0;  // its weights are the source's, shared
+    in.teacher = options.distill_weight > 0;
+    if (in.teacher) {
+      // The teacher is the source itself: its weights are read every step (on
+      // the CPU, the source's own tensors; on CUDA, a copy on the device).
+      if (cuda) in.inference_copies = 1;
+      else in.keeps_source = plan.train_weights != TrainWeights::kNone;
+    }
     plans.push_back(plan_memory(in));
   }
   // Every conversion measures the source and its result with forward passes only.
@@ -175,6 +182,7 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
   measure.keeps_source = false;
   measure.fusion_operator_elements = 0;
   measure.fused_projection_elements = 0;
+  measure.inference_copies = 0;
   plans.push_back(plan_memory(measure));
   return plans;
 }

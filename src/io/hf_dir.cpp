@@ -284,7 +284,9 @@ Checkpoint load_hf_dir(const std::string& dir) {
       if (owner != file) continue;
       if (name.find("rotary_emb.inv_freq") != std::string::npos) continue;  // old HF exports
       if (!st.contains(name)) fail(st.path(), ": tensor '", name, "' listed in the index is missing");
-      torch::Tensor t = st.tensor(name);
+      // Views of the file's pages: a 7B model is not copied on load, and the
+      // pages of weights a stage copies to fp32 can be handed back.
+      torch::Tensor t = st.mapped_tensor(name);
       if (!have_dtype) checkpoint.storage_dtype = t.scalar_type(), have_dtype = true;
       checkpoint.tensors[name] = std::move(t);
     }

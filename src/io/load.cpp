@@ -46,6 +46,8 @@ Checkpoint load_checkpoint(const std::string& path) {
   return load_llama2c(path);
 }
 
+bool loads_file_pages(const std::string& path) { return checkpoint_kind(path) == CheckpointKind::kDirectory; }
+
 ModelConfig load_model_config(const std::string& path) {
   switch (checkpoint_kind(path)) {
     case CheckpointKind::kDirectory: return load_hf_dir_config(path);

@@ -241,11 +241,14 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     fail(path, ": file is ", file_size,
          " bytes, too short for a safetensors file (expected at least 8 bytes)");
   }
-  void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  // Private and writable: tensors viewing the file (mapped_tensor) may be
+  // written to like any tensor, copy-on-write, without ever touching the file.
+  void* map = ::mmap(nullptr, file_size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
   int map_err = errno;
   ::close(fd);  // the mapping keeps the file alive on its own
   if (map == MAP_FAILED) fail(path, ": cannot mmap ", file_size, " bytes: ", std::strerror(map_err));
-  data_ = static_cast<const uint8_t*>(map);
+  region_ = std::make_shared<MappedRegion>(map, file_size);
+  data_ = region_->data();
   size_ = file_size;
 
   // The destructor does not run when the constructor throws, so unmap here.
@@ -284,15 +287,13 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
     }
     check_overlaps(path, entries_);
   } catch (...) {
-    ::munmap(const_cast<uint8_t*>(data_), size_);
+    region_.reset();
     data_ = nullptr;
     throw;
   }
 }
 
-SafetensorsFile::~SafetensorsFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-}
+SafetensorsFile::~SafetensorsFile() = default;
 
 std::vector<std::string> SafetensorsFile::names() const {
   std::vector<std::string> out;
@@ -307,6 +308,13 @@ const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const {
     fail(path_, ": no tensor named ", quoted(name), " (the file has ", entries_.size(),
          " tensors)");
   return it->second;
+}
+
+torch::Tensor SafetensorsFile::mapped_tensor(const std::string& name) const {
+  const SafetensorsEntry& e = entry(name);
+  const uint64_t offset = data_start_ + e.begin;
+  if (e.end == e.begin || offset % c10::elementSize(e.dtype) != 0) return tensor(name);
+  return view_region(region_, offset, e.shape, e.dtype);
 }
 
 torch::Tensor SafetensorsFile::tensor(const std::string& name) const {

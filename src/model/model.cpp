@@ -6,6 +6,7 @@
 #include "checkpointing.h"
 #include "dha/attention.h"
 #include "dha/error.h"
+#include "dha/io/mapped_region.h"
 
 namespace dha {
 namespace {
@@ -303,6 +304,9 @@ Llama make_model_sharing(const Checkpoint& checkpoint, const std::string& source
     item.value().set_data(train ? tensor.to(torch::kCPU, torch::kFloat32, /*non_blocking=*/false, /*copy=*/true)
                                 : tensor);
     item.value().set_requires_grad(train);
+    // The checkpoint's copy of a trained weight is not read again while the
+    // model trains: when it is file pages, the kernel may have them back.
+    if (train) io::release_resident_pages(tensor);
   }
   model->eval();
   return model;

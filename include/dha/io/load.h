@@ -17,6 +17,10 @@ ModelConfig load_model_config(const std::string& path);
 // The dtype load_checkpoint will give its weights (the token embedding's),
 // read from the file headers only.
 torch::ScalarType load_storage_dtype(const std::string& path);
+// Whether load_checkpoint's weights are pages of the file (safetensors
+// directories: io::release_resident_pages can hand them back) rather than
+// memory of their own (GGUF dequantized, llama2.c).
+bool loads_file_pages(const std::string& path);
 
 // The model (CPU, float32, eval mode) and its tokenizer: `tokenizer_path`, or
 // when empty the tokenizer inside / beside the model. A tokenizer whose vocab

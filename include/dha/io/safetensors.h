@@ -15,6 +15,8 @@
 
 #include <torch/types.h>
 
+#include "dha/io/mapped_region.h"
+
 namespace dha::io {
 
 struct SafetensorsEntry {
@@ -40,10 +42,14 @@ class SafetensorsFile {
   const SafetensorsEntry& entry(const std::string& name) const;  // throws if absent
   // An owned copy of the tensor in its stored dtype (CPU, contiguous).
   torch::Tensor tensor(const std::string& name) const;
+  // The tensor as a view of the file's pages (no copy; it keeps the mapping
+  // alive), or a copy when its bytes are not aligned for its dtype.
+  torch::Tensor mapped_tensor(const std::string& name) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
  private:
   std::string path_;
+  std::shared_ptr<MappedRegion> region_;  // the whole file, shared with mapped tensors
   const uint8_t* data_ = nullptr;   // start of the mapping
   size_t size_ = 0;                 // mapping size
   uint64_t data_start_ = 0;         // 8 + header size
