@@ -40,6 +40,9 @@ class AdamW {
   void load_state(const TensorMap& state, int64_t steps, const std::string& source);
 
  private:
+  // The update of a plain fp32 CPU parameter in one pass; false for others.
+  bool fused_cpu_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v, double lr,
+                        double weight_decay, double correction1, double correction2) const;
   std::vector<ParamGroup> groups_;
   double beta1_, beta2_, eps_;
   int64_t steps_ = 0;

@@ -125,10 +125,8 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   add("fusion operators", in.fusion_operator_elements * 4 * kFp32, "Omega, its gradient and moments");
   // Each step recomputes the fused K/V projections from Omega and the weights;
   // backward keeps the fused result, the mixed members and the fusion loss's
-  // view of them (fp32), plus the fp32 upcast of a frozen low-precision pool.
-  const bool low_precision_pools = in.train_weights == TrainWeights::kNone && element_bytes(in.storage_dtype) < kFp32;
-  add("fused projections", in.fused_projection_elements * (low_precision_pools ? 4 : 3) * kFp32,
-      "fp32, kept for backward");
+  // view of them (fp32; a frozen pool's fp32 upcast is transient).
+  add("fused projections", in.fused_projection_elements * 3 * kFp32, "fp32, kept for backward");
 
   int64_t per_token = 0, largest_layer = 0;
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -158,8 +156,10 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
                                   : in.train_weights == TrainWeights::kAll       ? largest_matrix(c)
                                   : in.train_weights == TrainWeights::kAttention ? c.n_heads * c.head_dim * c.dim
                                                                                  : 0);
-  add("workspace", (upcasts ? 2 * largest_matrix(c) : 0) * kFp32 + largest_trained * kFp32,
-      std::string(upcasts ? "fp32 copy of one frozen weight, forward and backward; " : "") +
+  // A frozen low-precision weight is upcast one matrix at a time, in forward
+  // and again in backward, never two at once.
+  add("workspace", (upcasts ? largest_matrix(c) : 0) * kFp32 + largest_trained * kFp32,
+      std::string(upcasts ? "fp32 copy of one frozen weight at a time; " : "") +
           (largest_trained > 0 ? "AdamW's update of the largest tensor" : ""));
   if (!in.cuda) add("runtime", kCpuRuntimeBytes, "LibTorch and BLAS in the process");
   return plan;
