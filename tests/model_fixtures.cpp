@@ -5,6 +5,9 @@
 
 #include <torch/torch.h>
 
+#include "dha/io/hf_dir.h"
+#include "test_util.h"
+
 namespace dha::test {
 
 ModelConfig tiny_config(bool tied, bool biased) {
@@ -50,6 +53,21 @@ Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed) {
 torch::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {
   torch::manual_seed(seed);
   return torch::randint(vocab, {batch, length}, torch::kInt64);
+}
+
+std::string tiny_calibration_text() {
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "The little cat number " + std::to_string(i) + " sat on a warm mat.\n\n";
+  return text;
+}
+
+void save_tiny_model_with_tokenizer(const std::string& dir) {
+  ModelConfig c = tiny_config();
+  c.vocab_size = 512;
+  c.max_seq_len = 64;
+  io::DirSaveOptions save;
+  save.extra_files.push_back({shared_path("models/stories260K/tok512.bin"), "tokenizer.bin"});
+  io::save_hf_dir(dir, random_checkpoint(c, 1), save);
 }
 
 }  // namespace dha::test

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "dha/checkpoint.h"
 #include "dha/model.h"
@@ -20,5 +21,14 @@ Checkpoint random_checkpoint(const ModelConfig& config, uint64_t seed);
 
 // Random token ids [B, T] below the vocab size.
 torch::Tensor random_tokens(int64_t batch, int64_t length, int64_t vocab, uint64_t seed);
+
+// Calibration text for end-to-end dha-convert runs on tiny models: 40 short
+// documents separated by blank lines.
+std::string tiny_calibration_text();
+
+// A tiny random MHA model (vocab 512, context 64) saved as an HF directory at
+// `dir` with stories260K's tok512.bin beside it as tokenizer.bin (the caller
+// checks that ../shared has it).
+void save_tiny_model_with_tokenizer(const std::string& dir);
 
 }  // namespace dha::test

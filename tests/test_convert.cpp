@@ -374,15 +374,8 @@ class ConvertCli : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!fs::exists(dha::test::shared_path("models/stories260K/tok512.bin"))) GTEST_SKIP() << "../shared is absent";
-    dha::ModelConfig c = dha::test::tiny_config();
-    c.vocab_size = 512;
-    c.max_seq_len = 64;
-    dha::io::DirSaveOptions save;
-    save.extra_files.push_back({dha::test::shared_path("models/stories260K/tok512.bin"), "tokenizer.bin"});
-    dha::io::save_hf_dir(tmp_.file("model"), dha::test::random_checkpoint(c, 1), save);
-    std::string text;
-    for (int i = 0; i < 40; ++i) text += "The little cat number " + std::to_string(i) + " sat on a warm mat.\n\n";
-    dha::io::write_file_atomic(tmp_.file("calib.txt"), text);
+    dha::test::save_tiny_model_with_tokenizer(tmp_.file("model"));
+    dha::io::write_file_atomic(tmp_.file("calib.txt"), dha::test::tiny_calibration_text());
   }
   std::string args(const std::string& out, const std::string& extra = "", const std::string& budget = "0.5") const {
     return "dha-convert --model " + tmp_.file("model") + " --calib " + tmp_.file("calib.txt") + " --out " + out +

@@ -34,6 +34,26 @@ std::pair<double, std::map<std::string, torch::Tensor>> loss_and_gradients(dha::
   return {loss.item<double>(), grads};
 }
 
+// A model wide enough that activations and projections dominate the plan's
+// rounding: d 64, 4 layers of 4 heads of 16, hidden 160, context 96.
+dha::ModelConfig wide_config() {
+  dha::ModelConfig c = dha::test::tiny_config();
+  c.dim = 64;
+  c.hidden_dim = 160;
+  c.n_layers = 4;
+  c.head_dim = 16;
+  c.max_seq_len = 96;
+  c.layout = dha::HeadLayout::mha(4, 4);
+  return c;
+}
+
+// The bytes a plan gives one category (0 when it has none).
+int64_t planned_bytes(const dha::MemoryPlan& plan, const std::string& name) {
+  for (const auto& category : plan.categories)
+    if (category.name == name) return category.bytes;
+  return 0;
+}
+
 dha::ModelConfig shared_config() {
   dha::ModelConfig c = dha::test::tiny_config();
   c.n_layers = 4;
@@ -162,13 +182,7 @@ TEST(MemoryPlan, MatchesMeasuredAllocationsOfATrainingStep) {
     dha::ModelConfig config;
     bool checkpointing;
   };
-  dha::ModelConfig wide = dha::test::tiny_config();
-  wide.dim = 64;
-  wide.hidden_dim = 160;
-  wide.n_layers = 4;
-  wide.head_dim = 16;
-  wide.max_seq_len = 96;
-  wide.layout = dha::HeadLayout::mha(4, 4);
+  const dha::ModelConfig wide = wide_config();
   dha::ModelConfig decoupled = wide;
   decoupled.layout.k_map = {{0, 0, 1, 1}, {0, 0, 0, 0}, {0, 1, 2, 3}, {1, 0, 0, 1}};
   decoupled.layout.v_map = {{0, 1, 2, 3}, {0, 0, 1, 1}, {0, 0, 0, 0}, {0, 1, 1, 0}};
@@ -182,11 +196,7 @@ TEST(MemoryPlan, MatchesMeasuredAllocationsOfATrainingStep) {
     in.seq_len = seq;
     in.activation_checkpointing = c.checkpointing;
     const dha::MemoryPlan plan = dha::plan_memory(in);
-    auto planned = [&](const std::string& name) {
-      for (const auto& cat : plan.categories)
-        if (cat.name == name) return cat.bytes;
-      return int64_t{0};
-    };
+    auto planned = [&](const std::string& name) { return planned_bytes(plan, name); };
 
     const int64_t base = dha::MemoryMeter::current_bytes();
     const dha::Checkpoint ck = dha::test::random_checkpoint(c.config, 12);
@@ -252,13 +262,7 @@ TEST(MemoryPlan, CountsOnlyWhatTrainsAndHoldsFrozenWeightsInTheirDtype) {
 // backward); measured with every pool fused as one group.
 TEST(MemoryPlan, FusedProjectionsMatchWhatAFusionStepKeeps) {
   dha::MemoryMeter::install();
-  dha::ModelConfig c = dha::test::tiny_config();
-  c.dim = 64;
-  c.hidden_dim = 160;
-  c.n_layers = 4;
-  c.head_dim = 16;
-  c.max_seq_len = 96;
-  c.layout = dha::HeadLayout::mha(4, 4);
+  const dha::ModelConfig c = wide_config();
   const int64_t batch = 3, seq = 96;
   dha::MemoryPlanInputs in;
   in.model = c;
@@ -266,11 +270,7 @@ TEST(MemoryPlan, FusedProjectionsMatchWhatAFusionStepKeeps) {
   in.seq_len = seq;
   in.fused_projection_elements = c.n_layers * 2 * c.n_heads * c.head_dim * c.dim;
   const dha::MemoryPlan plan = dha::plan_memory(in);
-  auto planned = [&](const std::string& name) {
-    for (const auto& cat : plan.categories)
-      if (cat.name == name) return cat.bytes;
-    return int64_t{0};
-  };
+  auto planned = [&](const std::string& name) { return planned_bytes(plan, name); };
   EXPECT_EQ(planned("fused projections"), 3 * 4 * in.fused_projection_elements);
 
   const dha::Checkpoint ck = dha::test::random_checkpoint(c, 21);

@@ -185,10 +185,9 @@ TEST_F(ModelFamilies, WhatDhaCannotRunIsRefusedInOneLine) {
 TEST_F(ModelFamilies, ConvertAndExportReloadToTheReportedModel) {
   DHA_REQUIRE_SHARED("models/stories260K/tok512.bin");
   const std::string tokenizer = dha::test::shared_path("models/stories260K/tok512.bin");
-  std::string text, eval;
-  for (int i = 0; i < 40; ++i) text += "The little cat number " + std::to_string(i) + " sat on a warm mat.\n\n";
+  std::string eval;
   for (int i = 0; i < 6; ++i) eval += "A dog named " + std::to_string(i) + " ran to the big red ball.\n\n";
-  dha::io::write_file_atomic(path("calib.txt"), text);
+  dha::io::write_file_atomic(path("calib.txt"), dha::test::tiny_calibration_text());
   dha::io::write_file_atomic(path("eval.txt"), eval);
   auto mean_nll = [&](const std::string& model) {
     const auto run = dha::test::run_tool("dha-eval --model " + model + " --tokenizer " + tokenizer + " --text " +

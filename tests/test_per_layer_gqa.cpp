@@ -433,15 +433,8 @@ TEST(PerLayerGqa, FusionInvariantsHoldAndExportsKeepTheKvBytes) {
 TEST(PerLayerGqaCli, ConvertsAndExportsWithoutLosingKvBytes) {
   DHA_REQUIRE_SHARED("models/stories260K/tok512.bin");
   TempDir tmp;
-  dha::ModelConfig c = dha::test::tiny_config();
-  c.vocab_size = 512;
-  c.max_seq_len = 64;
-  dha::io::DirSaveOptions save;
-  save.extra_files.push_back({dha::test::shared_path("models/stories260K/tok512.bin"), "tokenizer.bin"});
-  dha::io::save_hf_dir(tmp.file("model"), dha::test::random_checkpoint(c, 1), save);
-  std::string text;
-  for (int i = 0; i < 40; ++i) text += "The little cat number " + std::to_string(i) + " sat on a warm mat.\n\n";
-  dha::io::write_file_atomic(tmp.file("calib.txt"), text);
+  dha::test::save_tiny_model_with_tokenizer(tmp.file("model"));
+  dha::io::write_file_atomic(tmp.file("calib.txt"), dha::test::tiny_calibration_text());
   auto convert = [&](const std::string& out, const std::string& budget) {
     return dha::test::run_tool("dha-convert --model " + tmp.file("model") + " --calib " + tmp.file("calib.txt") +
                                    " --out " + out + " --budget " + budget +

@@ -54,14 +54,17 @@ int32_t token_id(const json& j, const char* key, int32_t fallback, const std::st
   fail(where, ": field \"", key, "\" must be an integer or a list of integers");
 }
 
+json read_json_file(const std::string& path) {
+  try {
+    return json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    fail(path, ": not valid JSON (", e.what(), ")");
+  }
+}
+
 std::map<std::string, std::string> shard_map(const std::string& dir) {
   const std::string index_path = dir + "/" + kIndexFile;
-  json index;
-  try {
-    index = json::parse(read_file(index_path));
-  } catch (const json::exception& e) {
-    fail(index_path, ": not valid JSON (", e.what(), ")");
-  }
+  const json index = read_json_file(index_path);
   if (!index.contains("weight_map") || !index["weight_map"].is_object())
     fail(index_path, ": \"weight_map\" object is missing");
   std::map<std::string, std::string> map;
@@ -251,13 +254,32 @@ json config_to_hf_json(const ModelConfig& c, DirFormat format, torch::ScalarType
 ModelConfig load_hf_dir_config(const std::string& dir) {
   const std::string config_path = dir + "/config.json";
   if (!fs::exists(config_path)) fail(dir, ": no config.json (expected an HF LLaMA or dha model directory)");
-  json j;
-  try {
-    j = json::parse(read_file(config_path));
-  } catch (const json::exception& e) {
-    fail(config_path, ": not valid JSON (", e.what(), ")");
+  return config_from_hf_json(read_json_file(config_path), config_path);
+}
+
+torch::ScalarType hf_dir_storage_dtype(const std::string& dir) {
+  if (fs::exists(dir + "/" + kSingleFile))
+    return SafetensorsFile(dir + "/" + kSingleFile).entry("model.embed_tokens.weight").dtype;
+  if (fs::exists(dir + "/" + kIndexFile)) {  // sharded: the shard that holds the embedding
+    const auto files = shard_map(dir);
+    const auto it = files.find("model.embed_tokens.weight");
+    if (it == files.end()) fail(dir, "/", kIndexFile, ": weight_map has no entry for model.embed_tokens.weight");
+    return SafetensorsFile(dir + "/" + it->second).entry("model.embed_tokens.weight").dtype;
   }
-  return config_from_hf_json(j, config_path);
+  // Only config.json (planning before the weights are downloaded): the dtype
+  // the weights are published in.
+  const std::string config_path = dir + "/config.json";
+  const json config = read_json_file(config_path);
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    const auto it = config.find(key);
+    if (it == config.end() || !it->is_string()) continue;
+    const std::string name = it->get<std::string>();
+    if (name == "bfloat16") return torch::kBFloat16;
+    if (name == "float16") return torch::kFloat16;
+    if (name == "float32") return torch::kFloat32;
+    fail(config_path, ": ", key, " \"", name, "\" is not one of bfloat16, float16, float32");
+  }
+  return torch::kFloat32;
 }
 
 Checkpoint load_hf_dir(const std::string& dir) {

@@ -67,50 +67,9 @@ std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_path, c
   return load_tokenizer(path, vocab);
 }
 
-namespace {
-
-nlohmann::json parse_json_file(const std::string& path) {
-  try {
-    return nlohmann::json::parse(read_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    fail(path, ": not valid JSON (", e.what(), ")");
-  }
-}
-
-// A directory with only config.json (planning before the weights are
-// downloaded): the dtype its weights are published in.
-torch::ScalarType config_json_dtype(const std::string& config_path) {
-  const nlohmann::json config = parse_json_file(config_path);
-  for (const char* key : {"torch_dtype", "dtype"}) {
-    const auto it = config.find(key);
-    if (it == config.end() || !it->is_string()) continue;
-    const std::string name = it->get<std::string>();
-    if (name == "bfloat16") return torch::kBFloat16;
-    if (name == "float16") return torch::kFloat16;
-    if (name == "float32") return torch::kFloat32;
-    fail(config_path, ": ", key, " \"", name, "\" is not one of bfloat16, float16, float32");
-  }
-  return torch::kFloat32;
-}
-
-}  // namespace
-
 torch::ScalarType load_storage_dtype(const std::string& path) {
   switch (checkpoint_kind(path)) {
-    case CheckpointKind::kDirectory: {
-      std::string file = path + "/model.safetensors";
-      const std::string index_path = path + "/model.safetensors.index.json";
-      if (!fs::exists(file) && !fs::exists(index_path)) return config_json_dtype(path + "/config.json");
-      if (!fs::exists(file)) {  // sharded: the shard that holds the embedding
-        const nlohmann::json index = parse_json_file(index_path);
-        const auto map = index.find("weight_map");
-        if (map == index.end() || !map->contains("model.embed_tokens.weight") ||
-            !(*map)["model.embed_tokens.weight"].is_string())
-          fail(index_path, ": weight_map has no string entry for model.embed_tokens.weight");
-        file = path + "/" + (*map)["model.embed_tokens.weight"].get<std::string>();
-      }
-      return SafetensorsFile(file).entry("model.embed_tokens.weight").dtype;
-    }
+    case CheckpointKind::kDirectory: return hf_dir_storage_dtype(path);
     case CheckpointKind::kGguf: {
       const GgufFile file(path);
       const uint32_t type = file.tensor_info("token_embd.weight").type;
