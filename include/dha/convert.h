@@ -61,6 +61,7 @@ struct ConvertOptions {
   // Memory (search and fusion)
   std::string train_weights = "all";    // all | attention (the fused K/V projections) | none (only Omega)
   bool activation_checkpointing = false;  // recompute each decoder layer in backward
+  int64_t zero = 0;                       // ZeRO stage of the search and fusion stages: 0, 1 or 2
   int64_t checkpoint_every = 0;         // training checkpoints of search and fusion (0: none)
   // Export
   std::string export_format = "dha";  // see export_formats()

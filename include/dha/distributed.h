@@ -30,6 +30,29 @@ class Distributed {
   // Averages the gradients over ranks in place, flattened into buckets of at
   // most `bucket_bytes` per all-reduce.
   void average_gradients(const std::vector<torch::Tensor>& params, int64_t bucket_bytes);
+  // ZeRO's two collectives on flat buffers whose size is a multiple of the
+  // world size. reduce_scatter_mean: `shard` = this rank's slice of the mean
+  // of every rank's `full` (Gloo has no AVG: summed, then scaled).
+  void reduce_scatter_mean(torch::Tensor& shard, torch::Tensor& full);
+  // all_gather: every rank's `shard` concatenated into `full`, rank order.
+  // The asynchronous form returns a handle; wait() before reading `full`.
+  class Pending {
+   public:
+    Pending();
+    Pending(Pending&&) noexcept;
+    Pending& operator=(Pending&&) noexcept;
+    ~Pending();
+    bool active() const;
+    void wait();
+
+   private:
+    friend class Distributed;
+    struct State;
+    std::unique_ptr<State> state_;
+  };
+  Pending all_gather_async(torch::Tensor& full, torch::Tensor& shard);
+  void all_gather(torch::Tensor& full, torch::Tensor& shard) { all_gather_async(full, shard).wait(); }
+
   // Sums (max for max_*) one or several doubles over ranks.
   std::vector<double> sum(std::vector<double> values);
   double max(double value);

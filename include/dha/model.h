@@ -153,6 +153,20 @@ class BackboneImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Backbone);
 
+// Where the model's weights come from when they are not always held: ZeRO-3
+// keeps each rank's shard only and gathers a part just before it runs
+// (forward, and again for a layer's recomputation in backward), releasing it
+// after. Parts: -1 the embedding, 0..L-1 the decoder layers, L the final norm
+// and head (released by the source itself once backward is done with them).
+class LayerWeightSource {
+ public:
+  virtual ~LayerWeightSource() = default;
+  // Makes part `part`'s parameters whole; `backward`: for a layer's
+  // recomputation in backward (the next part needed is then part - 1).
+  virtual void gather(int64_t part, bool backward) = 0;
+  virtual void release(int64_t part) = 0;
+};
+
 class LlamaImpl : public torch::nn::Module {
  public:
   // Validates the config; parameters are zero until load_state(). With
@@ -188,6 +202,10 @@ class LlamaImpl : public torch::nn::Module {
   // falls from L layers' worth to one layer's plus L inputs. Used only when
   // gradients are being recorded and there is no KV cache.
   bool activation_checkpointing = false;
+  // When set, every decoder layer's weights are gathered before it runs and
+  // released after (not owned). Training with it needs activation
+  // checkpointing: a layer's weights must not be kept for backward.
+  LayerWeightSource* layer_weights = nullptr;
 
  private:
   ModelConfig config_;

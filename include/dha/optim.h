@@ -21,6 +21,19 @@ struct ParamGroup {
   bool clipped = true;         // included in gradient-norm clipping
 };
 
+// The coefficients of one AdamW update of one tensor.
+struct AdamWUpdate {
+  double lr = 0.0, weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double correction1 = 1.0, correction2 = 1.0;  // 1 - beta^step
+};
+// torch.optim.AdamW's update of p (fp32) from grad, in place on p, m and v: in
+// one pass for contiguous fp32 CPU tensors, else in slices of at most 2^24
+// elements. The ZeRO shards update through the same function, so that a
+// sharded step computes bit for bit what the replicated one does.
+void adamw_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v,
+                  const AdamWUpdate& u);
+
 class AdamW {
  public:
   AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double eps);
@@ -40,9 +53,6 @@ class AdamW {
   void load_state(const TensorMap& state, int64_t steps, const std::string& source);
 
  private:
-  // The update of a plain fp32 CPU parameter in one pass; false for others.
-  bool fused_cpu_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v, double lr,
-                        double weight_decay, double correction1, double correction2) const;
   std::vector<ParamGroup> groups_;
   double beta1_, beta2_, eps_;
   int64_t steps_ = 0;

@@ -48,6 +48,10 @@ struct TrainConfig {
   int64_t dist_timeout_s = 300;  // a silent peer fails the run after this long
   int64_t stop_after = 0;        // stop (with a checkpoint) after this many steps of this run; 0: off
   bool activation_checkpointing = false;  // recompute each decoder layer in backward
+  // ZeRO stage (0: every rank holds the whole training state): 1 shards the
+  // fp32 master weights and AdamW moments, 2 also the gradients (reduced per
+  // layer as backward produces them), 3 also the weights (gathered per layer).
+  int64_t zero = 0;
 };
 
 // The recipe keys of TrainConfig, with their flags and help.

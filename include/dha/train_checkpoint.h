@@ -4,13 +4,16 @@
 // killing the writer never damages an earlier checkpoint; the last K are kept.
 #pragma once
 
+#include <functional>
 #include <optional>
+#include <vector>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "dha/checkpoint.h"
 #include "dha/data.h"
+#include "dha/distributed.h"
 
 namespace dha {
 
@@ -21,16 +24,36 @@ struct TrainCheckpoint {
   DataCursor cursor;
   int world_size = 1;
   nlohmann::json meta;  // configs, RNG state, task state: whatever the trainer records
-  TensorMap tensors;    // trainable state (model, task extras)
-  TensorMap optimizer;
+  TensorMap tensors;    // trainable state (model, task extras); of a sharded checkpoint, what is not sharded
+  TensorMap optimizer;  // replicated checkpoints only
+  // A sharded (ZeRO) checkpoint: the manifest of its flat units (null for a
+  // replicated one) and its per-rank files, rank order ("rank-<r>-of-<W>.safetensors").
+  nlohmann::json zero;
+  std::vector<std::string> shard_files;
 };
 
 // Writes <root>/step-<step>/ and removes all but the newest `keep` (keep <= 0: all).
 std::string save_train_checkpoint(const std::string& root, const TrainCheckpoint& checkpoint, int keep);
 
+// Collective over dist: every rank writes its file of `shard_tensors` (its
+// slices of the ZeRO units described by checkpoint.zero) into the staged
+// directory; rank 0 writes the tensors that are not sharded and, last, the
+// state.json that lists every file's checksum, then renames the directory into
+// place. Returns the directory.
+std::string save_sharded_train_checkpoint(const std::string& root, const TrainCheckpoint& checkpoint,
+                                          const TensorMap& shard_tensors, Distributed& dist, int keep);
+
 // The newest checkpoint under root whose checksums verify, if any. A damaged
-// newer one is skipped with a warning that names it.
+// newer one is skipped with a warning that names it. Of a sharded checkpoint,
+// every shard file is verified.
 std::optional<TrainCheckpoint> load_latest_train_checkpoint(const std::string& root);
+
+// The same, collective over dist: each rank verifies the files it reads (of
+// a sharded checkpoint, the shards `shards_needed` names for it) and a
+// checkpoint any rank finds damaged is skipped by all.
+std::optional<TrainCheckpoint> load_latest_train_checkpoint(
+    const std::string& root, Distributed& dist,
+    const std::function<std::vector<int>(const TrainCheckpoint&)>& shards_needed);
 
 // FNV-1a 64 of a file's bytes, as 16 hex digits.
 std::string file_checksum(const std::string& path);

@@ -65,6 +65,10 @@ RecipeFields<ConvertOptions> make_fields() {
       {"activation_checkpointing", "--activation-checkpointing",
        "recompute each decoder layer in backward instead of keeping its activations", &O::activation_checkpointing,
        true},
+      {"zero", "--zero",
+       "ZeRO stage of the search and fusion stages: 0 replicated; 1 shards the fp32 master weights and AdamW "
+       "state over the ranks; 2 also the gradients",
+       &O::zero},
       {"checkpoint_every", "--checkpoint-every", "training checkpoints of the search and fusion stages every N steps (0: none)",
        &O::checkpoint_every},
       {"export", "--export", export_formats_help(/*directories_only=*/true), &O::export_format},
@@ -101,6 +105,7 @@ TrainConfig conversion_train_config(const ConvertOptions& options, int64_t steps
   c.keep_checkpoints = 1;
   c.checkpoint_every = options.checkpoint_every;
   c.activation_checkpointing = options.activation_checkpointing;
+  c.zero = options.zero;
   c.log_every = 1;
   c.eval_every = 0;
   return c;

@@ -53,7 +53,10 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
       conversion_report(*ctx, r, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   io::write_file_atomic(staged.file("report.json"), report.dump(2) + "\n");
   write_pictures(*ctx, r);
-  staged.commit();
+  // Every rank of a data-parallel conversion computes the same result in its
+  // own staging directory; rank 0's becomes the output, the others' go.
+  if (ctx->dist->is_main()) staged.commit();
+  ctx->dist->barrier();
   return {report, out_dir};
 }
 

@@ -126,6 +126,10 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
   else if (options.dtype == "f16") plan.output_dtype = torch::kFloat16;
   else if (options.dtype != "keep") fail("--dtype \"", options.dtype, "\" is not one of keep, f32, bf16, f16");
   if (options.checkpoint_every < 0) fail("--checkpoint-every must not be negative");
+  if (options.zero == 3)
+    fail("--zero 3 shards the weights per decoder layer, but search and fusion read every layer's K/V projections "
+         "at once to fuse them; use --zero 2 (gradients and optimizer state sharded, weights whole)");
+  if (options.zero < 0 || options.zero > 3) fail("--zero ", options.zero, " is not 0, 1 or 2");
   plan.seq_len = options.seq_len > 0 ? std::min(options.seq_len, source.max_seq_len) : source.max_seq_len;
   return plan;
 }
@@ -138,6 +142,7 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
   in.micro_batch = options.batch;
   in.seq_len = plan.seq_len;
   in.world_size = world_size;
+  in.zero = static_cast<int>(options.zero);
   in.cuda = cuda;
   in.storage_dtype = storage_dtype;
   in.train_weights = plan.train_weights;

@@ -31,15 +31,20 @@ struct AutocastState {
 // emits when it is the source of a shared span.
 struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& probabilities_in,
-                               DecoderLayerImpl* layer, const Rope* rope) {
+                               DecoderLayerImpl* layer, const Rope* rope, LayerWeightSource* weights,
+                               int64_t index) {
     ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
     ctx->saved_data["rope"] = reinterpret_cast<int64_t>(rope);
+    ctx->saved_data["weights"] = reinterpret_cast<int64_t>(weights);
+    ctx->saved_data["index"] = index;
     const AutocastState autocast = AutocastState::current();
     ctx->saved_data["autocast"] = autocast.enabled;
     ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(autocast.dtype);
     ctx->save_for_backward({x, probabilities_in});
     torch::Tensor probabilities = layer->self_attn->shares_attention() ? probabilities_in : torch::Tensor();
+    if (weights) weights->gather(index, /*backward=*/false);
     const torch::Tensor out = layer->forward(x, *rope, 0, {}, {}, probabilities);
+    if (weights) weights->release(index);
     if (layer->self_attn->emits_probabilities) return {out, probabilities};
     return {out};
   }
@@ -47,6 +52,8 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     auto* layer = reinterpret_cast<DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
     auto* rope = reinterpret_cast<const Rope*>(ctx->saved_data["rope"].toInt());
+    auto* weights = reinterpret_cast<LayerWeightSource*>(ctx->saved_data["weights"].toInt());
+    const int64_t index = ctx->saved_data["index"].toInt();
     const auto saved = ctx->get_saved_variables();
     const torch::Tensor x = saved[0].detach().requires_grad_(saved[0].requires_grad());
     const bool reads = layer->self_attn->shares_attention();
@@ -58,6 +65,7 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
                   static_cast<at::ScalarType>(ctx->saved_data["autocast_dtype"].toInt())}
         .apply();
     variable_list outputs, output_grads;
+    if (weights) weights->gather(index, /*backward=*/true);
     {
       torch::AutoGradMode enable(true);
       torch::Tensor probabilities = probabilities_in;
@@ -71,19 +79,26 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
       // checkpointing) and into the detached inputs, which are returned.
       torch::autograd::backward(outputs, output_grads);
     }
+    outputs.clear();  // the recomputed graph, before the weights it read go
+    if (weights) weights->release(index);
     outer.apply();
+    // The recomputation's low-precision copies of the weights go with it:
+    // autocast clears its cache only when an outermost autocast region ends,
+    // so the next step's forward would otherwise find this step's copies.
+    if (ctx->saved_data["autocast"].toBool()) at::autocast::clear_cache();
     return {x.requires_grad() ? x.grad() : torch::Tensor(),
-            probabilities_need_grad ? probabilities_in.grad() : torch::Tensor(), torch::Tensor(), torch::Tensor()};
+            probabilities_need_grad ? probabilities_in.grad() : torch::Tensor(), torch::Tensor(), torch::Tensor(),
+            torch::Tensor(), torch::Tensor()};
   }
 };
 
 }  // namespace
 
 torch::Tensor checkpointed_layer_forward(DecoderLayerImpl& layer, const torch::Tensor& x, const Rope& rope,
-                                         torch::Tensor& probabilities) {
+                                         torch::Tensor& probabilities, LayerWeightSource* weights, int64_t index) {
   const torch::Tensor probabilities_in =
       layer.self_attn->shares_attention() ? probabilities : torch::empty({0}, x.options());
-  const variable_list out = CheckpointedLayer::apply(x, probabilities_in, &layer, &rope);
+  const variable_list out = CheckpointedLayer::apply(x, probabilities_in, &layer, &rope, weights, index);
   if (out.size() > 1) probabilities = out[1];
   return out[0];
 }

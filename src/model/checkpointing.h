@@ -13,7 +13,10 @@ namespace dha {
 // of the forward pass. `probabilities` works as in DecoderLayer::forward: read
 // by a layer that shares attention, written by a layer that emits it, and
 // differentiable either way.
+// With `weights`, the layer (number `index`) is gathered before each of its
+// two runs and released after.
 torch::Tensor checkpointed_layer_forward(DecoderLayerImpl& layer, const torch::Tensor& x, const Rope& rope,
-                                         torch::Tensor& probabilities);
+                                         torch::Tensor& probabilities, LayerWeightSource* weights = nullptr,
+                                         int64_t index = 0);
 
 }  // namespace dha

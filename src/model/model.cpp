@@ -212,24 +212,35 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
     if (cache->k.front().size(0) != b)
       fail("forward: batch ", b, " does not match the KV cache batch ", cache->k.front().size(0));
   }
+  if (layer_weights) layer_weights->gather(-1, /*backward=*/false);
   torch::Tensor h = model->embed_tokens(tokens);
   // The residual stream is float32 whatever the weights are stored in.
   if (h.scalar_type() != torch::kFloat32) h = h.to(torch::kFloat32);
+  if (layer_weights) layer_weights->release(-1);
   torch::Tensor probabilities;  // handed from a source layer to the layers that share its attention
   const bool recompute = activation_checkpointing && !cache && torch::GradMode::is_enabled();
+  if (layer_weights && torch::GradMode::is_enabled() && !recompute)
+    fail("forward: gathered layer weights (ZeRO-3) need activation checkpointing to train");
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     DecoderLayerImpl& layer = *model->layers[l]->as<DecoderLayer>();
     if (recompute) {
-      h = checkpointed_layer_forward(layer, h, rope_, probabilities);
+      h = checkpointed_layer_forward(layer, h, rope_, probabilities, layer_weights, l);
       continue;
     }
     torch::Tensor ck, cv;
     if (cache) ck = cache->k[l], cv = cache->v[l];
+    if (layer_weights) layer_weights->gather(l, /*backward=*/false);
     h = layer.forward(h, rope_, start, ck, cv, probabilities);
+    if (layer_weights) layer_weights->release(l);
   }
+  if (layer_weights) layer_weights->gather(config_.n_layers, /*backward=*/false);
   h = model->norm(h);
   if (cache) cache->length = start + t;
-  return lm_head ? lm_head(h) : project(h, model->embed_tokens->weight);
+  torch::Tensor logits = lm_head ? lm_head(h) : project(h, model->embed_tokens->weight);
+  // Without autograd the head is done with; with it, backward still reads it
+  // and the source releases it once its gradient is in.
+  if (layer_weights) layer_weights->release(config_.n_layers);
+  return logits;
 }
 
 KVCache LlamaImpl::make_cache(int64_t batch, int64_t capacity, torch::ScalarType dtype) const {

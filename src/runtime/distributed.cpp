@@ -151,6 +151,57 @@ void Distributed::average_gradients(const std::vector<torch::Tensor>& params, in
   flush();
 }
 
+void Distributed::reduce_scatter_mean(torch::Tensor& shard, torch::Tensor& full) {
+  if (full.numel() != shard.numel() * world_)
+    fail("reduce-scatter: ", full.numel(), " elements do not split into ", world_, " shards of ", shard.numel());
+  torch::NoGradGuard no_grad;
+  if (world_ == 1) {
+    shard.copy_(full);
+    return;
+  }
+  impl_->wait(impl_->group->_reduce_scatter_base(shard, full), "gradient reduce-scatter");
+  shard.div_(world_);
+}
+
+struct Distributed::Pending::State {
+  c10::intrusive_ptr<c10d::Work> work;
+  Impl* impl = nullptr;
+};
+Distributed::Pending::Pending() = default;
+Distributed::Pending::Pending(Pending&&) noexcept = default;
+Distributed::Pending& Distributed::Pending::operator=(Pending&&) noexcept = default;
+Distributed::Pending::~Pending() {
+  // A gather still in flight when its owner goes (an exception unwinding):
+  // wait for it so the buffers it writes outlive it, without throwing again.
+  if (!active()) return;
+  try {
+    wait();
+  } catch (const std::exception&) {
+  }
+}
+bool Distributed::Pending::active() const { return state_ && state_->work; }
+void Distributed::Pending::wait() {
+  if (!active()) return;
+  auto work = std::move(state_->work);
+  state_->work.reset();
+  state_->impl->wait(work, "weight all-gather");
+}
+
+Distributed::Pending Distributed::all_gather_async(torch::Tensor& full, torch::Tensor& shard) {
+  if (full.numel() != shard.numel() * world_)
+    fail("all-gather: ", full.numel(), " elements do not split into ", world_, " shards of ", shard.numel());
+  torch::NoGradGuard no_grad;
+  Pending pending;
+  if (world_ == 1) {
+    full.copy_(shard);
+    return pending;
+  }
+  pending.state_ = std::make_unique<Pending::State>();
+  pending.state_->impl = impl_.get();
+  pending.state_->work = impl_->group->_allgather_base(full, shard);
+  return pending;
+}
+
 std::vector<double> Distributed::sum(std::vector<double> values) {
   if (world_ == 1 || values.empty()) return values;
   std::vector<torch::Tensor> t{torch::tensor(values, torch::kFloat64).to(impl_->device)};

@@ -23,6 +23,18 @@ int64_t largest_matrix(const ModelConfig& c) {
   return std::max({c.vocab_size * c.dim, c.hidden_dim * c.dim, c.n_heads * c.head_dim * c.dim});
 }
 
+// The parameters of decoder layer l that train under `weights`.
+int64_t layer_trainable(const ModelConfig& c, int64_t l, TrainWeights weights) {
+  if (weights == TrainWeights::kNone) return 0;
+  const int64_t kv_heads = c.layout.n_k_heads(l) + c.layout.n_v_heads(l);
+  const int64_t bias = c.attention_bias ? 1 : 0;
+  if (weights == TrainWeights::kAttention)
+    return (c.layout.shares_attention(l) ? c.layout.n_v_heads(l) : kv_heads) * c.head_dim * (c.dim + bias);
+  return 2 * c.dim + (c.layout.shares_attention(l) ? 1 : 2) * c.n_heads * c.head_dim * c.dim +
+         kv_heads * c.head_dim * c.dim +
+         bias * ((c.layout.shares_attention(l) ? 0 : c.n_heads) + kv_heads) * c.head_dim + 3 * c.hidden_dim * c.dim;
+}
+
 }  // namespace
 
 TrainWeights parse_train_weights(const std::string& name) {
@@ -114,14 +126,40 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
     plan.categories.push_back({name, bytes, note});
   };
 
+  // ZeRO: each of `shards` ranks holds 1/shards of the sharded state (each
+  // tensor padded to a multiple of the ranks).
+  const int shards = in.zero > 0 && !in.inference_only ? std::max(1, in.world_size) : 1;
+  auto per_rank = [&](int64_t bytes) { return (bytes + shards - 1) / shards; };
+  // The largest trained tensor: the transient of a gradient being reduced.
+  const int64_t largest_param = in.train_weights == TrainWeights::kAll       ? largest_matrix(c)
+                                : in.train_weights == TrainWeights::kAttention ? c.n_heads * c.head_dim * c.dim
+                                                                               : 0;
+  // ZeRO-3 gathers one part of the model at a time (a decoder layer, the
+  // embedding, the head); on CUDA the next layer's gather is in flight too.
+  int64_t largest_part = in.train_weights == TrainWeights::kAll
+                             ? c.vocab_size * c.dim + c.dim  // the embedding, or the head with the final norm
+                             : 0;
+  for (int64_t l = 0; l < c.n_layers; ++l) largest_part = std::max(largest_part, layer_trainable(c, l, in.train_weights));
+  const int64_t gathered = in.zero == 3 ? largest_part * (in.cuda ? 2 : 1) : 0;
+  const std::string zero_note = shards > 1 ? ", 1/" + std::to_string(shards) + " per rank (ZeRO-" + std::to_string(in.zero) + ")" : "";
+
   // The RoPE tables (cos and sin, fp32) and the head maps live beside the weights.
   const int64_t tables = 2 * c.max_seq_len * c.head_dim * kFp32 + 2 * c.n_layers * c.n_heads * 8;
-  add("weights", trained * kFp32 + frozen * frozen_bytes + tables,
-      std::string("trained in fp32") + (frozen > 0 ? ", frozen in the storage dtype" : "") + "; RoPE tables");
-  if (in.cuda) add("autocast copies", trained * 2, "bf16 copies of the trained weights, forward to backward");
+  const int64_t trained_weights = in.zero == 3 ? per_rank(trained * kFp32) + gathered * kFp32 : trained * kFp32;
+  add("weights", trained_weights + frozen * frozen_bytes + tables,
+      std::string("trained in fp32") + (in.zero == 3 ? zero_note + " + one part gathered" + (in.cuda ? " (two: prefetch)" : "") : "") +
+          (frozen > 0 ? ", frozen in the storage dtype" : "") + "; RoPE tables");
+  if (in.cuda)
+    add("autocast copies", (in.zero == 3 ? gathered : trained) * 2, "bf16 copies of the trained weights, forward to backward");
   if (in.keeps_source) add("source weights", trained * frozen_bytes, "the source's copy of the trained weights");
-  add("gradients", trained * kFp32, "fp32, trained weights only");
-  add("optimizer state", trained * 2 * kFp32, "AdamW moments, fp32");
+  if (in.zero == 0) add("gradients", trained * kFp32, "fp32, trained weights only");
+  else if (in.zero == 1)
+    add("gradients", trained * kFp32 + per_rank(largest_param * kFp32),
+        "fp32, whole until the step, then reduce-scattered one tensor at a time");
+  else
+    add("gradients", per_rank(trained * kFp32) + largest_param * kFp32,
+        "fp32" + zero_note + ", each tensor reduced as backward produces it");
+  add("optimizer state", per_rank(trained * 2 * kFp32), "AdamW moments, fp32" + zero_note);
   add("fusion operators", in.fusion_operator_elements * 4 * kFp32, "Omega, its gradient and moments");
   // Each step recomputes the fused K/V projections from Omega and the weights;
   // backward keeps the fused result, the mixed members and the fusion loss's
@@ -158,7 +196,8 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
                                                                                  : 0);
   // A frozen low-precision weight is upcast one matrix at a time, in forward
   // and again in backward, never two at once.
-  add("workspace", (upcasts ? largest_matrix(c) : 0) * kFp32 + largest_trained * kFp32,
+  add("workspace", (upcasts ? largest_matrix(c) : 0) * kFp32 + largest_trained * kFp32 +
+                       (shards > 1 ? per_rank(largest_param * kFp32) : 0),
       std::string(upcasts ? "fp32 copy of one frozen weight at a time; " : "") +
           (largest_trained > 0 ? "AdamW's update of the largest tensor" : ""));
   if (!in.cuda) add("runtime", kCpuRuntimeBytes, "LibTorch and BLAS in the process");

@@ -46,6 +46,33 @@ std::vector<std::pair<int64_t, std::string>> step_dirs(const std::string& root) 
   return dirs;
 }
 
+std::string step_name(int64_t step) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "step-%09lld", static_cast<long long>(step));
+  return name;
+}
+
+std::string shard_file_name(int rank, int world) {
+  char name[64];
+  std::snprintf(name, sizeof(name), "rank-%05d-of-%05d.safetensors", rank, world);
+  return name;
+}
+
+void verify(const std::string& dir, const nlohmann::json& checksums, const std::string& file) {
+  const std::string expected = checksums.value(file, "");
+  const std::string actual = file_checksum(dir + "/" + file);
+  if (expected != actual)
+    fail(dir, "/", file, ": checksum ", actual, " does not match state.json's ", expected, " (damaged checkpoint)");
+}
+
+void prune(const std::string& root, int keep) {
+  if (keep <= 0) return;
+  std::error_code error;
+  const auto dirs = step_dirs(root);
+  for (size_t i = 0; i + keep < dirs.size(); ++i) fs::remove_all(dirs[i].second, error);
+}
+
+// state.json and the files every rank reads; the shards are verified by whoever reads them.
 TrainCheckpoint read_checkpoint(const std::string& dir) {
   const std::string state_path = dir + "/state.json";
   nlohmann::json state;
@@ -56,12 +83,10 @@ TrainCheckpoint read_checkpoint(const std::string& dir) {
   }
   if (state.value("format_version", 0) != kFormatVersion)
     fail(state_path, ": checkpoint format version ", state.value("format_version", 0), " is not ", kFormatVersion);
-  for (const char* file : {"tensors.safetensors", "optimizer.safetensors"}) {
-    const std::string expected = state.at("checksums").value(file, "");
-    const std::string actual = file_checksum(dir + "/" + file);
-    if (expected != actual)
-      fail(dir, "/", file, ": checksum ", actual, " does not match state.json's ", expected, " (damaged checkpoint)");
-  }
+  const nlohmann::json& checksums = state.at("checksums");
+  const bool sharded = state.contains("zero") && !state["zero"].is_null();
+  verify(dir, checksums, "tensors.safetensors");
+  if (!sharded) verify(dir, checksums, "optimizer.safetensors");
   TrainCheckpoint ck;
   ck.path = dir;
   ck.step = state.at("step").get<int64_t>();
@@ -71,8 +96,22 @@ TrainCheckpoint read_checkpoint(const std::string& dir) {
   ck.world_size = state.at("world_size").get<int>();
   ck.meta = state.at("meta");
   ck.tensors = read_all(dir + "/tensors.safetensors");
-  ck.optimizer = read_all(dir + "/optimizer.safetensors");
+  if (sharded) {
+    ck.zero = state["zero"];
+    const int world = ck.zero.at("world_size").get<int>();
+    for (int r = 0; r < world; ++r) ck.shard_files.push_back(dir + "/" + shard_file_name(r, world));
+  } else {
+    ck.optimizer = read_all(dir + "/optimizer.safetensors");
+  }
   return ck;
+}
+
+void verify_shards(const TrainCheckpoint& ck, const std::vector<int>& ranks) {
+  const nlohmann::json state = nlohmann::json::parse(io::read_file(ck.path + "/state.json"));
+  for (const int r : ranks) {
+    if (r < 0 || r >= static_cast<int>(ck.shard_files.size())) fail(ck.path, ": no shard file for rank ", r);
+    verify(ck.path, state.at("checksums"), fs::path(ck.shard_files[r]).filename().string());
+  }
 }
 
 }  // namespace
@@ -102,9 +141,7 @@ std::string save_train_checkpoint(const std::string& root, const TrainCheckpoint
   std::error_code error;
   fs::create_directories(root, error);
   if (error) fail(root, ": cannot create the checkpoint directory (", error.message(), ")");
-  char name[64];
-  std::snprintf(name, sizeof(name), "step-%09lld", static_cast<long long>(ck.step));
-  const std::string target = root + "/" + name;
+  const std::string target = root + "/" + step_name(ck.step);
   {
     io::StagedDirectory staged(target, /*overwrite=*/true);
     io::save_safetensors(staged.file("tensors.safetensors"), named(ck.tensors));
@@ -122,10 +159,59 @@ std::string save_train_checkpoint(const std::string& root, const TrainCheckpoint
     io::write_file_atomic(staged.file("state.json"), state.dump(2) + "\n");
     staged.commit();
   }
-  if (keep > 0) {
-    const auto dirs = step_dirs(root);
-    for (size_t i = 0; i + keep < dirs.size(); ++i) fs::remove_all(dirs[i].second, error);
+  prune(root, keep);
+  return target;
+}
+
+std::string save_sharded_train_checkpoint(const std::string& root, const TrainCheckpoint& ck,
+                                          const TensorMap& shard_tensors, Distributed& dist, int keep) {
+  const int world = dist.world_size(), rank = dist.rank();
+  const std::string target = root + "/" + step_name(ck.step);
+  // Not "step-*": a directory a killed run leaves behind is never taken for a checkpoint.
+  const std::string staging = root + "/." + step_name(ck.step) + ".partial";
+  std::error_code error;
+  if (dist.is_main()) {
+    fs::create_directories(root, error);
+    if (error) fail(root, ": cannot create the checkpoint directory (", error.message(), ")");
+    fs::remove_all(staging, error);
+    fs::create_directories(staging, error);
+    if (error) fail(staging, ": cannot create the staging directory (", error.message(), ")");
   }
+  dist.barrier();
+  const std::string mine = shard_file_name(rank, world);
+  io::save_safetensors(staging + "/" + mine, named(shard_tensors));
+  // Every rank's checksum to every rank, as two exact 32-bit halves per rank.
+  std::vector<double> halves(2 * world, 0.0);
+  const uint64_t sum = std::stoull(file_checksum(staging + "/" + mine), nullptr, 16);
+  halves[2 * rank] = static_cast<double>(sum >> 32);
+  halves[2 * rank + 1] = static_cast<double>(sum & 0xffffffffull);
+  halves = dist.sum(halves);  // also: every shard is written once this returns
+  if (dist.is_main()) {
+    io::save_safetensors(staging + "/tensors.safetensors", named(ck.tensors));
+    nlohmann::json checksums = {{"tensors.safetensors", file_checksum(staging + "/tensors.safetensors")}};
+    for (int r = 0; r < world; ++r) {
+      char hex[17];
+      const uint64_t value = (static_cast<uint64_t>(halves[2 * r]) << 32) | static_cast<uint64_t>(halves[2 * r + 1]);
+      std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(value));
+      checksums[shard_file_name(r, world)] = hex;
+    }
+    const nlohmann::json state = {
+        {"format_version", kFormatVersion},
+        {"step", ck.step},
+        {"tokens", ck.tokens},
+        {"cursor", {{"epoch", ck.cursor.epoch}, {"index", ck.cursor.index}}},
+        {"world_size", world},
+        {"zero", ck.zero},
+        {"checksums", checksums},
+        {"meta", ck.meta}};
+    // The manifest last: until it exists the directory is not a checkpoint.
+    io::write_file_atomic(staging + "/state.json", state.dump(2) + "\n");
+    fs::remove_all(target, error);
+    fs::rename(staging, target, error);
+    if (error) fail(target, ": cannot move the staged checkpoint into place (", error.message(), ")");
+    prune(root, keep);
+  }
+  dist.barrier();
   return target;
 }
 
@@ -133,10 +219,36 @@ std::optional<TrainCheckpoint> load_latest_train_checkpoint(const std::string& r
   auto dirs = step_dirs(root);
   for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
     try {
-      return read_checkpoint(it->second);
+      TrainCheckpoint ck = read_checkpoint(it->second);
+      std::vector<int> all(ck.shard_files.size());
+      for (size_t r = 0; r < all.size(); ++r) all[r] = static_cast<int>(r);
+      verify_shards(ck, all);
+      return ck;
     } catch (const std::exception& e) {
       log::warn("skipping checkpoint ", it->second, ": ", e.what());
     }
+  }
+  return std::nullopt;
+}
+
+std::optional<TrainCheckpoint> load_latest_train_checkpoint(
+    const std::string& root, Distributed& dist,
+    const std::function<std::vector<int>(const TrainCheckpoint&)>& shards_needed) {
+  auto dirs = step_dirs(root);
+  for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
+    std::optional<TrainCheckpoint> ck;
+    std::string problem;
+    try {
+      ck = read_checkpoint(it->second);
+      if (!ck->zero.is_null()) verify_shards(*ck, shards_needed(*ck));
+    } catch (const std::exception& e) {
+      problem = e.what();
+    }
+    // Taken only if every rank could read its part of it.
+    const bool damaged_somewhere = dist.max(problem.empty() ? 0.0 : 1.0) > 0;
+    if (!damaged_somewhere) return ck;
+    if (!problem.empty()) log::warn("skipping checkpoint ", it->second, ": ", problem);
+    else if (dist.is_main()) log::warn("skipping checkpoint ", it->second, ": another rank found it damaged");
   }
   return std::nullopt;
 }

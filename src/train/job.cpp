@@ -78,10 +78,11 @@ MemoryPlan train_memory_plan(const ModelConfig& model, const TrainConfig& config
   in.micro_batch = config.micro_batch;
   in.seq_len = config.seq_len;
   in.world_size = world_size;
+  in.zero = static_cast<int>(config.zero);
   in.cuda = cuda;
   in.storage_dtype = teacher_dtype;  // the only frozen weights are a teacher's
   in.train_weights = TrainWeights::kAll;
-  in.activation_checkpointing = config.activation_checkpointing;
+  in.activation_checkpointing = config.activation_checkpointing || config.zero == 3;  // ZeRO-3 implies it
   in.teacher = teacher;
   in.inference_copies = teacher ? 1 : 0;
   return plan_memory(in);

@@ -21,6 +21,7 @@
 #include "dha/progress.h"
 #include "dha/train_checkpoint.h"
 #include "run_state.h"
+#include "zero.h"
 
 namespace dha {
 using nlohmann::json;
@@ -74,6 +75,83 @@ std::vector<torch::Tensor> all_params(const std::vector<ParamGroup>& groups) {
     for (const auto& [name, p] : group.params) out.push_back(p);
   return out;
 }
+
+// The optimizer and how gradients meet across ranks: AdamW on whole
+// gradients averaged by all-reduce (ZeRO-0), or the sharded one.
+class TrainingOptimizer {
+ public:
+  TrainingOptimizer(std::vector<ParamGroup> groups, const TrainConfig& config, Distributed& dist)
+      : groups_(groups), params_(all_params(groups)), config_(config), dist_(dist) {
+    if (config.zero > 0) zero_ = std::make_unique<ZeroOptimizer>(groups, static_cast<int>(config.zero), dist,
+                                                                 config.beta1, config.beta2, config.eps);
+    else adam_.emplace(groups, config.beta1, config.beta2, config.eps);
+  }
+  bool sharded() const { return zero_ != nullptr; }
+  void attach(Llama& model) {
+    if (zero_) zero_->attach(model);
+  }
+  void zero_grad() { zero_ ? zero_->zero_grad() : adam_->zero_grad(); }
+  void after_backward(bool last) {
+    if (zero_) zero_->after_backward(last);
+    else if (last) dist_.average_gradients(params_, config_.bucket_mb << 20);
+  }
+  double clip_grad_norm(double max_norm) {
+    return zero_ ? zero_->clip_grad_norm(max_norm) : adam_->clip_grad_norm(max_norm);
+  }
+  void step(double factor) { zero_ ? zero_->step(factor) : adam_->step(factor); }
+  // Held-out evaluation runs on whole weights (ZeRO-3 gathers them for its duration).
+  void before_eval() {
+    if (zero_) zero_->gather_everything();
+  }
+  void after_eval() {
+    if (zero_) zero_->release_everything();
+  }
+  void finish() {
+    if (zero_) zero_->finish();
+  }
+  std::vector<int> shards_needed(const TrainCheckpoint& ck) const {
+    return shards_to_read(ck.zero, dist_.rank(), dist_.world_size());
+  }
+
+  // Writes a checkpoint of the task and this optimizer; returns its path (on rank 0).
+  std::string save(TrainTask& task, TrainCheckpoint ck, const std::string& root, int keep) {
+    ck.world_size = dist_.world_size();
+    if (!zero_) {
+      ck.tensors = task.state();
+      ck.optimizer = adam_->state();
+      std::string path;
+      if (dist_.is_main()) path = save_train_checkpoint(root, ck, keep);
+      dist_.barrier();
+      return path;
+    }
+    for (const auto& [name, tensor] : task.state())
+      if (!zero_->sharded_names().count(name)) ck.tensors[name] = tensor;
+    ck.zero = zero_->manifest();
+    return save_sharded_train_checkpoint(root, ck, zero_->shard_state(), dist_, keep);
+  }
+
+  void load(TrainTask& task, const TrainCheckpoint& ck) {
+    if (!zero_) {
+      task.load_state(ck.tensors, ck.path);
+      adam_->load_state(ck.optimizer, ck.step, ck.path);
+      return;
+    }
+    zero_->load(ck);  // every trained weight whole and restored
+    // The task's other state; its trained weights restore to themselves.
+    TensorMap tensors = ck.tensors;
+    for (const auto& group : groups_)
+      for (const auto& [name, p] : group.params) tensors[name] = p.detach();
+    task.load_state(tensors, ck.path);
+  }
+
+ private:
+  std::vector<ParamGroup> groups_;
+  std::vector<torch::Tensor> params_;
+  const TrainConfig& config_;
+  Distributed& dist_;
+  std::optional<AdamW> adam_;
+  std::unique_ptr<ZeroOptimizer> zero_;
+};
 
 // metrics.jsonl, written by rank 0 only. A resumed run first drops the lines
 // after its checkpoint's step, so the file reads as one uninterrupted run.
@@ -138,34 +216,51 @@ EvalPoint evaluate(TrainTask& task, const std::vector<std::vector<int32_t>>& doc
 constexpr const char* kResumeFreeKeys[] = {"stop_after", "dist_timeout_s", "eval_every",
                                            "eval_docs",  "log_every",      "keep_checkpoints"};
 
-// Restores task, optimizer, RNG and data cursor from the newest valid checkpoint.
-// Refuses one of another world size, another model or other training options.
-void resume(TrainTask& task, AdamW& optimizer, const std::string& root, const TrainRun& run, const json& recipe,
-            Distributed& dist, TrainResult& result, DataCursor& cursor) {
-  std::optional<TrainCheckpoint> ck = load_latest_train_checkpoint(root);
+// Restores task, optimizer, RNG and data cursor from the newest checkpoint
+// every rank can read. Refuses one of another model or other training
+// options; a replicated one also of another world size, while a sharded one
+// re-shards onto this world size when the global batch is the same.
+void resume(TrainTask& task, TrainingOptimizer& optimizer, const std::string& root, const TrainRun& run,
+            const json& recipe, Distributed& dist, TrainResult& result, DataCursor& cursor) {
+  std::optional<TrainCheckpoint> ck = load_latest_train_checkpoint(
+      root, dist, [&](const TrainCheckpoint& c) { return optimizer.shards_needed(c); });
   if (!ck) fail(root, ": no checkpoint to resume from");
-  if (ck->world_size != dist.world_size())
+  const bool sharded = !ck->zero.is_null();
+  if (sharded != optimizer.sharded())
+    fail(ck->path, ": written with --zero ", sharded ? ck->zero.value("stage", 1) : 0, "; resume it with --zero ",
+         sharded ? "1, 2 or 3 (they read each other's checkpoints)" : "0");
+  if (!sharded && ck->world_size != dist.world_size())
     fail(ck->path, ": written by a run of ", ck->world_size, " processes, this one has ", dist.world_size(),
-         " (resume with the same world size)");
+         " (resume with the same world size; checkpoints of --zero 1, 2 and 3 re-shard)");
   if (ck->meta.value("model_config", json()) != run.meta.value("model_config", json()))
     fail(ck->path, ": the checkpoint is of a different model than the one given");
   json saved = ck->meta.value("train_config", json::object()), given = recipe;
-  for (const char* free_key : kResumeFreeKeys) {
-    saved.erase(free_key);
-    given.erase(free_key);
+  auto global_batch = [](const json& c, int world) {
+    return world * c.value("micro_batch", int64_t{0}) * c.value("grad_accum", int64_t{0});
+  };
+  if (global_batch(saved, ck->world_size) != global_batch(given, dist.world_size()))
+    fail(ck->path, ": the checkpoint's global batch is ", global_batch(saved, ck->world_size), " sequences (",
+         ck->world_size, " ranks x --batch x --grad-accum), this run's is ", global_batch(given, dist.world_size()),
+         "; keep ranks x --batch x --grad-accum equal");
+  for (json* c : {&saved, &given}) {
+    for (const char* free_key : kResumeFreeKeys) c->erase(free_key);
+    for (const char* key : {"micro_batch", "grad_accum", "zero"}) c->erase(key);  // checked above
   }
   if (saved != given)
     fail(ck->path, ": the training options differ from the checkpoint's (", saved.dump(), " vs ", given.dump(),
          "); resume with the same options");
-  task.load_state(ck->tensors, ck->path);
-  optimizer.load_state(ck->optimizer, ck->step, ck->path);
+  optimizer.load(task, *ck);
   task.load_extra_state(ck->meta.value("task", json::object()));
   restore_rng_state(ck->meta.at("rng"));
   result.steps = ck->step;
   result.tokens = ck->tokens;
   result.last_checkpoint = ck->path;
   cursor = ck->cursor;
-  if (dist.is_main()) log::info("resumed from ", ck->path, " at step ", ck->step);
+  if (dist.is_main())
+    log::info("resumed from ", ck->path, " at step ", ck->step,
+              sharded && ck->world_size != dist.world_size()
+                  ? " (re-sharded from " + std::to_string(ck->world_size) + " ranks)"
+                  : std::string());
 }
 
 }  // namespace
@@ -228,8 +323,8 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   const int64_t tokens_per_step = per_step_sequences * seq_len;
 
   std::vector<ParamGroup> groups = task.param_groups(config);
-  AdamW optimizer(groups, config.beta1, config.beta2, config.eps);
   const std::vector<torch::Tensor> params = all_params(groups);
+  if (!run.resume) dist.broadcast(params);  // every rank starts from rank 0's weights
   LrSchedule schedule;
   schedule.total_steps = total_steps;
   schedule.warmup_steps = config.warmup < 1.0 ? static_cast<int64_t>(std::llround(config.warmup * total_steps))
@@ -240,8 +335,12 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   const json recipe = train_config_to_json(config);
   TrainResult result;
   DataCursor cursor;
+  TrainingOptimizer optimizer(groups, config, dist);
   if (run.resume) resume(task, optimizer, checkpoint_root, run, recipe, dist, result, cursor);
-  else dist.broadcast(params);  // every rank starts from rank 0's weights
+  // ZeRO-3 keeps a decoder layer's weights whole only while it runs, which
+  // needs its activations recomputed in backward.
+  task.model()->activation_checkpointing = config.activation_checkpointing || config.zero == 3;
+  optimizer.attach(task.model());
   if (dist.is_main() && !run.description.empty()) log::info(run.description);
   MetricsLog metrics(run.out_dir + "/metrics.jsonl", dist.is_main(),
                      run.resume ? std::optional<int64_t>(result.steps) : std::nullopt);
@@ -258,26 +357,24 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
     ck.step = result.steps;
     ck.tokens = result.tokens;
     ck.cursor = cursor;
-    ck.world_size = dist.world_size();
     ck.meta = run.meta;
     ck.meta["train_config"] = recipe;
     ck.meta["rng"] = rng_state();
     ck.meta["task"] = task.extra_state();
-    ck.tensors = task.state();
-    ck.optimizer = optimizer.state();
-    if (dist.is_main()) result.last_checkpoint = save_train_checkpoint(checkpoint_root, ck, config.keep_checkpoints);
-    dist.barrier();
+    const std::string path = optimizer.save(task, std::move(ck), checkpoint_root, config.keep_checkpoints);
+    if (dist.is_main()) result.last_checkpoint = path;
   };
   auto record_eval = [&] {
     if (run.eval_docs.empty()) return;
+    optimizer.before_eval();
     const EvalPoint point = evaluate(task, run.eval_docs, dist, device, config.eval_docs, result.steps, result.tokens);
+    optimizer.after_eval();
     result.evals.push_back(point);
     metrics.write({{"event", "eval"}, {"step", point.step}, {"tokens", point.tokens}, {"eval_nll", point.mean_nll},
                    {"eval_tokens", point.eval_tokens}});
     if (dist.is_main()) log::info(run.label, " step ", point.step, ": held-out NLL ", point.mean_nll);
   };
 
-  task.model()->activation_checkpointing = config.activation_checkpointing;
   if (!run.resume) record_eval();  // the starting point
   StopSignals signals;
   Progress progress(run.label, total_steps, "steps");
@@ -300,11 +397,11 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
         loss = task.loss(batch, micro_scalars);
       }
       (loss / static_cast<double>(config.grad_accum)).backward();
+      optimizer.after_backward(micro + 1 == config.grad_accum);
       micro_scalars["loss"] = loss.detach();
       accumulate_scalars(step_scalars, micro_scalars, config.grad_accum);
     }
     cursor = sampler.advance(cursor, per_step_sequences);
-    dist.average_gradients(params, config.bucket_mb << 20);
     // Loss and task metrics read back once, then averaged over ranks in one collective.
     std::map<std::string, double> step_metrics = read_scalars(step_scalars);
     double loss_sum = step_metrics["loss"];
@@ -350,6 +447,7 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
         dist.max(signals.raised() || (config.stop_after > 0 && steps_this_run >= config.stop_after) ? 1.0 : 0.0) > 0;
     if (stop_requested && result.steps < total_steps) {
       save_checkpoint();
+      optimizer.finish();
       result.stopped_early = true;
       if (dist.is_main()) {
         progress.finish();
@@ -364,6 +462,7 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   if (dist.is_main() && run.show_progress) progress.finish();
   record_eval();
   if (run.final_checkpoint || config.checkpoint_every > 0) save_checkpoint();
+  optimizer.finish();  // ZeRO: the optimizer state goes, every weight whole again
   task.model()->eval();
   // The measured peaks beside the plan (the counted CPU tensors when the meter is installed).
   metrics.write({{"event", "memory"},

@@ -58,8 +58,11 @@ double AdamW::clip_grad_norm(double max_norm) {
   return total;
 }
 
-bool AdamW::fused_cpu_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v,
-                             double lr, double weight_decay, double correction1, double correction2) const {
+namespace {
+
+// The update of a plain fp32 CPU tensor in one pass; false for others.
+bool fused_cpu_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v,
+                      const AdamWUpdate& u) {
   auto plain = [](const torch::Tensor& t) {
     return t.device().is_cpu() && t.scalar_type() == torch::kFloat32 && t.is_contiguous();
   };
@@ -71,12 +74,12 @@ bool AdamW::fused_cpu_update(torch::Tensor& p, const torch::Tensor& grad, torch:
   float* md = m.data_ptr<float>();
   float* vd = v.data_ptr<float>();
   const float* gd = grad.data_ptr<float>();
-  const auto decay = static_cast<float>(1.0 - lr * weight_decay);
-  const auto b1 = static_cast<float>(beta1_), b2 = static_cast<float>(beta2_);
-  const auto a1 = static_cast<float>(1.0 - beta1_), a2 = static_cast<float>(1.0 - beta2_);
-  const auto sqrt_c2 = static_cast<float>(std::sqrt(correction2)), eps = static_cast<float>(eps_);
-  const auto step = static_cast<float>(-lr / correction1);
-  const bool decays = weight_decay != 0.0;
+  const auto decay = static_cast<float>(1.0 - u.lr * u.weight_decay);
+  const auto b1 = static_cast<float>(u.beta1), b2 = static_cast<float>(u.beta2);
+  const auto a1 = static_cast<float>(1.0 - u.beta1), a2 = static_cast<float>(1.0 - u.beta2);
+  const auto sqrt_c2 = static_cast<float>(std::sqrt(u.correction2)), eps = static_cast<float>(u.eps);
+  const auto step = static_cast<float>(-u.lr / u.correction1);
+  const bool decays = u.weight_decay != 0.0;
   at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const float gk = gd[k];
@@ -92,38 +95,47 @@ bool AdamW::fused_cpu_update(torch::Tensor& p, const torch::Tensor& grad, torch:
   return true;
 }
 
+}  // namespace
+
+void adamw_update(torch::Tensor& p, const torch::Tensor& grad_in, torch::Tensor& m, torch::Tensor& v,
+                  const AdamWUpdate& u) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor grad = grad_in.to(torch::kFloat32);
+  if (fused_cpu_update(p, grad, m, v, u)) return;
+  if (u.weight_decay != 0.0) p.mul_(1.0 - u.lr * u.weight_decay);
+  m.mul_(u.beta1).add_(grad, 1.0 - u.beta1);
+  v.mul_(u.beta2).addcmul_(grad, grad, 1.0 - u.beta2);
+  // torch.optim.AdamW's update, over slices of at most kUpdateChunk
+  // elements: the denominator is the only temporary, and slicing an
+  // elementwise update changes no bit of it.
+  const bool sliced = p.is_contiguous() && p.numel() > kUpdateChunk;
+  const std::vector<torch::Tensor> ps = sliced ? p.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{p};
+  const std::vector<torch::Tensor> ms = sliced ? m.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{m};
+  const std::vector<torch::Tensor> vs = sliced ? v.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{v};
+  for (size_t c = 0; c < ps.size(); ++c) {
+    torch::Tensor denom = vs[c].sqrt();
+    denom.div_(std::sqrt(u.correction2)).add_(u.eps);
+    torch::Tensor target = ps[c];
+    if (target.scalar_type() == torch::kFloat32) target.addcdiv_(ms[c], denom, -u.lr / u.correction1);
+    else target.add_((ms[c] / denom).to(target.scalar_type()), -u.lr / u.correction1);
+  }
+}
+
 void AdamW::step(double schedule_factor) {
   torch::NoGradGuard no_grad;
   ++steps_;
-  const double correction1 = 1.0 - std::pow(beta1_, static_cast<double>(steps_));
-  const double correction2 = 1.0 - std::pow(beta2_, static_cast<double>(steps_));
+  AdamWUpdate u;
+  u.beta1 = beta1_, u.beta2 = beta2_, u.eps = eps_;
+  u.correction1 = 1.0 - std::pow(beta1_, static_cast<double>(steps_));
+  u.correction2 = 1.0 - std::pow(beta2_, static_cast<double>(steps_));
   for (size_t g = 0; g < groups_.size(); ++g) {
     const ParamGroup& group = groups_[g];
-    const double lr = group.lr * (group.scheduled ? schedule_factor : 1.0);
+    u.lr = group.lr * (group.scheduled ? schedule_factor : 1.0);
+    u.weight_decay = group.weight_decay;
     for (size_t i = 0; i < group.params.size(); ++i) {
       torch::Tensor p = group.params[i].second;
       if (!p.grad().defined()) continue;
-      const torch::Tensor grad = p.grad().to(torch::kFloat32);
-      torch::Tensor& m = exp_avg_[g][i];
-      torch::Tensor& v = exp_avg_sq_[g][i];
-      if (fused_cpu_update(p, grad, m, v, lr, group.weight_decay, correction1, correction2)) continue;
-      if (group.weight_decay != 0.0) p.mul_(1.0 - lr * group.weight_decay);
-      m.mul_(beta1_).add_(grad, 1.0 - beta1_);
-      v.mul_(beta2_).addcmul_(grad, grad, 1.0 - beta2_);
-      // torch.optim.AdamW's update, over slices of at most kUpdateChunk
-      // elements: the denominator is the only temporary, and slicing an
-      // elementwise update changes no bit of it.
-      const bool sliced = p.is_contiguous() && p.numel() > kUpdateChunk;
-      const std::vector<torch::Tensor> ps = sliced ? p.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{p};
-      const std::vector<torch::Tensor> ms = sliced ? m.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{m};
-      const std::vector<torch::Tensor> vs = sliced ? v.view({-1}).split(kUpdateChunk) : std::vector<torch::Tensor>{v};
-      for (size_t c = 0; c < ps.size(); ++c) {
-        torch::Tensor denom = vs[c].sqrt();
-        denom.div_(std::sqrt(correction2)).add_(eps_);
-        torch::Tensor target = ps[c];
-        if (target.scalar_type() == torch::kFloat32) target.addcdiv_(ms[c], denom, -lr / correction1);
-        else target.add_((ms[c] / denom).to(target.scalar_type()), -lr / correction1);
-      }
+      adamw_update(p, p.grad(), exp_avg_[g][i], exp_avg_sq_[g][i], u);
     }
   }
 }

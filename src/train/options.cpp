@@ -31,6 +31,10 @@ RecipeFields<TrainConfig> make_fields() {
       {"distill_temperature", "", "temperature of the KL term", &C::distill_temperature},
       {"device", "--device", "auto | cpu | cuda", &C::device},
       {"bucket_mb", "", "gradient all-reduce bucket size in MiB", &C::bucket_mb},
+      {"zero", "--zero",
+       "ZeRO stage: 0 replicated; 1 shards weights' fp32 master and AdamW state; 2 also gradients; 3 also the "
+       "weights, gathered per layer (implies --activation-checkpointing)",
+       &C::zero},
       {"dist_timeout_s", "--dist-timeout", "seconds before a silent peer fails the run", &C::dist_timeout_s},
       {"stop_after", "--stop-after", "stop with a checkpoint after N steps of this run (0: off)", &C::stop_after},
       {"activation_checkpointing", "--activation-checkpointing",
@@ -51,6 +55,7 @@ TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& w
   if (c.micro_batch <= 0 || c.grad_accum <= 0) fail(where, ": micro_batch and grad_accum must be positive");
   if (c.steps < 0 || c.tokens < 0) fail(where, ": steps and tokens must not be negative");
   if (!(c.lr >= 0)) fail(where, ": lr must not be negative");
+  if (c.zero < 0 || c.zero > 3) fail(where, ": zero must be 0, 1, 2 or 3 (got ", c.zero, ")");
   return c;
 }
 
