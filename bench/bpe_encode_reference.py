@@ -10,26 +10,32 @@ from tokenizers import Tokenizer  # noqa: E402
 
 
 def split_documents(text):
-    # dha::split_documents: blank lines (only " \t\r\f\v") separate documents,
-    # each trimmed of " \t\r\n\f\v"; empty ones are dropped.
-    docs, current = [], []
-    for line in text.split("\n"):
+    # dha::split_documents: runs of blank lines (empty or only " \t\r\f\v")
+    # separate documents, each kept exactly as written; the "\n" or "\r\n"
+    # ending a document's last line belongs to the separator.
+    docs, current, broken = [], [], False
+    lines = text.split("\n")
+
+    def close():
+        doc = "\n".join(current)
+        docs.append(doc[:-1] if broken and doc.endswith("\r") else doc)
+
+    for i, line in enumerate(lines):
         if line.strip(" \t\r\f\v") == "":
-            doc = "\n".join(current).strip(" \t\r\n\f\v")
-            if doc:
-                docs.append(doc)
+            if current:
+                close()
             current = []
         else:
             current.append(line)
-    doc = "\n".join(current).strip(" \t\r\n\f\v")
-    if doc:
-        docs.append(doc)
+            broken = i + 1 < len(lines)
+    if current:
+        close()
     return docs
 
 
 def main(tokenizer_path, text_path):
     tok = Tokenizer.from_file(tokenizer_path)
-    with open(text_path, encoding="utf-8") as f:
+    with open(text_path, encoding="utf-8", newline="") as f:
         docs = split_documents(f.read())
     size = sum(len(d.encode("utf-8")) for d in docs)
     print("%s: %d documents, %.2f MB" % (text_path, len(docs), size / 1e6))

@@ -10,8 +10,8 @@
       and OUT/<name>/heldout_lengths.json: the number of ids of each document of
       HELDOUT_TEXT (encode with add_special_tokens=False).
 
-Documents are separated by one blank line ("\n\n") and stripped, which is
-dha's split_documents for texts without whitespace-only lines.
+Documents are split as dha's split_documents splits them: runs of blank lines
+separate them, and each is kept exactly as written.
 """
 import json
 import os
@@ -20,9 +20,33 @@ import sys
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 
+def split_documents(text):
+    # dha::split_documents: runs of blank lines (empty or only " \t\r\f\v")
+    # separate documents, each kept exactly as written; the "\n" or "\r\n"
+    # ending a document's last line belongs to the separator.
+    docs, current, broken = [], [], False
+    lines = text.split("\n")
+
+    def close():
+        doc = "\n".join(current)
+        docs.append(doc[:-1] if broken and doc.endswith("\r") else doc)
+
+    for i, line in enumerate(lines):
+        if line.strip(" \t\r\f\v") == "":
+            if current:
+                close()
+            current = []
+        else:
+            current.append(line)
+            broken = i + 1 < len(lines)
+    if current:
+        close()
+    return docs
+
+
 def documents(path):
-    with open(path, encoding="utf-8") as f:
-        return [d.strip() for d in f.read().split("\n\n") if d.strip()]
+    with open(path, encoding="utf-8", newline="") as f:
+        return split_documents(f.read())
 
 
 def train(docs, special):

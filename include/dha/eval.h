@@ -12,8 +12,13 @@
 
 namespace dha {
 
-// The documents of a text: chunks separated by blank lines, each with leading
-// and trailing whitespace removed; empty chunks are skipped.
+// The documents of a text, each exactly as written. Documents are separated by
+// blank lines (empty, or holding only spaces, tabs, \r, \f, \v); the separator
+// is the line break ("\n" or "\r\n") that ends a document's last line and the
+// run of blank lines after it. A document keeps everything else: the leading
+// whitespace of its first line, the trailing whitespace of its last line and
+// its inner line breaks, so that it is scored as llama2.c's run.c would encode
+// the chunk. Blank-only chunks are no document.
 std::vector<std::string> split_documents(const std::string& text);
 
 struct EvalResult {
@@ -21,6 +26,9 @@ struct EvalResult {
   double ppl = 0.0;
   int64_t tokens = 0;     // predicted tokens
   int64_t docs = 0;
+  int64_t windows = 0;         // model runs (one per document without a stride)
+  int64_t truncated_docs = 0;  // documents cut to the context (stride 0 only)
+  int64_t stride = 0;
   int64_t kv_bytes_per_token = 0;  // at 2 bytes per element (a bf16 cache)
 };
 
@@ -34,16 +42,28 @@ struct EvalResult {
 // The first id is given, every later one is predicted.
 std::vector<int32_t> encode_document(const Tokenizer& tokenizer, const std::string& text);
 
-// Scores each document as encode_document(doc), truncated to the model's
-// context, predicting every token after the first. `max_docs` <= 0: all.
+// Scores each document as encode_document(doc), predicting every token after
+// the first. `max_docs` <= 0: all. A document longer than the model's context C:
+// - stride 0: truncated to its first C ids (C - 1 predicted tokens; the rest
+//   of the document is not scored, and `truncated_docs` counts it);
+// - stride S in 1..C: scored whole by sliding windows of C ids, as in Hugging
+//   Face's perplexity guide: the first window scores every prediction it makes
+//   (ids 1..C, the last from its final position), and each later window,
+//   S ids further on, ends right before its last target and scores only the
+//   ids not scored before (at most S). Every id after the first is scored
+//   exactly once, with at least C - S + 1 ids of left context after the first
+//   window; a later window starts mid-document, without BOS. S = C gives
+//   disjoint windows; smaller S more context and more runs.
+// A document of at most C ids is one window either way. Throws (one line) for
+// a stride outside 0..C.
 EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer,
                         const std::vector<std::string>& docs, int64_t max_docs = 0,
-                        bool show_progress = false);
+                        bool show_progress = false, int64_t stride = 0);
 
 // The same protocol on documents already tokenized (each as encode_document
 // gives it), e.g. the held-out split of a dha-tokenize directory.
 EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32_t>>& docs,
-                               int64_t max_docs = 0, bool show_progress = false);
+                               int64_t max_docs = 0, bool show_progress = false, int64_t stride = 0);
 
 struct GenerateOptions {
   int64_t max_new_tokens = 256;

@@ -1,7 +1,9 @@
 // Mean NLL over documents, token sampling and generation with the KV cache.
 #include "dha/eval.h"
 
+#include <algorithm>
 #include <cmath>
+#include <string_view>
 
 #include "dha/error.h"
 #include "dha/progress.h"
@@ -9,37 +11,61 @@
 namespace dha {
 namespace {
 
-bool is_blank(const std::string& line) {
-  return line.find_first_not_of(" \t\r\f\v") == std::string::npos;
+// A line of text[begin, end) that holds only whitespace (or nothing).
+bool is_blank(const std::string& text, size_t begin, size_t end) {
+  for (size_t i = begin; i < end; ++i)
+    if (std::string_view(" \t\r\f\v").find(text[i]) == std::string_view::npos) return false;
+  return true;
 }
 
-std::string trim(const std::string& s) {
-  const size_t begin = s.find_first_not_of(" \t\r\n\f\v");
-  if (begin == std::string::npos) return "";
-  const size_t end = s.find_last_not_of(" \t\r\n\f\v");
-  return s.substr(begin, end - begin + 1);
+// -sum log p(ids[begin + p + 1]) for the predictions at positions p in
+// [from, to) of the model run on the window ids[begin, begin + n).
+double window_nll(Llama& model, const std::vector<int32_t>& ids, int64_t begin, int64_t n, int64_t from,
+                  int64_t to, const torch::Device& device) {
+  const torch::Tensor tokens =
+      torch::tensor(std::vector<int64_t>(ids.begin() + begin, ids.begin() + begin + n), torch::kInt64)
+          .unsqueeze(0)
+          .to(device);
+  const torch::Tensor logits = model->forward(tokens).to(torch::kFloat32);
+  const torch::Tensor log_probs = torch::log_softmax(logits.narrow(1, from, to - from), -1);
+  const torch::Tensor targets =
+      torch::tensor(std::vector<int64_t>(ids.begin() + begin + from + 1, ids.begin() + begin + to + 1),
+                    torch::kInt64)
+          .view({1, -1, 1})
+          .to(device);
+  return -log_probs.gather(-1, targets).to(torch::kFloat64).sum().item<double>();
+}
+
+void check_stride(int64_t stride, int64_t context) {
+  if (stride < 0 || stride > context)
+    fail("--stride ", stride, " must be between 1 and the model's context (", context, ")");
 }
 
 }  // namespace
 
 std::vector<std::string> split_documents(const std::string& text) {
   std::vector<std::string> docs;
-  std::string current;
+  // The open document: from the start of its first line to the end of its
+  // last line's text (before that line's "\n" or "\r\n").
+  size_t begin = std::string::npos, end = 0;
+  const auto close = [&] {
+    if (begin != std::string::npos) docs.push_back(text.substr(begin, end - begin));
+    begin = std::string::npos;
+  };
   size_t pos = 0;
   while (pos <= text.size()) {
-    size_t end = text.find('\n', pos);
-    if (end == std::string::npos) end = text.size();
-    const std::string line = text.substr(pos, end - pos);
-    if (is_blank(line)) {
-      if (!trim(current).empty()) docs.push_back(trim(current));
-      current.clear();
+    size_t line_end = text.find('\n', pos);
+    const bool has_break = line_end != std::string::npos;
+    if (!has_break) line_end = text.size();
+    if (is_blank(text, pos, line_end)) {
+      close();
     } else {
-      if (!current.empty()) current += '\n';
-      current += line;
+      if (begin == std::string::npos) begin = pos;
+      end = has_break && text[line_end - 1] == '\r' ? line_end - 1 : line_end;
     }
-    pos = end + 1;
+    pos = line_end + 1;
   }
-  if (!trim(current).empty()) docs.push_back(trim(current));
+  close();
   return docs;
 }
 
@@ -52,35 +78,55 @@ std::vector<int32_t> encode_document(const Tokenizer& tokenizer, const std::stri
 }
 
 EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer, const std::vector<std::string>& docs,
-                        int64_t max_docs, bool show_progress) {
+                        int64_t max_docs, bool show_progress, int64_t stride) {
+  check_stride(stride, model->config().max_seq_len);
   const int64_t n_docs = max_docs > 0 ? std::min<int64_t>(max_docs, docs.size()) : docs.size();
   std::vector<std::vector<int32_t>> tokenized;
   tokenized.reserve(n_docs);
   for (int64_t d = 0; d < n_docs; ++d) tokenized.push_back(encode_document(tokenizer, docs[d]));
-  return evaluate_token_docs(model, tokenized, 0, show_progress);
+  return evaluate_token_docs(model, tokenized, 0, show_progress, stride);
 }
 
 EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32_t>>& docs, int64_t max_docs,
-                               bool show_progress) {
+                               bool show_progress, int64_t stride) {
   torch::NoGradGuard no_grad;
   const ModelConfig& config = model->config();
+  const int64_t context = config.max_seq_len;
+  check_stride(stride, context);
   const int64_t n_docs = max_docs > 0 ? std::min<int64_t>(max_docs, docs.size()) : docs.size();
   const auto device = model->model->embed_tokens->weight.device();
   Progress progress("eval", n_docs, "docs");
   double total_nll = 0.0;
   EvalResult result;
+  result.stride = stride;
   for (int64_t d = 0; d < n_docs; ++d) {
     const std::vector<int32_t>& ids = docs[d];
-    const int64_t length = std::min<int64_t>(ids.size(), config.max_seq_len);
+    const int64_t length = static_cast<int64_t>(ids.size());
     if (length < 2) continue;  // nothing to predict
-    const torch::Tensor tokens =
-        torch::tensor(std::vector<int64_t>(ids.begin(), ids.begin() + length), torch::kInt64).unsqueeze(0).to(device);
-    const torch::Tensor logits = model->forward(tokens).to(torch::kFloat32);
-    const int64_t n = length - 1;
-    const torch::Tensor log_probs = torch::log_softmax(logits.narrow(1, 0, n), -1);
-    const torch::Tensor targets = tokens.narrow(1, 1, n).unsqueeze(-1);
-    total_nll -= log_probs.gather(-1, targets).to(torch::kFloat64).sum().item<double>();
-    result.tokens += n;
+    if (stride == 0 || length <= context) {
+      // One window: the document, or its first `context` ids.
+      const int64_t n = std::min(length, context);
+      total_nll += window_nll(model, ids, 0, n, 0, n - 1, device);
+      result.tokens += n - 1;
+      result.windows += 1;
+      result.truncated_docs += length > context ? 1 : 0;
+    } else {
+      // Sliding windows of `context` ids. The first scores every prediction it
+      // makes (targets 1..context, the last from its final position); each
+      // later one ends right before its last target, `stride` targets further
+      // on, and scores only the targets after those already scored.
+      total_nll += window_nll(model, ids, 0, context, 0, context, device);
+      int64_t scored = context;  // targets 1..scored are done
+      result.windows += 1;
+      while (scored < length - 1) {
+        const int64_t last = std::min(scored + stride, length - 1);
+        const int64_t begin = last - context;
+        total_nll += window_nll(model, ids, begin, context, scored - begin, context, device);
+        scored = last;
+        result.windows += 1;
+      }
+      result.tokens += length - 1;
+    }
     result.docs += 1;
     if (show_progress) progress.update(d + 1);
   }
