@@ -38,6 +38,46 @@ struct Distributed::Impl {
   c10::intrusive_ptr<c10d::Backend> group;
   torch::Device device{torch::kCPU};
   std::chrono::seconds timeout{300};
+  int rank = 0, world = 1;
+  int tag = 0;  // of the ring's point-to-point messages (collectives use their own)
+
+  // Gloo's reduce-scatter is an all-reduce of a copy followed by a slice (the
+  // traffic of an all-reduce and a whole-size temporary), and its all-gather
+  // goes through a temporary too. On Gloo both run here instead, as rings of
+  // point-to-point messages in place: N - 1 steps, each moving one shard.
+  bool ring() const { return !device.is_cuda(); }
+
+  // One ring step: sends `out` to the next rank while receiving `in` from the previous one.
+  void exchange(torch::Tensor out, torch::Tensor in, const char* what) {
+    tag = (tag + 1) % (1 << 30);
+    std::vector<torch::Tensor> send_list{std::move(out)}, recv_list{std::move(in)};
+    auto receiving = group->recv(recv_list, (rank + world - 1) % world, tag);
+    auto sending = group->send(send_list, (rank + 1) % world, tag);
+    wait(sending, what);
+    wait(receiving, what);
+  }
+
+  // full (consumed as the accumulator) -> shard: the sum of every rank's full, this rank's slice.
+  void ring_reduce_scatter(torch::Tensor& shard, torch::Tensor& full) {
+    const std::vector<torch::Tensor> chunks = full.chunk(world);
+    torch::Tensor incoming = torch::empty_like(shard);
+    for (int k = 0; k + 1 < world; ++k) {
+      // Sends the chunk it summed last step, receives the previous rank's partial sum of the next.
+      const int send = (rank - k - 1 + 2 * world) % world, receive = (rank - k - 2 + 2 * world) % world;
+      exchange(chunks[send], incoming, "gradient reduce-scatter");
+      chunks[receive].add_(incoming);
+    }
+    shard.copy_(chunks[rank]);
+  }
+
+  void ring_all_gather(torch::Tensor& full, const torch::Tensor& shard) {
+    const std::vector<torch::Tensor> chunks = full.chunk(world);
+    if (shard.data_ptr() != chunks[rank].data_ptr()) chunks[rank].copy_(shard);
+    for (int k = 0; k + 1 < world; ++k) {
+      const int send = (rank - k + world) % world, receive = (rank - k - 1 + world) % world;
+      exchange(chunks[send], chunks[receive], "weight all-gather");
+    }
+  }
 
   void wait(const c10::intrusive_ptr<c10d::Work>& work, const char* what) {
     try {
@@ -65,6 +105,8 @@ std::unique_ptr<Distributed> Distributed::from_env(torch::Device device, std::ch
   auto impl = std::make_unique<Impl>();
   impl->device = device;
   impl->timeout = timeout;
+  impl->rank = rank;
+  impl->world = world;
   if (world == 1) return std::unique_ptr<Distributed>(new Distributed(0, 1, 0, std::move(impl)));
 
   const std::string addr = env("MASTER_ADDR");
@@ -159,7 +201,8 @@ void Distributed::reduce_scatter_mean(torch::Tensor& shard, torch::Tensor& full)
     shard.copy_(full);
     return;
   }
-  impl_->wait(impl_->group->_reduce_scatter_base(shard, full), "gradient reduce-scatter");
+  if (impl_->ring()) impl_->ring_reduce_scatter(shard, full);
+  else impl_->wait(impl_->group->_reduce_scatter_base(shard, full), "gradient reduce-scatter");
   shard.div_(world_);
 }
 
@@ -193,7 +236,11 @@ Distributed::Pending Distributed::all_gather_async(torch::Tensor& full, torch::T
   torch::NoGradGuard no_grad;
   Pending pending;
   if (world_ == 1) {
-    full.copy_(shard);
+    if (full.data_ptr() != shard.data_ptr()) full.copy_(shard);
+    return pending;
+  }
+  if (impl_->ring()) {  // synchronous: Gloo's CPU ranks have no stream to overlap on
+    impl_->ring_all_gather(full, shard);
     return pending;
   }
   pending.state_ = std::make_unique<Pending::State>();

@@ -363,10 +363,7 @@ void ZeroOptimizer::step(double schedule_factor) {
     unit->grad = torch::Tensor();
     // Every rank's updated slice back into the whole weights (the on-demand
     // units are gathered when their layer next runs).
-    if (unit->held) {
-      torch::Tensor mine = unit->master.clone();
-      dist_.all_gather(unit->full, mine);
-    }
+    if (unit->held) dist_.all_gather(unit->full, unit->master);  // in place: master is a view of full
   }
 }
 
@@ -424,10 +421,7 @@ void ZeroOptimizer::load(const TrainCheckpoint& ck) {
     }
   }
   steps_ = ck.step;
-  for (auto& unit : units_) {
-    torch::Tensor mine = unit->master.clone();
-    dist_.all_gather(unit->full, mine);
-  }
+  for (auto& unit : units_) dist_.all_gather(unit->full, unit->master);
 }
 
 }  // namespace dha::train_detail
