@@ -60,12 +60,19 @@ struct Distributed::Impl {
   // full (consumed as the accumulator) -> shard: the sum of every rank's full, this rank's slice.
   void ring_reduce_scatter(torch::Tensor& shard, torch::Tensor& full) {
     const std::vector<torch::Tensor> chunks = full.chunk(world);
-    torch::Tensor incoming = torch::empty_like(shard);
+    const int64_t n = shard.numel();
+    // Received in pieces of at most 64 MiB of fp32: the only temporary.
+    constexpr int64_t kPiece = int64_t{1} << 24;
+    torch::Tensor incoming = torch::empty({std::min(n, kPiece)}, shard.options());
     for (int k = 0; k + 1 < world; ++k) {
       // Sends the chunk it summed last step, receives the previous rank's partial sum of the next.
       const int send = (rank - k - 1 + 2 * world) % world, receive = (rank - k - 2 + 2 * world) % world;
-      exchange(chunks[send], incoming, "gradient reduce-scatter");
-      chunks[receive].add_(incoming);
+      for (int64_t offset = 0; offset < n; offset += kPiece) {
+        const int64_t length = std::min(kPiece, n - offset);
+        torch::Tensor piece = incoming.narrow(0, 0, length);
+        exchange(chunks[send].narrow(0, offset, length), piece, "gradient reduce-scatter");
+        chunks[receive].narrow(0, offset, length).add_(piece);
+      }
     }
     shard.copy_(chunks[rank]);
   }

@@ -134,31 +134,42 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   const int64_t largest_param = in.train_weights == TrainWeights::kAll       ? largest_matrix(c)
                                 : in.train_weights == TrainWeights::kAttention ? c.n_heads * c.head_dim * c.dim
                                                                                : 0;
-  // ZeRO-3 gathers one part of the model at a time (a decoder layer, the
-  // embedding, the head); on CUDA the next layer's gather is in flight too.
-  int64_t largest_part = in.train_weights == TrainWeights::kAll
-                             ? c.vocab_size * c.dim + c.dim  // the embedding, or the head with the final norm
-                             : 0;
-  for (int64_t l = 0; l < c.n_layers; ++l) largest_part = std::max(largest_part, layer_trainable(c, l, in.train_weights));
-  const int64_t gathered = in.zero == 3 ? largest_part * (in.cuda ? 2 : 1) : 0;
+  // ZeRO-3 holds one part of the model whole at a time (a decoder layer, the
+  // embedding, the head with the final norm), and while a part is whole its
+  // largest tensor's gradient is the one being reduced; on CUDA the next
+  // layer's gather is in flight too.
+  int64_t gathered = 0, largest_layer_part = 0;
+  if (in.zero == 3) {
+    const bool all = in.train_weights == TrainWeights::kAll;
+    const int64_t layer_matrix = all ? std::max(c.hidden_dim * c.dim, c.n_heads * c.head_dim * c.dim)
+                                     : c.n_heads * c.head_dim * c.dim;
+    for (int64_t l = 0; l < c.n_layers; ++l)
+      largest_layer_part = std::max(largest_layer_part, layer_trainable(c, l, in.train_weights));
+    const int64_t head = all ? 2 * c.vocab_size * c.dim + c.dim : 0;  // the head, and its gradient
+    gathered = std::max(largest_layer_part * (in.cuda ? 2 : 1) + layer_matrix, head);
+  }
   const std::string zero_note = shards > 1 ? ", 1/" + std::to_string(shards) + " per rank (ZeRO-" + std::to_string(in.zero) + ")" : "";
 
   // The RoPE tables (cos and sin, fp32) and the head maps live beside the weights.
   const int64_t tables = 2 * c.max_seq_len * c.head_dim * kFp32 + 2 * c.n_layers * c.n_heads * 8;
   const int64_t trained_weights = in.zero == 3 ? per_rank(trained * kFp32) + gathered * kFp32 : trained * kFp32;
   add("weights", trained_weights + frozen * frozen_bytes + tables,
-      std::string("trained in fp32") + (in.zero == 3 ? zero_note + " + one part gathered" + (in.cuda ? " (two: prefetch)" : "") : "") +
+      std::string("trained in fp32") +
+          (in.zero == 3 ? zero_note + " + one part whole with its gradient" + (in.cuda ? " (and the next: prefetch)" : "")
+                        : "") +
           (frozen > 0 ? ", frozen in the storage dtype" : "") + "; RoPE tables");
   if (in.cuda)
-    add("autocast copies", (in.zero == 3 ? gathered : trained) * 2, "bf16 copies of the trained weights, forward to backward");
+    add("autocast copies", (in.zero == 3 ? largest_layer_part * 2 : trained) * 2,
+        "bf16 copies of the trained weights, forward to backward");
   if (in.keeps_source) add("source weights", trained * frozen_bytes, "the source's copy of the trained weights");
   if (in.zero == 0) add("gradients", trained * kFp32, "fp32, trained weights only");
   else if (in.zero == 1)
     add("gradients", trained * kFp32 + per_rank(largest_param * kFp32),
         "fp32, whole until the step, then reduce-scattered one tensor at a time");
   else
-    add("gradients", per_rank(trained * kFp32) + largest_param * kFp32,
-        "fp32" + zero_note + ", each tensor reduced as backward produces it");
+    add("gradients", per_rank(trained * kFp32) + (in.zero == 2 ? largest_param * kFp32 : 0),
+        "fp32" + zero_note + ", each tensor reduced as backward produces it" +
+            (in.zero == 2 ? " (+ the largest one's)" : " (the one in flight: under weights)"));
   add("optimizer state", per_rank(trained * 2 * kFp32), "AdamW moments, fp32" + zero_note);
   add("fusion operators", in.fusion_operator_elements * 4 * kFp32, "Omega, its gradient and moments");
   // Each step recomputes the fused K/V projections from Omega and the weights;
