@@ -14,6 +14,7 @@
 #include "dha/model.h"
 #include "dha/optim.h"
 #include "dha/shared_attention.h"
+#include "dha/train.h"
 #include "model_fixtures.h"
 #include "test_util.h"
 
@@ -284,4 +285,41 @@ TEST(MemoryPlan, FusedProjectionsMatchWhatAFusionStepKeeps) {
   const int64_t want = planned("activations") + planned("logits and loss") * 2 / 3 + planned("fused projections");
   EXPECT_NEAR(static_cast<double>(kept), static_cast<double>(want), 0.25 * want)
       << "measured " << kept << ", planned " << want << " (fused projections " << planned("fused projections") << ")";
+}
+
+// The fusion stage hands each layer K/V projections computed outside it (from
+// the operators Omega): through a checkpointed layer their gradients must
+// reach Omega and the weights exactly as without checkpointing, and a
+// second step must find nothing of the first one's graph.
+TEST(ActivationCheckpointing, FusionOperatorsGetTheSameGradientsThroughTheRecomputation) {
+  for (const bool biased : {false, true}) {
+    SCOPED_TRACE(biased ? "biased" : "no biases");
+    const dha::ModelConfig c = dha::test::tiny_config(false, biased);
+    const dha::Checkpoint ck = dha::test::random_checkpoint(c, 7);
+    dha::Grouping grouping;  // every pool: {0, 2}, {1, 3}
+    for (int64_t p = 0; p < 2 * c.n_layers; ++p) grouping.push_back({{0, 2}, {1, 3}});
+    const torch::Tensor batch = dha::test::random_tokens(2, 13, c.vocab_size, 8);
+    std::vector<std::map<std::string, torch::Tensor>> grads(2);
+    std::vector<double> losses;
+    for (const bool checkpointing : {false, true}) {
+      dha::FusionTask task(dha::make_model(ck, "fusion"), grouping, 10, {}, std::nullopt);
+      task.model()->activation_checkpointing = checkpointing;
+      task.model()->train();
+      for (int step = 0; step < 2; ++step) {
+        dha::StepScalars scalars;
+        const torch::Tensor loss = task.loss(batch, scalars);
+        loss.backward();
+        if (step == 0) losses.push_back(loss.item<double>());
+      }
+      for (const auto& group : task.param_groups(dha::TrainConfig{}))
+        for (const auto& [name, p] : group.params) {
+          ASSERT_TRUE(p.grad().defined()) << name;
+          grads[checkpointing][name] = p.grad().clone();
+        }
+    }
+    EXPECT_EQ(losses[0], losses[1]);
+    for (const auto& [name, g] : grads[0])
+      EXPECT_TRUE(torch::allclose(g, grads[1].at(name), 1e-6, 1e-7))
+          << name << " max abs diff " << (g - grads[1].at(name)).abs().max().item<double>();
+  }
 }

@@ -26,13 +26,27 @@ struct AutocastState {
   }
 };
 
-// Inputs: x, and the probabilities the layer reads (an empty tensor unless it
-// shares attention: autograd Functions take defined tensors). Outputs: the layer's output, and the probabilities it
-// emits when it is the source of a shared span.
+// The K/V projections a layer uses in place of its own (the fusion stage's
+// fused weights): computed outside the layer, so they are inputs of the
+// checkpointed Function, and their gradients leave through it. Otherwise the
+// recomputation's backward would run into the graph that made them, which the
+// outer backward then finds already freed.
+torch::Tensor* override_slot(AttentionImpl& attention, size_t i) {
+  torch::Tensor* slots[] = {&attention.k_weight_override, &attention.k_bias_override, &attention.v_weight_override,
+                            &attention.v_bias_override};
+  return slots[i];
+}
+constexpr size_t kOverrides = 4;
+
+// Inputs: x, the probabilities the layer reads (an empty tensor unless it
+// shares attention: autograd Functions take defined tensors) and the four
+// overrides (empty when unset). Outputs: the layer's output, and the
+// probabilities it emits when it is the source of a shared span.
 struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& probabilities_in,
-                               DecoderLayerImpl* layer, const Rope* rope, LayerWeightSource* weights,
-                               int64_t index) {
+                               const torch::Tensor& k_weight, const torch::Tensor& k_bias, const torch::Tensor& v_weight,
+                               const torch::Tensor& v_bias, DecoderLayerImpl* layer, const Rope* rope,
+                               LayerWeightSource* weights, int64_t index) {
     ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
     ctx->saved_data["rope"] = reinterpret_cast<int64_t>(rope);
     ctx->saved_data["weights"] = reinterpret_cast<int64_t>(weights);
@@ -40,7 +54,7 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
     const AutocastState autocast = AutocastState::current();
     ctx->saved_data["autocast"] = autocast.enabled;
     ctx->saved_data["autocast_dtype"] = static_cast<int64_t>(autocast.dtype);
-    ctx->save_for_backward({x, probabilities_in});
+    ctx->save_for_backward({x, probabilities_in, k_weight, k_bias, v_weight, v_bias});
     torch::Tensor probabilities = layer->self_attn->shares_attention() ? probabilities_in : torch::Tensor();
     if (weights) weights->gather(index, /*backward=*/false);
     const torch::Tensor out = layer->forward(x, *rope, 0, {}, {}, probabilities);
@@ -59,6 +73,15 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
     const bool reads = layer->self_attn->shares_attention();
     const bool probabilities_need_grad = reads && saved[1].requires_grad();
     torch::Tensor probabilities_in = reads ? saved[1].detach().requires_grad_(probabilities_need_grad) : torch::Tensor();
+    // The overrides, detached: the recomputation's backward stops at them.
+    AttentionImpl& attention = *layer->self_attn;
+    torch::Tensor outer_overrides[kOverrides], overrides[kOverrides];
+    for (size_t i = 0; i < kOverrides; ++i) {
+      outer_overrides[i] = *override_slot(attention, i);
+      const torch::Tensor& v = saved[2 + i];
+      if (v.numel() > 0) overrides[i] = v.detach().requires_grad_(v.requires_grad());
+      *override_slot(attention, i) = overrides[i];
+    }
 
     const AutocastState outer = AutocastState::current();
     AutocastState{ctx->saved_data["autocast"].toBool(),
@@ -80,15 +103,18 @@ struct CheckpointedLayer : torch::autograd::Function<CheckpointedLayer> {
       torch::autograd::backward(outputs, output_grads);
     }
     outputs.clear();  // the recomputed graph, before the weights it read go
+    for (size_t i = 0; i < kOverrides; ++i) *override_slot(attention, i) = outer_overrides[i];
     if (weights) weights->release(index);
     outer.apply();
     // The recomputation's low-precision copies of the weights go with it:
     // autocast clears its cache only when an outermost autocast region ends,
     // so the next step's forward would otherwise find this step's copies.
     if (ctx->saved_data["autocast"].toBool()) at::autocast::clear_cache();
-    return {x.requires_grad() ? x.grad() : torch::Tensor(),
-            probabilities_need_grad ? probabilities_in.grad() : torch::Tensor(), torch::Tensor(), torch::Tensor(),
-            torch::Tensor(), torch::Tensor()};
+    variable_list input_grads{x.requires_grad() ? x.grad() : torch::Tensor(),
+                              probabilities_need_grad ? probabilities_in.grad() : torch::Tensor()};
+    for (const auto& o : overrides) input_grads.push_back(o.defined() && o.requires_grad() ? o.grad() : torch::Tensor());
+    for (int i = 0; i < 4; ++i) input_grads.emplace_back();  // layer, rope, weights, index
+    return input_grads;
   }
 };
 
@@ -98,7 +124,13 @@ torch::Tensor checkpointed_layer_forward(DecoderLayerImpl& layer, const torch::T
                                          torch::Tensor& probabilities, LayerWeightSource* weights, int64_t index) {
   const torch::Tensor probabilities_in =
       layer.self_attn->shares_attention() ? probabilities : torch::empty({0}, x.options());
-  const variable_list out = CheckpointedLayer::apply(x, probabilities_in, &layer, &rope, weights, index);
+  torch::Tensor overrides[kOverrides];
+  for (size_t i = 0; i < kOverrides; ++i) {
+    const torch::Tensor& o = *override_slot(*layer.self_attn, i);
+    overrides[i] = o.defined() ? o : torch::empty({0}, x.options());
+  }
+  const variable_list out = CheckpointedLayer::apply(x, probabilities_in, overrides[0], overrides[1], overrides[2],
+                                                     overrides[3], &layer, &rope, weights, index);
   if (out.size() > 1) probabilities = out[1];
   return out[0];
 }
