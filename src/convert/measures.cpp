@@ -22,6 +22,7 @@ std::vector<torch::Tensor> activation_costs(const MeasureInputs& in) {
   model->to(in.device);
   const torch::Tensor tokens = in.sampler.batch({}, 0, in.options.batch).narrow(1, 0, in.seq_len).to(in.device);
   const auto acts = collect_activations(model, tokens);
+  in.report["tokens"] = in.report.value("tokens", int64_t{0}) + tokens.numel();  // forward only
   std::vector<torch::Tensor> costs;
   for (const auto& p : all_pools(in.model.config.n_layers))
     costs.push_back(activation_cost(p.value ? acts[p.layer].values : acts[p.layer].keys));
@@ -64,7 +65,10 @@ std::vector<torch::Tensor> fusion_costs(const MeasureInputs& in) {
   run.label = "search";
   run.final_checkpoint = false;  // only the periodic ones a recipe asks for
   std::filesystem::create_directories(in.work_dir);
-  train(task, in.sampler, conversion_train_config(options, options.search_steps, in.seq_len), in.dist, run);
+  const TrainResult trained =
+      train(task, in.sampler, conversion_train_config(options, options.search_steps, in.seq_len), in.dist, run);
+  // Every round's training tokens (all ranks'), so that comparisons count them.
+  in.report["tokens"] = in.report.value("tokens", int64_t{0}) + trained.tokens;
   std::vector<torch::Tensor> costs;
   for (size_t p = 0; p < pools.size(); ++p)
     costs.push_back(accumulators[p] ? accumulators[p]->cost() : torch::zeros({0, 0}, torch::kFloat64));

@@ -169,6 +169,11 @@ json conversion_report(const ConvertContext& ctx, const ConvertResults& r, doubl
   report["after_collapse"] = quality_json(*r.after);
   report["heldout_docs"] = ctx.heldout_docs();
   report["search"] = r.search->figures;
+  // The tokens each stage read (all ranks together): what the conversion cost
+  // in data, to add to continued pre-training's when methods are compared.
+  const int64_t search_tokens = r.search->figures.value("tokens", int64_t{0});
+  const int64_t fusion_tokens = r.merge->fusion ? r.merge->fusion->tokens : 0;
+  report["tokens"] = {{"search", search_tokens}, {"fusion", fusion_tokens}, {"total", search_tokens + fusion_tokens}};
   report["fusion"] = r.merge->fusion ? fusion_json(*r.merge->fusion, r.search->grouping, plan.source.n_layers)
                                      : json::object();
   report["export"] = {{"format", plan.export_format->name},

@@ -46,9 +46,11 @@ FusionStageResult fuse(ConvertContext& ctx, const Checkpoint& model, const Group
   run.label = "fusion";
   run.final_checkpoint = false;  // only the periodic ones a recipe asks for
   fs::create_directories(run.out_dir);
-  train(task, *ctx.sampler, conversion_train_config(recipe, recipe.fusion_steps, ctx.plan.seq_len), *ctx.dist, run);
+  const TrainResult trained =
+      train(task, *ctx.sampler, conversion_train_config(recipe, recipe.fusion_steps, ctx.plan.seq_len), *ctx.dist, run);
   task.before_eval();
   FusionStageResult result;
+  result.tokens = trained.tokens;
   result.after = ctx.measure(task.model());
   result.records = task.records();
   result.initial_loss = task.initial_fusion_loss();

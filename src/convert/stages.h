@@ -99,6 +99,7 @@ struct FusionStageResult {
   std::vector<FusionRecord> records;
   double initial_loss = 0.0, final_loss = 0.0, fused_threshold = 0.0;
   std::vector<std::vector<double>> group_losses;
+  int64_t tokens = 0;  // trained on, all ranks together
 };
 struct MergeResult {
   Checkpoint collapsed;
