@@ -143,7 +143,15 @@ MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grou
               operators += static_cast<int64_t>(group.size() * group.size()) *
                            (ctx.options.per_channel ? ctx.plan.source.head_dim : 1);
         result.fusion = timed(
-            ctx, result.stage, [&] { return fuse(ctx, model, grouping, result.collapsed); },
+            ctx, result.stage,
+            [&] {
+              if (!ctx.options.align) return fuse(ctx, model, grouping, result.collapsed);
+              // Heads alike up to a rotation start fusion alike: the same re-parameterisation as aligned-gqa's.
+              Llama current = make_model_sharing(model, "align");
+              current->to(ctx.device);
+              const auto acts = collect_activations(current, ctx.probe.narrow(1, 0, ctx.plan.seq_len));
+              return fuse(ctx, align_groups(model, grouping, acts), grouping, result.collapsed);
+            },
             ctx.stage_plan("fusion", operators));
         break;
       }
