@@ -151,7 +151,7 @@ TEST(Align, AlignedHeadsAreCloserThanBefore) {
   EXPECT_LT(spread(after[1].keys), spread(acts[1].keys));
 }
 
-// Align, then fuse (dha-convert --align): fusion starts from the aligned
+// Align, then fuse (dha-convert's default; --no-align: the paper's recipe): fusion starts from the aligned
 // checkpoint, whose function is the source's, with the searched groups'
 // heads closer together (a lower fusion loss to close).
 TEST(Align, FusionOfAlignedGroupsStartsFromTheSourceFunction) {
@@ -465,10 +465,16 @@ TEST_F(ConvertCli, BaselinesAndAblationsDoWhatTheyAsk) {
        }},
       {"--uniform",
        [&](const json& r) {  // searched and fused, but equal counts
+         EXPECT_EQ(r["aligned_before_fusion"], true);  // the default
          EXPECT_EQ(heads(r["layout"], "k_heads"), two);
          EXPECT_EQ(heads(r["layout"], "v_heads"), two);
          EXPECT_TRUE(r.contains("after_fusion"));
          EXPECT_FALSE(r["fusion"]["groups"].empty());
+       }},
+      {"--no-align",
+       [&](const json& r) {  // the paper's recipe: the searched groups fused as they are
+         EXPECT_TRUE(r.contains("after_fusion"));
+         EXPECT_EQ(r["aligned_before_fusion"], false);
        }},
       {"--no-fusion",
        [&](const json& r) {  // searched groups, mean-pooled: no fusion stage at all
@@ -540,8 +546,14 @@ TEST_F(ConvertCli, BadInputFailsBeforeAnyWorkAndLeavesNoDirectory) {
 
 TEST(Configs, ShippedRecipesParse) {
   const std::string dir = std::string(DHA_SOURCE_DIR) + "/configs/";
-  for (const char* name : {"convert-dha.json", "convert-gqa.json"})
+  for (const char* name : {"convert-dha.json", "convert-dha-paper.json", "convert-gqa.json"})
     EXPECT_NO_THROW(dha::convert_options_from_json(nlohmann::json::parse(dha::io::read_file(dir + name)), name)) << name;
+  // The paper's recipe differs from the default in alignment only.
+  dha::ConvertOptions paper = dha::convert_options_from_json(
+      nlohmann::json::parse(dha::io::read_file(dir + "convert-dha-paper.json")), "paper");
+  EXPECT_FALSE(paper.align);
+  paper.align = true;
+  EXPECT_EQ(dha::convert_options_to_json(paper), dha::convert_options_to_json(dha::ConvertOptions{}));
   EXPECT_NO_THROW(dha::train_config_from_json(nlohmann::json::parse(dha::io::read_file(dir + "train-continue.json")), "t"));
   const dha::ModelConfig c =
       dha::model_config_from_json(nlohmann::json::parse(dha::io::read_file(dir + "model-small-mha.json")), 4096, "m");

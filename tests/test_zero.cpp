@@ -343,7 +343,10 @@ TEST(ZeroConvert, FusionStagesShardedOnTwoRanksMatchOneProcessAndZeroThreeIsRefu
   auto args = [&](const std::string& out, int64_t batch, int zero) {
     return "dha-convert --model " + tmp.file("model") + " --calib " + tmp.file("calib.txt") + " --out " + out +
            " --budget 0.5 --search-steps 4 --search-average 2 --fusion-steps 4 --seq-len 16 --device cpu --batch " +
-           std::to_string(batch) + " --zero " + std::to_string(zero);
+           std::to_string(batch) + " --zero " + std::to_string(zero) +
+           // Alignment's rotations come from a probe batch of --batch sequences, which differs between the
+           // runs compared (the function would agree, the weights not): fused as they are.
+           " --no-align";
   };
   const ToolRun one = run_tool(args(tmp.file("one"), 4, 0), true);
   ASSERT_EQ(one.code, 0) << one.out;

@@ -56,11 +56,11 @@ RecipeFields<ConvertOptions> make_fields() {
       {"target_fraction", "--target-fraction", "share of fusion steps over which the target falls to 0",
        &O::target_fraction},
       {"per_channel", "--per-channel", "per-channel fusion operators (n x n x d_h)", &O::per_channel, true},
-      {"align", "--align",
-       "dha: align the heads of each searched group before fusing them, as aligned-gqa does (an orthogonal "
-       "re-basis per value head folded into W_O, RoPE-plane rotations per key head folded into W_Q; the model's "
-       "function is unchanged)",
-       &O::align, true},
+      {"align", "--no-align",
+       "fuse the searched groups as they are (ablation; the paper's recipe). By default dha aligns each group's "
+       "heads first, as aligned-gqa does (an orthogonal re-basis per value head folded into W_O, RoPE-plane "
+       "rotations per key head folded into W_Q; the function is unchanged)",
+       &O::align, false},
       {"distill_weight", "--distill-weight", "weight of KL(source || fusion model) next to the LM loss",
        &O::distill_weight},
       {"train_weights", "--train-weights",

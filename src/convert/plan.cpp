@@ -126,10 +126,10 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
   else if (options.dtype == "f16") plan.output_dtype = torch::kFloat16;
   else if (options.dtype != "keep") fail("--dtype \"", options.dtype, "\" is not one of keep, f32, bf16, f16");
   if (options.checkpoint_every < 0) fail("--checkpoint-every must not be negative");
-  if (options.align && !plan.fusion_stage)
-    fail("--align aligns the heads of each group before fusing them: it needs --method dha with fusion steps");
-  if (options.align && !plan.spans.empty())
-    fail("--align combines with --share-spans no more than aligned-gqa does");
+  // Alignment rotates K heads in their RoPE planes and folds them into W_Q;
+  // with shared spans some layers have no keys of their own (as aligned-gqa,
+  // which refuses spans), so it is left out there.
+  plan.align = options.align && plan.fusion_stage && plan.spans.empty();
   if (options.zero == 3)
     fail("--zero 3 shards the weights per decoder layer, but search and fusion read every layer's K/V projections "
          "at once to fuse them; use --zero 2 (gradients and optimizer state sharded, weights whole)");

@@ -169,6 +169,7 @@ json conversion_report(const ConvertContext& ctx, const ConvertResults& r, doubl
   report["after_collapse"] = quality_json(*r.after);
   report["heldout_docs"] = ctx.heldout_docs();
   report["search"] = r.search->figures;
+  report["aligned_before_fusion"] = plan.align;
   // The tokens each stage read (all ranks together): what the conversion cost
   // in data, to add to continued pre-training's when methods are compared.
   const int64_t search_tokens = r.search->figures.value("tokens", int64_t{0});

@@ -145,7 +145,7 @@ MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grou
         result.fusion = timed(
             ctx, result.stage,
             [&] {
-              if (!ctx.options.align) return fuse(ctx, model, grouping, result.collapsed);
+              if (!ctx.plan.align) return fuse(ctx, model, grouping, result.collapsed);
               // Heads alike up to a rotation start fusion alike: the same re-parameterisation as aligned-gqa's.
               Llama current = make_model_sharing(model, "align");
               current->to(ctx.device);
