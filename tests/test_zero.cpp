@@ -336,7 +336,7 @@ TEST(Zero, PlanShardsTheTrainedStateOverTheRanks) {
   EXPECT_LT(one.total(), replicated.total());
 }
 
-TEST(ZeroConvert, FusionStagesShardedOnTwoRanksMatchOneProcessAndZeroThreeIsRefused) {
+TEST(ZeroConvert, SearchAndFusionShardedOnTwoRanksMatchOneProcess) {
   TempDir tmp;
   dha::test::save_tiny_model_with_tokenizer(tmp.file("model"));
   dha::io::write_file_atomic(tmp.file("calib.txt"), dha::test::tiny_calibration_text());
@@ -350,12 +350,15 @@ TEST(ZeroConvert, FusionStagesShardedOnTwoRanksMatchOneProcessAndZeroThreeIsRefu
   };
   const ToolRun one = run_tool(args(tmp.file("one"), 4, 0), true);
   ASSERT_EQ(one.code, 0) << one.out;
-  const auto two = run_ranks(2, [&](int) { return args(tmp.file("two"), 2, 2); });
-  for (const auto& r : two) ASSERT_EQ(r.code, 0) << r.out;
-  // The same grouping, and fused weights within the Adam tolerance of 4 fusion steps.
   const auto a = nlohmann::json::parse(dha::io::read_file(tmp.file("one/report.json")));
-  const auto b = nlohmann::json::parse(dha::io::read_file(tmp.file("two/report.json")));
-  EXPECT_EQ(a["layout"], b["layout"]);
-  expect_weights_near(tmp.file("one"), tmp.file("two"), 0.02 * 4 * 1e-3 * 10, "dha-convert --zero 2");
-  dha::test::expect_one_error_line(args(tmp.file("three"), 2, 3), "use --zero 2");
+  for (const int zero : {2, 3}) {
+    const std::string out = tmp.file("two-zero" + std::to_string(zero));
+    const auto two = run_ranks(2, [&](int) { return args(out, 2, zero); });
+    for (const auto& r : two) ASSERT_EQ(r.code, 0) << r.out;
+    // The same grouping, and fused weights within the Adam tolerance of 4 fusion steps.
+    const auto b = nlohmann::json::parse(dha::io::read_file(out + "/report.json"));
+    EXPECT_EQ(a["layout"], b["layout"]) << "zero " << zero;
+    expect_weights_near(tmp.file("one"), out, 0.02 * 4 * 1e-3 * 10, "dha-convert --zero " + std::to_string(zero));
+  }
+  dha::test::expect_one_error_line(args(tmp.file("four"), 2, 4), "is not 0, 1, 2 or 3");
 }

@@ -57,11 +57,12 @@ struct ConvertOptions {
   double lambda_lr = 1.0;
   double target_fraction = 0.25;   // the target falls to 0 over this share of the steps
   bool per_channel = false;        // Omega n x n x d_h instead of n x n
+  bool align = true;               // dha: align each group's heads (function unchanged) before fusing them
   double distill_weight = 0.0;     // KL(source || fusion model)
   // Memory (search and fusion)
   std::string train_weights = "all";    // all | attention (the fused K/V projections) | none (only Omega)
   bool activation_checkpointing = false;  // recompute each decoder layer in backward
-  int64_t zero = 0;                       // ZeRO stage of the search and fusion stages: 0, 1 or 2
+  int64_t zero = 0;                       // ZeRO stage of the search and fusion stages (0-3)
   int64_t checkpoint_every = 0;         // training checkpoints of search and fusion (0: none)
   // Export
   std::string export_format = "dha";  // see export_formats()
@@ -99,6 +100,7 @@ struct ConvertPlan {
   bool uses_budget = true;                   // false for analysis, and for shared-attention with given spans
   bool shares_heads = true;                  // head sharing (search/pooling) follows the spans
   bool fusion_stage = false;                 // dha with fusion: a trained stage before the collapse
+  bool align = false;                        // the fusion stage starts from aligned groups (not with shared spans)
   ModelConfig source;                        // the source model's config
   ModelConfig shared;                        // the source with the given spans applied: where head sharing starts
   int64_t target_heads = 0;                  // K+V heads after head sharing (0: none)

@@ -55,6 +55,10 @@ class FusionTask : public TrainTask {
   torch::Tensor loss(const torch::Tensor& batch, StepScalars& scalars) override;
   void after_step(int64_t step, int64_t total_steps, std::map<std::string, double>& metrics) override;
   void before_eval() override;
+  // The K/V projections: fused from Omega before every forward.
+  bool reads_outside_forward(const std::string& name) const override {
+    return name.find(".k_proj.") != std::string::npos || name.find(".v_proj.") != std::string::npos;
+  }
   Llama& model() override { return model_; }
   TensorMap state() override;
   void load_state(const TensorMap& tensors, const std::string& source) override;

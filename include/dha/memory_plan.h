@@ -33,6 +33,7 @@ struct MemoryPlanInputs {
   int64_t seq_len = 0;               // 0: the model's context
   int world_size = 1;
   int zero = 0;                      // ZeRO stage: 1-3 shard the trained state over world_size ranks
+  int64_t kept_whole_elements = 0;   // ZeRO-3: trained weights read outside the forward (never gathered per part)
   bool cuda = false;                 // bf16 autocast compute; else fp32 compute on CPU
   torch::ScalarType storage_dtype = torch::kFloat32;  // how frozen weights are held
   TrainWeights train_weights = TrainWeights::kAll;

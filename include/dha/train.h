@@ -79,6 +79,9 @@ class TrainTask {
   virtual Llama& model() = 0;
   // Called before held-out evaluation (e.g. to refresh weights the model reads).
   virtual void before_eval() {}
+  // Whether the task reads parameter `name` outside the model's forward
+  // (ZeRO-3 then keeps it whole instead of gathering it per layer).
+  virtual bool reads_outside_forward(const std::string& name) const { return false; }
   // Everything the checkpoint must hold beyond the optimizer state.
   virtual TensorMap state();
   virtual void load_state(const TensorMap& tensors, const std::string& source);

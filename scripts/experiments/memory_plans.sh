@@ -36,6 +36,7 @@ for m in "${MODELS[@]}"; do
         "dha-convert --train-weights attention|dha-convert|--train-weights attention"
         "dha-convert --train-weights none|dha-convert|--train-weights none"
         "dha-convert --zero 2|dha-convert|--zero 2"
+        "dha-convert --zero 3|dha-convert|--zero 3"
         "dha-train (batch 1 x 4096)|dha-train|--batch 1 --seq-len 4096"
         "dha-train (batch 1 x 4096) --activation-checkpointing|dha-train|--batch 1 --seq-len 4096 --activation-checkpointing"
         "dha-train (batch 1 x 4096) --zero 1|dha-train|--batch 1 --seq-len 4096 --zero 1"

@@ -72,7 +72,8 @@ RecipeFields<ConvertOptions> make_fields() {
        true},
       {"zero", "--zero",
        "ZeRO stage of the search and fusion stages: 0 replicated; 1 shards the fp32 master weights and AdamW "
-       "state over the ranks; 2 also the gradients",
+       "state over the ranks; 2 also the gradients; 3 also the weights other than the K/V projections being fused "
+       "(implies --activation-checkpointing)",
        &O::zero},
       {"checkpoint_every", "--checkpoint-every", "training checkpoints of the search and fusion stages every N steps (0: none)",
        &O::checkpoint_every},

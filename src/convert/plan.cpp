@@ -130,10 +130,7 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
   // with shared spans some layers have no keys of their own (as aligned-gqa,
   // which refuses spans), so it is left out there.
   plan.align = options.align && plan.fusion_stage && plan.spans.empty();
-  if (options.zero == 3)
-    fail("--zero 3 shards the weights per decoder layer, but search and fusion read every layer's K/V projections "
-         "at once to fuse them; use --zero 2 (gradients and optimizer state sharded, weights whole)");
-  if (options.zero < 0 || options.zero > 3) fail("--zero ", options.zero, " is not 0, 1 or 2");
+  if (options.zero < 0 || options.zero > 3) fail("--zero ", options.zero, " is not 0, 1, 2 or 3");
   plan.seq_len = options.seq_len > 0 ? std::min(options.seq_len, source.max_seq_len) : source.max_seq_len;
   return plan;
 }
@@ -163,6 +160,8 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
     projections += (m.layout.shares_attention(l) ? v : k + v) * m.head_dim * (m.dim + (m.attention_bias ? 1 : 0));
   }
   in.fused_projection_elements = projections;
+  // Fusion reads every layer's K/V projections before the forward: ZeRO-3 keeps them whole.
+  if (plan.train_weights != TrainWeights::kNone) in.kept_whole_elements = projections;
   std::vector<MemoryPlan> plans;
   if (plan.shares_heads && plan.method == ConvertMethod::kDha && plan.measure->trains) {
     in.stage = "search";

@@ -152,10 +152,13 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
 
   // The RoPE tables (cos and sin, fp32) and the head maps live beside the weights.
   const int64_t tables = 2 * c.max_seq_len * c.head_dim * kFp32 + 2 * c.n_layers * c.n_heads * 8;
-  const int64_t trained_weights = in.zero == 3 ? per_rank(trained * kFp32) + gathered * kFp32 : trained * kFp32;
+  const int64_t whole = std::min(in.kept_whole_elements, trained);
+  const int64_t trained_weights =
+      in.zero == 3 ? per_rank((trained - whole) * kFp32) + whole * kFp32 + gathered * kFp32 : trained * kFp32;
   add("weights", trained_weights + frozen * frozen_bytes + tables,
       std::string("trained in fp32") +
-          (in.zero == 3 ? zero_note + " + one part whole with its gradient" + (in.cuda ? " (and the next: prefetch)" : "")
+          (in.zero == 3 ? zero_note + " + one part whole with its gradient" + (in.cuda ? " (and the next: prefetch)" : "") +
+                              (whole > 0 ? " + the fused K/V projections, whole" : "")
                         : "") +
           (frozen > 0 ? ", frozen in the storage dtype" : "") + "; RoPE tables");
   if (in.cuda)

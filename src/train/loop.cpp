@@ -87,8 +87,8 @@ class TrainingOptimizer {
     else adam_.emplace(groups, config.beta1, config.beta2, config.eps);
   }
   bool sharded() const { return zero_ != nullptr; }
-  void attach(Llama& model) {
-    if (zero_) zero_->attach(model);
+  void attach(TrainTask& task) {
+    if (zero_) zero_->attach(task.model(), [&](const std::string& name) { return task.reads_outside_forward(name); });
   }
   void zero_grad() { zero_ ? zero_->zero_grad() : adam_->zero_grad(); }
   void after_backward(bool last) {
@@ -340,7 +340,7 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   // ZeRO-3 keeps a decoder layer's weights whole only while it runs, which
   // needs its activations recomputed in backward.
   task.model()->activation_checkpointing = config.activation_checkpointing || config.zero == 3;
-  optimizer.attach(task.model());
+  optimizer.attach(task);
   if (dist.is_main() && !run.description.empty()) log::info(run.description);
   MetricsLog metrics(run.out_dir + "/metrics.jsonl", dist.is_main(),
                      run.resume ? std::optional<int64_t>(result.steps) : std::nullopt);

@@ -153,12 +153,13 @@ void ZeroOptimizer::set_views(Unit& unit) {
 }
 
 
-void ZeroOptimizer::attach(Llama& model) {
+void ZeroOptimizer::attach(Llama& model, const std::function<bool(const std::string&)>& keep_whole) {
   if (stage_ < 3) return;
   torch::NoGradGuard no_grad;
   const int64_t n_layers = model->config().n_layers;
   const bool tied = !model->lm_head;
   for (auto& unit : units_) {
+    if (keep_whole && keep_whole(unit->name)) continue;
     if (unit->layer >= 0) {
       unit->slot = unit->layer;
     } else if (unit->name.rfind("model.embed_tokens.", 0) == 0) {

@@ -17,6 +17,7 @@
 //            gradient is reduced. A task's parameters outside the model stay whole.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -53,8 +54,9 @@ class ZeroOptimizer : public LayerWeightSource {
   ZeroOptimizer& operator=(const ZeroOptimizer&) = delete;
 
   // Stage 3: the model gathers its layers from here; their whole weights are
-  // dropped now (call after any resume). No-op for stages 1 and 2.
-  void attach(Llama& model);
+  // dropped now (call after any resume), except those `keep_whole` names
+  // (read outside the model's forward). No-op for stages 1 and 2.
+  void attach(Llama& model, const std::function<bool(const std::string&)>& keep_whole = {});
   // Weights whole on every rank and the model no longer gathering (held-out
   // evaluation, the end of training), and back.
   void gather_everything();
