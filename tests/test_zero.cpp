@@ -193,6 +193,8 @@ TEST_F(ZeroCli, KilledShardedRunResumesBitExactly) {
     const auto resumed = run_ranks(2, [&](int) { return train_args(out, 3, zero, 12) + " --checkpoint-every 1 --resume"; });
     for (const auto& r : resumed) ASSERT_EQ(r.code, 0) << r.out;
     expect_weights_equal(tmp_.file("straight-" + tag + "/model"), out + "/model", tag + " killed at step " + std::to_string(ck->step));
+    for (const auto& entry : fs::directory_iterator(out + "/checkpoints"))  // what the kill left staging is gone
+      EXPECT_EQ(entry.path().filename().string().find(".partial"), std::string::npos) << entry.path();
     const auto a = step_lines(tmp_.file("straight-" + tag + "/metrics.jsonl")), b = step_lines(out + "/metrics.jsonl");
     ASSERT_EQ(a.size(), b.size());
     for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i].loss, b[i].loss) << tag << " step " << i + 1;

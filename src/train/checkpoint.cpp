@@ -210,6 +210,14 @@ std::string save_sharded_train_checkpoint(const std::string& root, const TrainCh
     fs::rename(staging, target, error);
     if (error) fail(target, ": cannot move the staged checkpoint into place (", error.message(), ")");
     prune(root, keep);
+    // What a killed run left staging (never a checkpoint: no manifest was renamed into place).
+    std::vector<fs::path> leftovers;
+    for (const auto& entry : fs::directory_iterator(root, error)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind(".step-", 0) == 0 && name.size() > 8 && name.compare(name.size() - 8, 8, ".partial") == 0)
+        leftovers.push_back(entry.path());
+    }
+    for (const auto& path : leftovers) fs::remove_all(path, error);
   }
   dist.barrier();
   return target;
