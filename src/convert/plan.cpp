@@ -127,9 +127,12 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
   else if (options.dtype != "keep") fail("--dtype \"", options.dtype, "\" is not one of keep, f32, bf16, f16");
   if (options.checkpoint_every < 0) fail("--checkpoint-every must not be negative");
   // Alignment rotates K heads in their RoPE planes and folds them into W_Q;
-  // with shared spans some layers have no keys of their own (as aligned-gqa,
-  // which refuses spans), so it is left out there.
-  plan.align = options.align && plan.fusion_stage && plan.spans.empty();
+  // where layers share attention (new spans, or a source that already does)
+  // some have no keys or queries of their own (as aligned-gqa, which refuses
+  // them), so it is left out there.
+  bool any_shared = false;
+  for (int64_t l = 0; l < plan.shared.n_layers; ++l) any_shared = any_shared || plan.shared.layout.shares_attention(l);
+  plan.align = options.align && plan.fusion_stage && !any_shared;
   if (options.zero < 0 || options.zero > 3) fail("--zero ", options.zero, " is not 0, 1, 2 or 3");
   plan.seq_len = options.seq_len > 0 ? std::min(options.seq_len, source.max_seq_len) : source.max_seq_len;
   return plan;
