@@ -33,6 +33,9 @@ struct AdamWUpdate {
 // sharded step computes bit for bit what the replicated one does.
 void adamw_update(torch::Tensor& p, const torch::Tensor& grad, torch::Tensor& m, torch::Tensor& v,
                   const AdamWUpdate& u);
+// The coefficients of update number `step` (from 1) of `group`'s tensors.
+AdamWUpdate adamw_coefficients(const ParamGroup& group, double schedule_factor, int64_t step, double beta1,
+                               double beta2, double eps);
 
 class AdamW {
  public:

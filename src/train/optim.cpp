@@ -121,17 +121,23 @@ void adamw_update(torch::Tensor& p, const torch::Tensor& grad_in, torch::Tensor&
   }
 }
 
+AdamWUpdate adamw_coefficients(const ParamGroup& group, double schedule_factor, int64_t step, double beta1,
+                               double beta2, double eps) {
+  AdamWUpdate u;
+  u.beta1 = beta1, u.beta2 = beta2, u.eps = eps;
+  u.correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  u.correction2 = 1.0 - std::pow(beta2, static_cast<double>(step));
+  u.lr = group.lr * (group.scheduled ? schedule_factor : 1.0);
+  u.weight_decay = group.weight_decay;
+  return u;
+}
+
 void AdamW::step(double schedule_factor) {
   torch::NoGradGuard no_grad;
   ++steps_;
-  AdamWUpdate u;
-  u.beta1 = beta1_, u.beta2 = beta2_, u.eps = eps_;
-  u.correction1 = 1.0 - std::pow(beta1_, static_cast<double>(steps_));
-  u.correction2 = 1.0 - std::pow(beta2_, static_cast<double>(steps_));
   for (size_t g = 0; g < groups_.size(); ++g) {
     const ParamGroup& group = groups_[g];
-    u.lr = group.lr * (group.scheduled ? schedule_factor : 1.0);
-    u.weight_decay = group.weight_decay;
+    const AdamWUpdate u = adamw_coefficients(group, schedule_factor, steps_, beta1_, beta2_, eps_);
     for (size_t i = 0; i < group.params.size(); ++i) {
       torch::Tensor p = group.params[i].second;
       if (!p.grad().defined()) continue;

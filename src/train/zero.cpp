@@ -351,14 +351,8 @@ double ZeroOptimizer::clip_grad_norm(double max_norm) {
 void ZeroOptimizer::step(double schedule_factor) {
   torch::NoGradGuard no_grad;
   ++steps_;
-  AdamWUpdate u;
-  u.beta1 = beta1_, u.beta2 = beta2_, u.eps = eps_;
-  u.correction1 = 1.0 - std::pow(beta1_, static_cast<double>(steps_));
-  u.correction2 = 1.0 - std::pow(beta2_, static_cast<double>(steps_));
   for (auto& unit : units_) {
-    const ParamGroup& group = groups_[unit->group];
-    u.lr = group.lr * (group.scheduled ? schedule_factor : 1.0);
-    u.weight_decay = group.weight_decay;
+    const AdamWUpdate u = adamw_coefficients(groups_[unit->group], schedule_factor, steps_, beta1_, beta2_, eps_);
     if (!unit->grad.defined()) unit->grad = torch::zeros_like(unit->master);
     adamw_update(unit->master, unit->grad, unit->exp_avg, unit->exp_avg_sq, u);
     unit->grad = torch::Tensor();
