@@ -1,6 +1,10 @@
 // Small random models for tests.
 #include "model_fixtures.h"
 
+#include <filesystem>
+
+#include "dha/data.h"
+
 #include <cmath>
 
 #include <torch/torch.h>
@@ -68,6 +72,20 @@ void save_tiny_model_with_tokenizer(const std::string& dir) {
   io::DirSaveOptions save;
   save.extra_files.push_back({shared_path("models/stories260K/tok512.bin"), "tokenizer.bin"});
   io::save_hf_dir(dir, random_checkpoint(c, 1), save);
+}
+
+std::string write_random_token_data(const std::string& dir, int64_t vocab, int64_t n) {
+  torch::manual_seed(11);
+  const torch::Tensor t = torch::randint(3, vocab, {n}, torch::kInt32);
+  std::vector<int32_t> tokens(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + n);
+  std::vector<int64_t> starts;
+  for (int64_t i = 0; i < n; i += 16) {
+    tokens[i] = 1;
+    starts.push_back(i);
+  }
+  std::filesystem::create_directories(dir);
+  write_token_shard(dir + "/train-00000.tok", tokens, vocab, starts, {FirstToken::kBos, 1});
+  return dir;
 }
 
 }  // namespace dha::test

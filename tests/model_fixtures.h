@@ -31,4 +31,8 @@ std::string tiny_calibration_text();
 // checks that ../shared has it).
 void save_tiny_model_with_tokenizer(const std::string& dir);
 
+// A directory at `dir` holding one train shard of n random tokens in [3, vocab)
+// with BOS (1) every 16; returns `dir`.
+std::string write_random_token_data(const std::string& dir, int64_t vocab, int64_t n);
+
 }  // namespace dha::test

@@ -34,15 +34,7 @@ namespace {
 
 // Random tokens (BOS every 16) in one train shard.
 std::string token_data(const TempDir& tmp, int64_t vocab, int64_t n) {
-  torch::manual_seed(11);
-  const torch::Tensor t = torch::randint(3, vocab, {n}, torch::kInt32);
-  std::vector<int32_t> tokens(t.data_ptr<int32_t>(), t.data_ptr<int32_t>() + n);
-  for (int64_t i = 0; i < n; i += 16) tokens[i] = 1;
-  fs::create_directories(tmp.file("data"));
-  std::vector<int64_t> starts;
-  for (int64_t i = 0; i < n; i += 16) starts.push_back(i);
-  dha::write_token_shard(tmp.file("data/train-00000.tok"), tokens, vocab, starts, {dha::FirstToken::kBos, 1});
-  return tmp.file("data");
+  return dha::test::write_random_token_data(tmp.file("data"), vocab, n);
 }
 
 std::vector<double> losses(const std::string& metrics_path) {
