@@ -416,10 +416,12 @@ TEST_F(ConvertCli, WritesTheModelReportAndPicturesDeterministically) {
   EXPECT_EQ(a["layout"], b["layout"]);
   EXPECT_EQ(a["kv_bytes_per_token"]["after"], 8 * 8 * 2);  // budget 0.5 of 16 heads x d_h 8 x 2 bytes
   EXPECT_LT(a["export"]["max_abs_logit_diff"].get<double>(), 1e-4);
-  // Every token the conversion trained on is counted: steps x batch x seq_len per stage.
+  // Every token the conversion read is counted: steps x batch x seq_len per trained stage, and the one
+  // batch whose activations align each group's heads before fusion.
   EXPECT_EQ(a["tokens"]["search"], 4 * 2 * 16);
+  EXPECT_EQ(a["tokens"]["alignment"], 2 * 16);
   EXPECT_EQ(a["tokens"]["fusion"], 4 * 2 * 16);
-  EXPECT_EQ(a["tokens"]["total"], 2 * 4 * 2 * 16);
+  EXPECT_EQ(a["tokens"]["total"], 2 * 4 * 2 * 16 + 2 * 16);
   const dha::Checkpoint model = dha::io::load_hf_dir(tmp_.file("a"));
   EXPECT_DOUBLE_EQ(model.config.head_budget(), 0.5);
 }

@@ -1,6 +1,7 @@
 // Tests for the SVG chart library: well-formed XML (checked by a small parser below, no external
 // tools), escaped text, deterministic bytes, NaN gaps and grey cells, log axes, flat data, errors.
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <regex>
 #include <sstream>
@@ -14,6 +15,7 @@
 
 namespace svg = dha::svg;
 using dha::test::expect_one_line_error;
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -603,4 +605,28 @@ TEST(SvgText, ControlCharactersAreDropped) {
   const std::string s = svg::line_chart({svg::Series{"a", {}, {1, 2}}}, o);
   EXPECT_EQ(xml_error(s), "");
   EXPECT_TRUE(has_text(s, "bell tab new line"));
+}
+
+// ---- dha-plot -----------------------------------------------------------------------------------
+
+TEST(DhaPlot, OneLinePerRunWithTheGivenAxisLabels) {
+  dha::test::TempDir dir;
+  dha::io::write_file_atomic(dir.file("a.jsonl"), "{\"tokens\": 0, \"eval_nll\": 3.5}\n{\"tokens\": 10, \"loss\": 3}\n"
+                                                  "{\"tokens\": 20, \"eval_nll\": 3.1}\n");
+  dha::io::write_file_atomic(dir.file("b.jsonl"), "{\"tokens\": 5, \"eval_nll\": 4.0}\n{\"tokens\": 25, \"eval_nll\": 3.3}\n");
+  const auto run = dha::test::run_tool("dha-plot --run dha=" + dir.file("a.jsonl") + " --run gqa=" + dir.file("b.jsonl") +
+                                           " --x-label 'total tokens' --out " + dir.file("c.svg"),
+                                       true);
+  ASSERT_EQ(run.code, 0) << run.out;
+  const std::string s = dha::io::read_file(dir.file("c.svg"));
+  EXPECT_EQ(xml_error(s), "");
+  EXPECT_TRUE(has_text(s, "total tokens"));
+  EXPECT_TRUE(has_text(s, "dha"));
+  EXPECT_TRUE(has_text(s, "gqa"));
+  dha::test::expect_one_error_line("dha-plot --run " + dir.file("a.jsonl") + " --out " + dir.file("d.svg"),
+                                   "expected LABEL=PATH");
+  dha::io::write_file_atomic(dir.file("bad.jsonl"), "{\"tokens\": 0}\nnot json\n");
+  dha::test::expect_one_error_line("dha-plot --run x=" + dir.file("bad.jsonl") + " --out " + dir.file("d.svg"),
+                                   "a line is not JSON");
+  EXPECT_FALSE(fs::exists(dir.file("d.svg")));
 }

@@ -13,10 +13,12 @@
 int main(int argc, char** argv) {
   CLI::App app{"Plot a metric of several dha-train runs against tokens (one SVG)", "dha-plot"};
   std::vector<std::string> runs;
-  std::string out, key = "eval_nll", title = "held-out NLL during training", y_label = "nats per token";
+  std::string out, key = "eval_nll", title = "held-out NLL during training", y_label = "nats per token",
+              x_label = "training tokens";
   app.add_option("--run", runs, "LABEL=PATH/metrics.jsonl, repeatable")->required();
   app.add_option("--key", key, "metric: eval_nll (evaluations) or any per-step key such as loss")->capture_default_str();
   app.add_option("--title", title, "chart title")->capture_default_str();
+  app.add_option("--x-label", x_label, "x axis label")->capture_default_str();
   app.add_option("--y-label", y_label, "y axis label")->capture_default_str();
   app.add_option("--out", out, "SVG file")->required();
   return dha::cli::run(app, argc, argv, [&] {
@@ -44,7 +46,7 @@ int main(int argc, char** argv) {
     }
     dha::svg::LineChartOptions options;
     options.title = title;
-    options.x_label = "training tokens";
+    options.x_label = x_label;
     options.y_label = y_label;
     dha::svg::write(out, dha::svg::line_chart(series, options));
     std::printf("%s\n", out.c_str());

@@ -174,7 +174,11 @@ json conversion_report(const ConvertContext& ctx, const ConvertResults& r, doubl
   // in data, to add to continued pre-training's when methods are compared.
   const int64_t search_tokens = r.search->figures.value("tokens", int64_t{0});
   const int64_t fusion_tokens = r.merge->fusion ? r.merge->fusion->tokens : 0;
-  report["tokens"] = {{"search", search_tokens}, {"fusion", fusion_tokens}, {"total", search_tokens + fusion_tokens}};
+  const int64_t alignment_tokens = r.merge->alignment_tokens;
+  report["tokens"] = {{"search", search_tokens},
+                      {"alignment", alignment_tokens},
+                      {"fusion", fusion_tokens},
+                      {"total", search_tokens + alignment_tokens + fusion_tokens}};
   report["fusion"] = r.merge->fusion ? fusion_json(*r.merge->fusion, r.search->grouping, plan.source.n_layers)
                                      : json::object();
   report["export"] = {{"format", plan.export_format->name},

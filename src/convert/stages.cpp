@@ -130,6 +130,7 @@ MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grou
       timed(ctx, result.stage, [&] {
         Llama source = ctx.source_model();
         const auto acts = collect_activations(source, ctx.probe.narrow(1, 0, ctx.plan.seq_len));
+        result.alignment_tokens = ctx.probe.size(0) * ctx.plan.seq_len;
         result.collapsed = collapse_groups(align_groups(model, grouping, acts), grouping);
       });
       break;
@@ -150,6 +151,7 @@ MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grou
               Llama current = make_model_sharing(model, "align");
               current->to(ctx.device);
               const auto acts = collect_activations(current, ctx.probe.narrow(1, 0, ctx.plan.seq_len));
+              result.alignment_tokens = ctx.probe.size(0) * ctx.plan.seq_len;
               return fuse(ctx, align_groups(model, grouping, acts), grouping, result.collapsed);
             },
             ctx.stage_plan("fusion", operators));

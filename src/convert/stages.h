@@ -105,6 +105,7 @@ struct MergeResult {
   Checkpoint collapsed;
   std::optional<FusionStageResult> fusion;  // dha with fusion
   std::string stage;                        // what merged the heads (for the report)
+  int64_t alignment_tokens = 0;             // read (forward only) for the alignment statistics
 };
 MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grouping& grouping);
 
