@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Held-out NLL against TOTAL tokens (conversion + continued pre-training) for
+# every conversion method at equal KV budget: the curves behind the README's
+# "DHA against the baselines at equal tokens" section (issue 13).
+#
+# For each model (models/demo-mha; stories260K, its GQA form and its MHA twin)
+# and each budget (0.5, 0.25, 0.125) it converts with
+#   dha          the default recipe (align each searched group, then fuse)
+#   dha-paper    configs/convert-dha-paper.json's recipe (--no-align)
+#   aligned-gqa  align-then-merge GQA (Jin et al.)
+#   gqa          mean pooling
+#   shared-attention, where sharing attention alone can reach the budget
+#                (it cannot reach 0.5 or below on these models: the refusal is recorded)
+# then continues pre-training each with one recipe until every method has read
+# the same total: 2,048,000 tokens for the demo model at budget 0.25 (LONG_TOKENS),
+# 614,400 elsewhere (TOKENS). A method whose conversion read more tokens trains on
+# fewer, so every curve ends at the same total; held-out NLL is evaluated along the
+# way (the first evaluation is the converted model itself, at its conversion tokens).
+# scripts/experiments/curves_report.py then writes results.md, tokens_to_match.json
+# and one SVG per model and budget into WORK_DIR.
+#
+# Resumable: a finished run leaves a .done file and is skipped when the script runs
+# again, so an interrupted run continues where it stopped (delete WORK_DIR to redo).
+#
+# usage: [MODELS="demo stories260k stories260k-mha"] [BUDGETS="0.5 0.25 0.125"]
+#        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
+#        [TOKENS=614400] [LONG_TOKENS=2048000] scripts/experiments/curves.sh [WORK_DIR]
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BIN=${DHA_BUILD_DIR:-"$ROOT/build"}
+SHARED="$ROOT/../shared"
+WORK=${1:-"$ROOT/build/experiments/curves"}
+MODELS=${MODELS:-"demo stories260k stories260k-mha"}
+BUDGETS=${BUDGETS:-"0.5 0.25 0.125"}
+METHODS=${METHODS:-"dha dha-paper aligned-gqa gqa shared-attention"}
+TOKENS=${TOKENS:-614400}
+LONG_TOKENS=${LONG_TOKENS:-2048000}
+START=$SECONDS
+
+die() { echo "curves.sh: $*" >&2; exit 1; }
+[ -x "$BIN/dha-convert" ] || die "$BIN/dha-convert is missing; build first (scripts/test)"
+say() { printf '[curves %5ds] %s\n' "$((SECONDS - START))" "$*"; }
+# Runs a tool into a log; on failure shows the log's end instead of dying silently.
+logged() {  # log-file command...
+  local log=$1
+  shift
+  "$@" > "$log" 2>&1 || { echo "curves.sh: failed: $* (last lines of $log):" >&2; tail -20 "$log" >&2; exit 1; }
+}
+mkdir -p "$WORK"
+
+# ---- per-model set-up: source, texts, tokens for continued pre-training, recipes ----
+setup_model() {  # model
+  case "$1" in
+    demo)
+      "$ROOT/scripts/corpus" >/dev/null
+      SOURCE="$ROOT/models/demo-mha"
+      TOKENIZER="$SOURCE/tokenizer.model"
+      CALIB=("$ROOT/corpus/train/kjv.txt" "$ROOT/corpus/train/jargon.txt")
+      VALID="$WORK/demo-heldout.txt"
+      cat "$ROOT"/corpus/heldout/*.txt > "$VALID"
+      EVAL_DOCS=0  # all 174 documents of corpus/heldout (every 20th, never trained on)
+      # scripts/demo's recipes: conversion, then 16 x 256-token steps at lr 5e-4.
+      CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --fusion-steps 200 --lr 1e-4)
+      TRAIN_BATCH=16 TRAIN_LR=5e-4 ;;
+    stories260k | stories260k-mha)
+      [ -f "$SHARED/models/stories260K/stories260K.bin" ] || die "$SHARED/models/stories260K is absent"
+      SOURCE="$SHARED/models/stories260K/stories260K.bin"
+      TOKENIZER="$SHARED/models/stories260K/tok512.bin"
+      if [ "$1" = stories260k-mha ]; then  # the same function with every KV head written out per query head
+        [ -f "$WORK/stories260K-mha/config.json" ] ||
+          logged "$WORK/stories260K-mha.log" "$BIN/dha-export" --model "$SOURCE" --format mha --out "$WORK/stories260K-mha" --force
+        SOURCE="$WORK/stories260K-mha"
+      fi
+      CALIB=("$SHARED/data/text/tinystories_train_sample.txt")
+      VALID="$SHARED/data/text/tinystories_valid_sample.txt"
+      EVAL_DOCS=200  # the first 200 TinyStories valid documents
+      CONVERT_RECIPE=()  # dha-convert's defaults
+      TRAIN_BATCH=8 TRAIN_LR=1e-3 ;;
+    *) die "unknown model \"$1\" (expected demo, stories260k or stories260k-mha)" ;;
+  esac
+  DATA="$WORK/${1%-mha}-tokens"
+  [ -f "$DATA/.done" ] || {
+    logged "$WORK/${1%-mha}-tokenize.log" "$BIN/dha-tokenize" --tokenizer "$TOKENIZER" --heldout 0.02 --out "$DATA" --force "${CALIB[@]}"
+    touch "$DATA/.done"
+  }
+  [ -f "$WORK/$1-source.json" ] || {
+    "$BIN/dha-eval" --model "$SOURCE" --text "$VALID" --max-docs "$EVAL_DOCS" --json 2>/dev/null | tail -1 > "$WORK/$1-source.json.tmp"
+    mv "$WORK/$1-source.json.tmp" "$WORK/$1-source.json"
+  }
+}
+
+method_args() {  # method -> the dha-convert arguments that select it
+  case "$1" in
+    dha) echo "--method dha" ;;
+    dha-paper) echo "--config $ROOT/configs/convert-dha-paper.json" ;;
+    aligned-gqa | gqa | shared-attention) echo "--method $1" ;;
+    *) die "unknown method \"$1\"" ;;
+  esac
+}
+
+run_one() {  # model budget method
+  local model=$1 budget=$2 method=$3 dir="$WORK/runs/$1/$2/$3"
+  [ -f "$dir/.done" ] && { say "$model $budget $method: done before, kept"; return; }
+  rm -rf "$dir" && mkdir -p "$dir"
+  say "$model $budget $method: dha-convert"
+  # shellcheck disable=SC2046
+  if ! "$BIN/dha-convert" --model "$SOURCE" --tokenizer "$TOKENIZER" --calib "${CALIB[@]}" --eval-text "$VALID" \
+      --eval-docs "$EVAL_DOCS" "${CONVERT_RECIPE[@]}" $(method_args "$method") --budget "$budget" \
+      --out "$dir/converted" > "$dir/convert.log" 2>&1; then
+    if [ "$method" = shared-attention ] && grep -q "cannot be reached" "$dir/convert.log"; then
+      grep "error:" "$dir/convert.log" | head -1 > "$dir/unreachable.txt"  # the tool's one-line reason
+      touch "$dir/.done"
+      say "$model $budget $method: not reachable ($(cut -c1-90 "$dir/unreachable.txt")...)"
+      return
+    fi
+    echo "curves.sh: dha-convert failed (last lines of $dir/convert.log):" >&2
+    tail -20 "$dir/convert.log" >&2
+    exit 1
+  fi
+  local end=$TOKENS
+  [ "$model" = demo ] && [ "$budget" = 0.25 ] && end=$LONG_TOKENS
+  local per_step=$((TRAIN_BATCH * 256))
+  local conversion
+  conversion=$(python3 -c "import json; print(json.load(open('$dir/converted/report.json'))['tokens']['total'])")
+  # The same total for every method: what the conversion read is taken off the training.
+  local steps=$(((end - conversion + per_step / 2) / per_step))
+  [ "$steps" -ge 1 ] || steps=1
+  local every=$(((end / per_step + 9) / 10))  # about 10 evaluations over the longest curve, at the same training steps
+  say "$model $budget $method: dha-train, $steps steps of $per_step tokens (conversion read $conversion)"
+  logged "$dir/train.log" "$BIN/dha-train" --model "$dir/converted" --data "$DATA" --out "$dir/train" \
+    --config "$ROOT/configs/train-continue.json" --steps "$steps" --batch "$TRAIN_BATCH" --seq-len 256 \
+    --lr "$TRAIN_LR" --warmup 10 --eval-every "$every" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" \
+    --checkpoint-every 0 --force
+  rm -rf "$dir/train/checkpoints"  # only the curve is needed; the model/ stays for inspection
+  touch "$dir/.done"
+}
+
+for model in $MODELS; do
+  setup_model "$model"
+  for budget in $BUDGETS; do
+    for method in $METHODS; do run_one "$model" "$budget" "$method"; done
+  done
+done
+say "runs finished; writing the table, tokens_to_match.json and the figures"
+python3 "$ROOT/scripts/experiments/curves_report.py" --work "$WORK" --plot "$BIN/dha-plot"
+say "done in $((SECONDS - START)) s"
