@@ -18,6 +18,12 @@ namespace {
 constexpr int64_t kAnalysisSeqLen = 256;
 constexpr int64_t kAnalysisBatches = 4;
 
+// The activations alignment reads on the probe batch, counted into the tokens the conversion read.
+std::vector<LayerActivations> alignment_activations(const ConvertContext& ctx, Llama& model, MergeResult& result) {
+  result.alignment_tokens = ctx.probe.size(0) * ctx.plan.seq_len;
+  return collect_activations(model, ctx.probe.narrow(1, 0, ctx.plan.seq_len));
+}
+
 // Groups of round r+1 index the groups of round r: expressed over the source heads.
 Grouping compose(const Grouping& first, const Grouping& second) {
   Grouping out(first.size());
@@ -129,8 +135,7 @@ MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grou
       result.stage = "align and merge";
       timed(ctx, result.stage, [&] {
         Llama source = ctx.source_model();
-        const auto acts = collect_activations(source, ctx.probe.narrow(1, 0, ctx.plan.seq_len));
-        result.alignment_tokens = ctx.probe.size(0) * ctx.plan.seq_len;
+        const auto acts = alignment_activations(ctx, source, result);
         result.collapsed = collapse_groups(align_groups(model, grouping, acts), grouping);
       });
       break;
@@ -150,8 +155,7 @@ MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grou
               // Heads alike up to a rotation start fusion alike: the same re-parameterisation as aligned-gqa's.
               Llama current = make_model_sharing(model, "align");
               current->to(ctx.device);
-              const auto acts = collect_activations(current, ctx.probe.narrow(1, 0, ctx.plan.seq_len));
-              result.alignment_tokens = ctx.probe.size(0) * ctx.plan.seq_len;
+              const auto acts = alignment_activations(ctx, current, result);
               return fuse(ctx, align_groups(model, grouping, acts), grouping, result.collapsed);
             },
             ctx.stage_plan("fusion", operators));
