@@ -34,18 +34,15 @@ MODELS=${MODELS:-"demo stories260k stories260k-mha"}
 BUDGETS=${BUDGETS:-"0.5 0.25 0.125"}
 METHODS=${METHODS:-"dha dha-paper aligned-gqa gqa shared-attention"}
 TOKENS=${TOKENS:-614400}
+TRAIN_SEQ=256  # continued pre-training sequence length, every model
 LONG_TOKENS=${LONG_TOKENS:-2048000}
 START=$SECONDS
 
 die() { echo "curves.sh: $*" >&2; exit 1; }
 [ -x "$BIN/dha-convert" ] || die "$BIN/dha-convert is missing; build first (scripts/test)"
 say() { printf '[curves %5ds] %s\n' "$((SECONDS - START))" "$*"; }
-# Runs a tool into a log; on failure shows the log's end instead of dying silently.
-logged() {  # log-file command...
-  local log=$1
-  shift
-  "$@" > "$log" 2>&1 || { echo "curves.sh: failed: $* (last lines of $log):" >&2; tail -20 "$log" >&2; exit 1; }
-}
+# shellcheck source=scripts/experiments/logged.sh
+source "$ROOT/scripts/experiments/logged.sh"
 mkdir -p "$WORK"
 
 # ---- per-model set-up: source, texts, tokens for continued pre-training, recipes ----
@@ -119,7 +116,7 @@ run_one() {  # model budget method
   fi
   local end=$TOKENS
   [ "$model" = demo ] && [ "$budget" = 0.25 ] && end=$LONG_TOKENS
-  local per_step=$((TRAIN_BATCH * 256))
+  local per_step=$((TRAIN_BATCH * TRAIN_SEQ))
   local conversion
   conversion=$(python3 -c "import json; print(json.load(open('$dir/converted/report.json'))['tokens']['total'])")
   # The same total for every method: what the conversion read is taken off the training.
@@ -128,7 +125,7 @@ run_one() {  # model budget method
   local every=$(((end / per_step + 9) / 10))  # about 10 evaluations over the longest curve, at the same training steps
   say "$model $budget $method: dha-train, $steps steps of $per_step tokens (conversion read $conversion)"
   logged "$dir/train.log" "$BIN/dha-train" --model "$dir/converted" --data "$DATA" --out "$dir/train" \
-    --config "$ROOT/configs/train-continue.json" --steps "$steps" --batch "$TRAIN_BATCH" --seq-len 256 \
+    --config "$ROOT/configs/train-continue.json" --steps "$steps" --batch "$TRAIN_BATCH" --seq-len "$TRAIN_SEQ" \
     --lr "$TRAIN_LR" --warmup 10 --eval-every "$every" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" \
     --checkpoint-every 0 --force
   rm -rf "$dir/train/checkpoints"  # only the curve is needed; the model/ stays for inspection

@@ -23,12 +23,8 @@ done
 mkdir -p "$WORK"
 START=$SECONDS
 step() { printf '[layouts %4ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
-# Runs a tool into a log; on failure shows the log's end instead of dying silently.
-logged() {  # log-file command...
-  local log=$1
-  shift
-  "$@" > "$log" 2>&1 || { echo "layouts_demo.sh: failed: $* (last lines of $log):" >&2; tail -20 "$log" >&2; exit 1; }
-}
+# shellcheck source=scripts/experiments/logged.sh
+source "$ROOT/scripts/experiments/logged.sh"
 
 step "corpus (scripts/corpus) and the training tokens"
 "$ROOT/scripts/corpus" >/dev/null

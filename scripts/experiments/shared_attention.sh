@@ -19,12 +19,8 @@ WHICH=${1:?usage: shared_attention.sh stories260k|demo [WORK_DIR]}
 WORK=${2:-"$ROOT/build/experiments/shared-attention-$WHICH"}
 mkdir -p "$WORK"
 [ -x "$BIN/dha-convert" ] || { echo "shared_attention.sh: $BIN/dha-convert is missing; build first (scripts/test)" >&2; exit 1; }
-# Runs a tool into a log; on failure shows the log's end instead of dying silently.
-logged() {  # log-file command...
-  local log=$1
-  shift
-  "$@" > "$log" 2>&1 || { echo "shared_attention.sh: failed: $* (last lines of $log):" >&2; tail -20 "$log" >&2; exit 1; }
-}
+# shellcheck source=scripts/experiments/logged.sh
+source "$ROOT/scripts/experiments/logged.sh"
 
 case "$WHICH" in
   stories260k)
