@@ -22,9 +22,13 @@
 # Resumable: a finished run leaves a .done file and is skipped when the script runs
 # again, so an interrupted run continues where it stopped (delete WORK_DIR to redo).
 #
+# JOBS runs go at once (default 2), each on nproc/JOBS threads: on the 2-core machine
+# two single-threaded runs finish sooner than one after another on two threads, since
+# these models are too small to keep two threads busy.
+#
 # usage: [MODELS="demo stories260k stories260k-mha"] [BUDGETS="0.5 0.25 0.125"]
 #        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
-#        [TOKENS=614400] [LONG_TOKENS=2048000] scripts/experiments/curves.sh [WORK_DIR]
+#        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] scripts/experiments/curves.sh [WORK_DIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${DHA_BUILD_DIR:-"$ROOT/build"}
@@ -36,6 +40,9 @@ METHODS=${METHODS:-"dha dha-paper aligned-gqa gqa shared-attention"}
 TOKENS=${TOKENS:-614400}
 TRAIN_SEQ=256  # continued pre-training sequence length, every model
 LONG_TOKENS=${LONG_TOKENS:-2048000}
+JOBS=${JOBS:-2}
+THREADS=$(($(nproc) / JOBS))
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}
 START=$SECONDS
 
 die() { echo "curves.sh: $*" >&2; exit 1; }
@@ -132,12 +139,20 @@ run_one() {  # model budget method
   touch "$dir/.done"
 }
 
+# Up to JOBS runs in the background; each keeps the model's settings it was started with.
+running=0
+wait_one() { wait -n || die "a run failed (its error is above)"; running=$((running - 1)); }
 for model in $MODELS; do
   setup_model "$model"
   for budget in $BUDGETS; do
-    for method in $METHODS; do run_one "$model" "$budget" "$method"; done
+    for method in $METHODS; do
+      [ "$running" -lt "$JOBS" ] || wait_one
+      run_one "$model" "$budget" "$method" &
+      running=$((running + 1))
+    done
   done
 done
+while [ "$running" -gt 0 ]; do wait_one; done
 say "runs finished; writing the table, tokens_to_match.json and the figures"
 python3 "$ROOT/scripts/experiments/curves_report.py" --work "$WORK" --plot "$BIN/dha-plot"
 say "done in $((SECONDS - START)) s"
