@@ -11,6 +11,9 @@
 #   gqa          mean pooling
 #   shared-attention, where sharing attention alone can reach the budget
 #                (it cannot reach 0.5 or below on these models: the refusal is recorded)
+#   dha-distill  (not in the default METHODS) dha, distilling from the source in
+#                fusion and in continued pre-training (--distill-weight 1, --teacher):
+#                the same tokens, plus a teacher forward per step
 # then continues pre-training each with one recipe until every method has read
 # the same total: 2,048,000 tokens for the demo model at budget 0.25 (LONG_TOKENS),
 # 614,400 elsewhere (TOKENS). A method whose conversion read more tokens trains on
@@ -28,7 +31,7 @@
 #
 # usage: [MODELS="demo stories260k stories260k-mha"] [BUDGETS="0.5 0.25 0.125"]
 #        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
-#        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] scripts/experiments/curves.sh [WORK_DIR]
+#        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=1] scripts/experiments/curves.sh [WORK_DIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${DHA_BUILD_DIR:-"$ROOT/build"}
@@ -41,6 +44,7 @@ TOKENS=${TOKENS:-614400}
 TRAIN_SEQ=256  # continued pre-training sequence length, every model
 LONG_TOKENS=${LONG_TOKENS:-2048000}
 JOBS=${JOBS:-2}
+DISTILL_WEIGHT=${DISTILL_WEIGHT:-1}
 THREADS=$(($(nproc) / JOBS))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}
 START=$SECONDS
@@ -96,6 +100,7 @@ setup_model() {  # model
 method_args() {  # method -> the dha-convert arguments that select it
   case "$1" in
     dha) echo "--method dha" ;;
+    dha-distill) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
     dha-paper) echo "--config $ROOT/configs/convert-dha-paper.json" ;;
     aligned-gqa | gqa | shared-attention) echo "--method $1" ;;
     *) die "unknown method \"$1\"" ;;
@@ -123,7 +128,8 @@ run_one() {  # model budget method
   fi
   local end=$TOKENS
   [ "$model" = demo ] && [ "$budget" = 0.25 ] && end=$LONG_TOKENS
-  local per_step=$((TRAIN_BATCH * TRAIN_SEQ))
+  local per_step=$((TRAIN_BATCH * TRAIN_SEQ)) distill=()
+  [ "$method" = dha-distill ] && distill=(--teacher "$SOURCE" --distill-weight "$DISTILL_WEIGHT")
   local conversion
   conversion=$(python3 -c "import json; print(json.load(open('$dir/converted/report.json'))['tokens']['total'])")
   # The same total for every method: what the conversion read is taken off the training.
@@ -134,7 +140,7 @@ run_one() {  # model budget method
   logged "$dir/train.log" "$BIN/dha-train" --model "$dir/converted" --data "$DATA" --out "$dir/train" \
     --config "$ROOT/configs/train-continue.json" --steps "$steps" --batch "$TRAIN_BATCH" --seq-len "$TRAIN_SEQ" \
     --lr "$TRAIN_LR" --warmup 10 --eval-every "$every" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" \
-    --checkpoint-every 0 --force
+    --checkpoint-every 0 "${distill[@]}" --force
   rm -rf "$dir/train/checkpoints"  # only the curve is needed; the model/ stays for inspection
   touch "$dir/.done"
 }
