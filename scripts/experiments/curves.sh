@@ -14,6 +14,9 @@
 #   dha-distill  (not in the default METHODS) dha, distilling from the source in
 #                fusion and in continued pre-training (--distill-weight 1, --teacher):
 #                the same tokens, plus a teacher forward per step
+#   dha-short    (not in the default METHODS) dha with SHORT_FUSION_STEPS fusion steps
+#                (default 50, against the recipe's 200): fewer tokens in conversion,
+#                more left for continued pre-training
 # then continues pre-training each with one recipe until every method has read
 # the same total: 2,048,000 tokens for the demo model at budget 0.25 (LONG_TOKENS),
 # 614,400 elsewhere (TOKENS). A method whose conversion read more tokens trains on
@@ -31,7 +34,8 @@
 #
 # usage: [MODELS="demo stories260k stories260k-mha"] [BUDGETS="0.5 0.25 0.125"]
 #        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
-#        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=1] scripts/experiments/curves.sh [WORK_DIR]
+#        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=1] [SHORT_FUSION_STEPS=50]
+#        scripts/experiments/curves.sh [WORK_DIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=${DHA_BUILD_DIR:-"$ROOT/build"}
@@ -45,6 +49,7 @@ TRAIN_SEQ=256  # continued pre-training sequence length, every model
 LONG_TOKENS=${LONG_TOKENS:-2048000}
 JOBS=${JOBS:-2}
 DISTILL_WEIGHT=${DISTILL_WEIGHT:-1}
+SHORT_FUSION_STEPS=${SHORT_FUSION_STEPS:-50}
 THREADS=$(($(nproc) / JOBS))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}
 START=$SECONDS
@@ -101,6 +106,7 @@ method_args() {  # method -> the dha-convert arguments that select it
   case "$1" in
     dha) echo "--method dha" ;;
     dha-distill) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
+    dha-short) echo "--method dha --fusion-steps $SHORT_FUSION_STEPS" ;;
     dha-paper) echo "--config $ROOT/configs/convert-dha-paper.json" ;;
     aligned-gqa | gqa | shared-attention) echo "--method $1" ;;
     *) die "unknown method \"$1\"" ;;

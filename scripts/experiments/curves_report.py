@@ -14,9 +14,10 @@ import os
 import subprocess
 import sys
 
-METHODS = ["dha", "dha-distill", "dha-paper", "aligned-gqa", "gqa", "shared-attention"]
+METHODS = ["dha", "dha-distill", "dha-short", "dha-paper", "aligned-gqa", "gqa", "shared-attention"]
 BASELINES = ["dha-paper", "aligned-gqa", "gqa"]  # what the default dha is measured against
 LABELS = {"dha": "dha (default: align, then fuse)", "dha-distill": "dha, distilled from the source",
+          "dha-short": "dha, short fusion (SHORT_FUSION_STEPS)",
           "dha-paper": "dha (paper recipe)",
           "aligned-gqa": "aligned-gqa", "gqa": "gqa (mean pooling)", "shared-attention": "shared attention"}
 MODEL_NAMES = {"demo": "demo-mha", "stories260k": "stories260K (GQA form)", "stories260k-mha": "stories260K (MHA twin)"}
