@@ -39,9 +39,13 @@ def load_run(run_dir):
             "points": sorted(points.values())}
 
 
+END_SLACK = 0.01  # curves end within a training step of the common total (step counts are whole)
+
+
 def value_at(points, tokens):
-    """The curve's NLL at `tokens` (linear between evaluations), None outside its range."""
-    if not points or tokens < points[0][0] or tokens > points[-1][0]:
+    """The curve's NLL at `tokens` (linear between evaluations), None outside its range;
+    a point just past the curve's end (by under END_SLACK) reads its last value."""
+    if not points or tokens < points[0][0] or tokens > points[-1][0] * (1 + END_SLACK):
         return None
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         if x0 <= tokens <= x1:
@@ -78,6 +82,10 @@ def main():
         sys.exit("curves_report.py: %s holds no runs (run scripts/experiments/curves.sh first)" % runs_root)
 
     md, match, verdicts = [], {}, []
+    # One row per model and budget: each method right after conversion and where every
+    # curve ends (the same total tokens).
+    summary = ["| model | budget | total tokens | " + " | ".join(LABELS[m] for m in METHODS) + " |",
+               "|---|---:|---:|" + "---|" * len(METHODS)]
     for model in sorted(os.listdir(runs_root), key=lambda m: list(MODEL_NAMES).index(m) if m in MODEL_NAMES else 99):
         source_path = os.path.join(args.work, model + "-source.json")
         source = json.load(open(source_path))["mean_nll"] if os.path.exists(source_path) else None
@@ -111,6 +119,18 @@ def main():
                 md.append("| %s | %d | %d | %s | %s |" % (LABELS[m], r["kv"], r["conversion"], fmt(r["points"][0][1]),
                                                           " | ".join(row)))
             md.append("")
+            end = dha[-1][0]
+            cells = []
+            for m in METHODS:
+                r = runs.get(m)
+                if r is None:
+                    cells.append("")
+                elif "unreachable" in r:
+                    cells.append("not reachable")
+                else:
+                    cells.append("%s → %s" % (fmt(r["points"][0][1]), fmt(value_at(r["points"], end))))
+            summary.append("| %s | %s | %s | %s |" % (MODEL_NAMES.get(model, model), budget, millions(end),
+                                                      " | ".join(cells)))
 
             # tokens_to_match: for each baseline and each point of DHA's curve.
             entry = {}
@@ -167,7 +187,9 @@ def main():
 
     with open(os.path.join(args.work, "tokens_to_match.json"), "w") as f:
         json.dump(match, f, indent=1)
-    text = "\n".join(md) + "\n### Targets\n\n" + "\n".join("- " + v for v in verdicts) + "\n"
+    text = ("### Every model and budget\n\nHeld-out NLL right after conversion → at the end of the curves "
+            "(every method at the same total tokens).\n\n" + "\n".join(summary) + "\n\n" +
+            "\n".join(md) + "\n### Targets\n\n" + "\n".join("- " + v for v in verdicts) + "\n")
     with open(os.path.join(args.work, "results.md"), "w") as f:
         f.write(text)
     print(text)
