@@ -35,6 +35,7 @@
 # usage: [MODELS="demo stories260k stories260k-mha"] [BUDGETS="0.5 0.25 0.125"]
 #        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
 #        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=1] [SHORT_FUSION_STEPS=50]
+#        [LR=the continued pre-training lr of every method, default each model's recipe]
 #        scripts/experiments/curves.sh [WORK_DIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -74,7 +75,7 @@ setup_model() {  # model
       EVAL_DOCS=0  # all 174 documents of corpus/heldout (every 20th, never trained on)
       # scripts/demo's recipes: conversion, then 16 x 256-token steps at lr 5e-4.
       CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --fusion-steps 200 --lr 1e-4)
-      TRAIN_BATCH=16 TRAIN_LR=5e-4 ;;
+      TRAIN_BATCH=16 TRAIN_LR=${LR:-5e-4} ;;
     stories260k | stories260k-mha)
       [ -f "$SHARED/models/stories260K/stories260K.bin" ] || die "$SHARED/models/stories260K is absent"
       SOURCE="$SHARED/models/stories260K/stories260K.bin"
@@ -88,7 +89,7 @@ setup_model() {  # model
       VALID="$SHARED/data/text/tinystories_valid_sample.txt"
       EVAL_DOCS=200  # the first 200 TinyStories valid documents
       CONVERT_RECIPE=()  # dha-convert's defaults
-      TRAIN_BATCH=8 TRAIN_LR=1e-3 ;;
+      TRAIN_BATCH=8 TRAIN_LR=${LR:-1e-3} ;;
     *) die "unknown model \"$1\" (expected demo, stories260k or stories260k-mha)" ;;
   esac
   DATA="$WORK/${1%-mha}-tokens"
