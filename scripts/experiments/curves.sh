@@ -10,7 +10,8 @@
 #   aligned-gqa  align-then-merge GQA (Jin et al.)
 #   gqa          mean pooling
 #   shared-attention, where sharing attention alone can reach the budget
-#                (it cannot reach 0.5 or below on these models: the refusal is recorded)
+#                (on these models it cannot reach 0.25 or below, nor 0.5 from MHA: the
+#                refusal is recorded)
 #   dha-distill  (not in the default METHODS) dha, distilling from the source in
 #                fusion and in continued pre-training (--distill-weight 1, --teacher):
 #                the same tokens, plus a teacher forward per step
