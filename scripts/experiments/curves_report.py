@@ -17,7 +17,7 @@ import sys
 METHODS = ["dha", "dha-distill", "dha-short", "dha-paper", "aligned-gqa", "gqa", "shared-attention"]
 BASELINES = ["dha-paper", "aligned-gqa", "gqa"]  # what the default dha is measured against
 LABELS = {"dha": "dha (default: align, then fuse)", "dha-distill": "dha, distilled from the source",
-          "dha-short": "dha, short fusion (SHORT_FUSION_STEPS)",
+          "dha-short": "dha, short fusion",
           "dha-paper": "dha (paper recipe)",
           "aligned-gqa": "aligned-gqa", "gqa": "gqa (mean pooling)", "shared-attention": "shared attention"}
 MODEL_NAMES = {"demo": "demo-mha", "stories260k": "stories260K (GQA form)", "stories260k-mha": "stories260K (MHA twin)"}
@@ -36,7 +36,7 @@ def load_run(run_dir):
         if entry.get("event") == "eval":
             points[entry["step"]] = (conversion + entry["tokens"], entry["eval_nll"])
     return {"conversion": conversion, "kv": report["kv_bytes_per_token"]["after"],
-            "points": sorted(points.values())}
+            "fusion_steps": report["recipe"]["fusion_steps"], "points": sorted(points.values())}
 
 
 END_SLACK = 0.01  # curves end within a training step of the common total (step counts are whole)
@@ -116,7 +116,8 @@ def main():
                 row = [fmt(value_at(r["points"], x)) for x in grid]
                 if m != "dha":  # bold where the baseline is at or below DHA
                     row = ["**%s**" % v if v != "-" and float(v) <= float(fmt(y)) else v for v, (_, y) in zip(row, dha)]
-                md.append("| %s | %d | %d | %s | %s |" % (LABELS[m], r["kv"], r["conversion"], fmt(r["points"][0][1]),
+                label = LABELS[m] + (" (%d steps)" % r["fusion_steps"] if m == "dha-short" else "")
+                md.append("| %s | %d | %d | %s | %s |" % (label, r["kv"], r["conversion"], fmt(r["points"][0][1]),
                                                           " | ".join(row)))
             md.append("")
             end = dha[-1][0]
