@@ -13,8 +13,11 @@
 #                (on these models it cannot reach 0.25 or below, nor 0.5 from MHA: the
 #                refusal is recorded)
 #   dha-distill  (not in the default METHODS) dha, distilling from the source in
-#                fusion and in continued pre-training (--distill-weight 1, --teacher):
-#                the same tokens, plus a teacher forward per step
+#                fusion (--distill-weight 1): the same tokens, plus a teacher forward
+#                per fusion step; continued pre-training as for every method
+#   dha-distill-teach  (not in the default METHODS) dha-distill, and --teacher the source
+#                in continued pre-training too: a different training recipe from the
+#                baselines', kept to reproduce the earlier probe
 #   dha-short    (not in the default METHODS) dha with SHORT_FUSION_STEPS fusion steps
 #                (default 50, against the recipe's 200): fewer tokens in conversion,
 #                more left for continued pre-training
@@ -38,6 +41,7 @@
 #        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
 #        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=1] [SHORT_FUSION_STEPS=50]
 #        [LR=the continued pre-training lr of every method, default each model's recipe]
+#        [FUSION_LR=the weights' lr in every conversion's fusion, default each model's recipe]
 #        scripts/experiments/curves.sh [WORK_DIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -53,6 +57,7 @@ LONG_TOKENS=${LONG_TOKENS:-2048000}
 JOBS=${JOBS:-2}
 DISTILL_WEIGHT=${DISTILL_WEIGHT:-1}
 SHORT_FUSION_STEPS=${SHORT_FUSION_STEPS:-50}
+FUSION_LR=${FUSION_LR:-}
 THREADS=$(($(nproc) / JOBS))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}
 START=$SECONDS
@@ -76,7 +81,7 @@ setup_model() {  # model
       cat "$ROOT"/corpus/heldout/*.txt > "$VALID"
       EVAL_DOCS=0  # all 174 documents of corpus/heldout (every 20th, never trained on)
       # scripts/demo's recipes: conversion, then 16 x 256-token steps at lr 5e-4.
-      CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --fusion-steps 200 --lr 1e-4)
+      CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --fusion-steps 200 --lr "${FUSION_LR:-1e-4}")
       TRAIN_BATCH=16 TRAIN_LR=${LR:-5e-4} ;;
     stories260k | stories260k-mha)
       [ -f "$SHARED/models/stories260K/stories260K.bin" ] || die "$SHARED/models/stories260K is absent"
@@ -90,7 +95,7 @@ setup_model() {  # model
       CALIB=("$SHARED/data/text/tinystories_train_sample.txt")
       VALID="$SHARED/data/text/tinystories_valid_sample.txt"
       EVAL_DOCS=200  # the first 200 TinyStories valid documents
-      CONVERT_RECIPE=()  # dha-convert's defaults
+      CONVERT_RECIPE=(${FUSION_LR:+--lr "$FUSION_LR"})  # dha-convert's defaults
       TRAIN_BATCH=8 TRAIN_LR=${LR:-1e-3} ;;
     *) die "unknown model \"$1\" (expected demo, stories260k or stories260k-mha)" ;;
   esac
@@ -108,7 +113,7 @@ setup_model() {  # model
 method_args() {  # method -> the dha-convert arguments that select it
   case "$1" in
     dha) echo "--method dha" ;;
-    dha-distill) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
+    dha-distill | dha-distill-teach) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
     dha-short) echo "--method dha --fusion-steps $SHORT_FUSION_STEPS" ;;
     dha-paper) echo "--config $ROOT/configs/convert-dha-paper.json" ;;
     aligned-gqa | gqa | shared-attention) echo "--method $1" ;;
@@ -138,7 +143,7 @@ run_one() {  # model budget method
   local end=$TOKENS
   [ "$model" = demo ] && [ "$budget" = 0.25 ] && end=$LONG_TOKENS
   local per_step=$((TRAIN_BATCH * TRAIN_SEQ)) distill=()
-  [ "$method" = dha-distill ] && distill=(--teacher "$SOURCE" --distill-weight "$DISTILL_WEIGHT")
+  [ "$method" = dha-distill-teach ] && distill=(--teacher "$SOURCE" --distill-weight "$DISTILL_WEIGHT")
   local conversion
   conversion=$(python3 -c "import json; print(json.load(open('$dir/converted/report.json'))['tokens']['total'])")
   # The same total for every method: what the conversion read is taken off the training.

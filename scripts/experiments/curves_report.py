@@ -14,9 +14,10 @@ import os
 import subprocess
 import sys
 
-METHODS = ["dha", "dha-distill", "dha-short", "dha-paper", "aligned-gqa", "gqa", "shared-attention"]
+METHODS = ["dha", "dha-distill", "dha-distill-teach", "dha-short", "dha-paper", "aligned-gqa", "gqa", "shared-attention"]
 BASELINES = ["dha-paper", "aligned-gqa", "gqa"]  # what the default dha is measured against
-LABELS = {"dha": "dha (default: align, then fuse)", "dha-distill": "dha, distilled from the source",
+LABELS = {"dha": "dha (default: align, then fuse)", "dha-distill": "dha, distilled from the source in fusion",
+          "dha-distill-teach": "dha, distilled from the source in fusion and training",
           "dha-short": "dha, short fusion",
           "dha-paper": "dha (paper recipe)",
           "aligned-gqa": "aligned-gqa", "gqa": "gqa (mean pooling)", "shared-attention": "shared attention"}
