@@ -95,7 +95,7 @@ setup_model() {  # model
       CALIB=("$SHARED/data/text/tinystories_train_sample.txt")
       VALID="$SHARED/data/text/tinystories_valid_sample.txt"
       EVAL_DOCS=200  # the first 200 TinyStories valid documents
-      CONVERT_RECIPE=(${FUSION_LR:+--lr "$FUSION_LR"})  # dha-convert's defaults
+      CONVERT_RECIPE=(${FUSION_LR:+--lr "$FUSION_LR"})  # dha-convert's defaults, but FUSION_LR when set
       TRAIN_BATCH=8 TRAIN_LR=${LR:-1e-3} ;;
     *) die "unknown model \"$1\" (expected demo, stories260k or stories260k-mha)" ;;
   esac
