@@ -550,11 +550,13 @@ TEST(Configs, ShippedRecipesParse) {
   const std::string dir = std::string(DHA_SOURCE_DIR) + "/configs/";
   for (const char* name : {"convert-dha.json", "convert-dha-paper.json", "convert-gqa.json"})
     EXPECT_NO_THROW(dha::convert_options_from_json(nlohmann::json::parse(dha::io::read_file(dir + name)), name)) << name;
-  // The paper's recipe differs from the default in alignment only.
+  // The paper's recipe differs from the default in alignment and distillation only.
   dha::ConvertOptions paper = dha::convert_options_from_json(
       nlohmann::json::parse(dha::io::read_file(dir + "convert-dha-paper.json")), "paper");
   EXPECT_FALSE(paper.align);
+  EXPECT_EQ(paper.distill_weight, 0.0);
   paper.align = true;
+  paper.distill_weight = dha::ConvertOptions{}.distill_weight;
   EXPECT_EQ(dha::convert_options_to_json(paper), dha::convert_options_to_json(dha::ConvertOptions{}));
   EXPECT_NO_THROW(dha::train_config_from_json(nlohmann::json::parse(dha::io::read_file(dir + "train-continue.json")), "t"));
   const dha::ModelConfig c =

@@ -5,19 +5,19 @@
 #
 # For each model (models/demo-mha; stories260K, its GQA form and its MHA twin)
 # and each budget (0.5, 0.25, 0.125) it converts with
-#   dha          the default recipe (align each searched group, then fuse)
-#   dha-paper    configs/convert-dha-paper.json's recipe (--no-align)
+#   dha          the default recipe (align each searched group, then fuse, distilling
+#                from the source)
+#   dha-paper    configs/convert-dha-paper.json's recipe (--no-align, no distillation)
 #   aligned-gqa  align-then-merge GQA (Jin et al.)
 #   gqa          mean pooling
 #   shared-attention, where sharing attention alone can reach the budget
 #                (on these models it cannot reach 0.25 or below, nor 0.5 from MHA: the
 #                refusal is recorded)
-#   dha-distill  (not in the default METHODS) dha, distilling from the source in
-#                fusion (--distill-weight 1): the same tokens, plus a teacher forward
-#                per fusion step; continued pre-training as for every method
-#   dha-distill-teach  (not in the default METHODS) dha-distill, and --teacher the source
-#                in continued pre-training too: a different training recipe from the
-#                baselines', kept to reproduce the earlier probe
+#   dha-no-distill  (not in the default METHODS) dha fusing on the LM loss alone
+#                (--distill-weight 0: the default recipe before distillation was)
+#   dha-distill-teach  (not in the default METHODS) dha with --distill-weight
+#                DISTILL_WEIGHT in fusion, and --teacher the source in continued
+#                pre-training too: a different training recipe from the baselines'
 #   dha-short    (not in the default METHODS) dha with SHORT_FUSION_STEPS fusion steps
 #                (default 50, against the recipe's 200): fewer tokens in conversion,
 #                more left for continued pre-training
@@ -80,8 +80,9 @@ setup_model() {  # model
       VALID="$WORK/demo-heldout.txt"
       cat "$ROOT"/corpus/heldout/*.txt > "$VALID"
       EVAL_DOCS=0  # all 174 documents of corpus/heldout (every 20th, never trained on)
-      # scripts/demo's recipes: conversion, then 16 x 256-token steps at lr 5e-4.
-      CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --fusion-steps 200 --lr "${FUSION_LR:-1e-4}")
+      # scripts/demo's recipes: conversion (fusion at the training lr), then 16 x 256-token
+      # steps at lr 5e-4.
+      CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --fusion-steps 200 --lr "${FUSION_LR:-5e-4}")
       TRAIN_BATCH=16 TRAIN_LR=${LR:-5e-4} ;;
     stories260k | stories260k-mha)
       [ -f "$SHARED/models/stories260K/stories260K.bin" ] || die "$SHARED/models/stories260K is absent"
@@ -113,7 +114,8 @@ setup_model() {  # model
 method_args() {  # method -> the dha-convert arguments that select it
   case "$1" in
     dha) echo "--method dha" ;;
-    dha-distill | dha-distill-teach) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
+    dha-no-distill) echo "--method dha --distill-weight 0" ;;
+    dha-distill-teach) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
     dha-short) echo "--method dha --fusion-steps $SHORT_FUSION_STEPS" ;;
     dha-paper) echo "--config $ROOT/configs/convert-dha-paper.json" ;;
     aligned-gqa | gqa | shared-attention) echo "--method $1" ;;
