@@ -68,6 +68,43 @@ TEST(Fusion, IdentityOperatorsGiveTheSourceModel) {
   }
 }
 
+// Distillation in fusion: the teacher reads the fusion model's frozen weights (no
+// second copy) and keeps the checkpoint's values of the weights that train, so it
+// stays the starting function while the fusion model trains.
+TEST(Fusion, DistillationTeacherSharesFrozenWeightsAndKeepsTheTrainedOnes) {
+  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 21);
+  dha::Llama reference = dha::make_model(ck, "reference");
+  for (dha::TrainWeights weights : {dha::TrainWeights::kAll, dha::TrainWeights::kAttention, dha::TrainWeights::kNone}) {
+    SCOPED_TRACE(dha::train_weights_name(weights));
+    dha::Llama fused =
+        dha::make_model_sharing(ck, "fusion", [&](const std::string& name) { return dha::weight_trains(weights, name); });
+    dha::Llama teacher = dha::teacher_sharing_frozen(ck, fused, torch::kCPU);
+    const auto teacher_params = teacher->named_parameters();
+    int64_t shared = 0, own = 0;
+    for (const auto& item : fused->named_parameters()) {
+      const torch::Tensor& t = teacher_params[item.key()];
+      EXPECT_FALSE(t.requires_grad()) << item.key();
+      if (item.value().requires_grad()) {
+        EXPECT_NE(t.data_ptr(), item.value().data_ptr()) << item.key();
+        EXPECT_TRUE(torch::equal(t, ck.tensors.at(item.key()))) << item.key();
+        ++own;
+      } else {
+        EXPECT_EQ(t.data_ptr(), item.value().data_ptr()) << item.key();
+        ++shared;
+      }
+    }
+    EXPECT_EQ(own == 0, weights == dha::TrainWeights::kNone);
+    EXPECT_EQ(shared == 0, weights == dha::TrainWeights::kAll);
+    {
+      torch::NoGradGuard no_grad;  // a training step's worth of change to what trains
+      for (auto& p : fused->parameters())
+        if (p.requires_grad()) p.add_(0.05);
+    }
+    const torch::Tensor tokens = dha::test::random_tokens(2, 11, 61, 5);
+    expect_close(logits(teacher, tokens), logits(reference, tokens), 1e-6);
+  }
+}
+
 TEST(Fusion, CollapseEqualsTheFusionStageWhenMembersAgree) {
   for (bool per_channel : {false, true})
   for (bool biased : {false, true}) {

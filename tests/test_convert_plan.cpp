@@ -235,3 +235,38 @@ TEST(SearchMeasures, EveryMeasureFindsExactCopiesCheapest) {
     }
   }
 }
+
+// Distillation in fusion: the teacher shares the fusion model's frozen weights and
+// holds its own copy of only those that train; a whole model copy (on CUDA) only
+// when shared spans change the function it starts from.
+TEST(ConvertPlan, DistillationTeacherCostsACopyOfWhatTrainsOnly) {
+  auto fusion_plan = [](const ConvertOptions& o) {
+    for (const auto& p : dha::conversion_memory_plans(o, plan(o), torch::kBFloat16, false, /*cuda=*/true, 1))
+      if (p.stage == "fusion") return p;
+    ADD_FAILURE() << "no fusion stage";
+    return dha::MemoryPlan{};
+  };
+  auto has = [](const dha::MemoryPlan& p, const std::string& name) {
+    for (const auto& c : p.categories)
+      if (c.name == name && c.bytes > 0) return true;
+    return false;
+  };
+  ConvertOptions o = options();
+  ASSERT_GT(o.distill_weight, 0.0);  // the default recipe distils
+  for (const char* weights : {"all", "attention", "none"}) {
+    o.train_weights = weights;
+    const dha::MemoryPlan p = fusion_plan(o);
+    EXPECT_TRUE(has(p, "teacher logits")) << weights;
+    EXPECT_FALSE(has(p, "model copies")) << weights;
+    EXPECT_EQ(has(p, "source weights"), std::string(weights) != "none") << weights;
+  }
+  o.train_weights = "all";
+  o.share_spans = "1";
+  o.budget = 0.4;
+  EXPECT_TRUE(has(fusion_plan(o), "model copies"));
+  o.share_spans.clear();
+  o.budget = 0.5;
+  o.distill_weight = 0;
+  EXPECT_FALSE(has(fusion_plan(o), "teacher logits"));
+  EXPECT_FALSE(has(fusion_plan(o), "source weights"));
+}

@@ -39,6 +39,14 @@ Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
 // operator and collapse).
 torch::Tensor pool_weights(const Checkpoint& checkpoint, const PoolId& pool);
 
+// The distillation teacher of a fusion run over `checkpoint` (the source, or its
+// aligned re-parameterisation: the same function), for the fusion model `fused`
+// built over it: the teacher reads `fused`'s frozen weights where they are and holds
+// its own copy, on `device` and in the checkpoint's dtype, of only the weights that
+// train. On a GPU that saves a whole model copy; with --train-weights none it costs
+// nothing but the teacher's logits.
+Llama teacher_sharing_frozen(const Checkpoint& checkpoint, Llama fused, const torch::Device& device);
+
 struct FusionRecord {
   int64_t step = 0;
   double lm_loss = 0.0, fusion_loss = 0.0, target = 0.0, lambda1 = 0.0, lambda2 = 0.0;

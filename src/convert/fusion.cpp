@@ -272,4 +272,14 @@ Checkpoint FusionTask::collapse() {
   return collapse_groups(model_->shared_checkpoint(torch::kFloat32), grouping_, fused);
 }
 
+Llama teacher_sharing_frozen(const Checkpoint& checkpoint, Llama fused, const torch::Device& device) {
+  Checkpoint view = checkpoint;  // the map of tensor handles; no data is copied here
+  for (const auto& item : fused->named_parameters())
+    view.tensors[item.key()] =
+        item.value().requires_grad() ? checkpoint.tensors.at(item.key()).to(device) : item.value().detach();
+  Llama teacher = make_model_sharing(view, "distillation teacher");
+  teacher->to(device);  // its buffers (RoPE tables); the weights are there already
+  return teacher;
+}
+
 }  // namespace dha

@@ -177,9 +177,10 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
         fusion_operators > 0 ? fusion_operators : whole_pools * (options.per_channel ? plan.shared.head_dim : 1);
     in.teacher = options.distill_weight > 0;
     if (in.teacher) {
-      // The teacher is the source itself: its weights are read every step (on
-      // the CPU, the source's own tensors; on CUDA, a copy on the device).
-      if (cuda) in.inference_copies = 1;
+      // The teacher shares the fusion model's frozen weights and keeps its own copy
+      // of those that train (teacher_sharing_frozen). With shared spans it is the
+      // source itself: on the CPU the source's own tensors, on CUDA a copy on the device.
+      if (cuda && !plan.spans.empty()) in.inference_copies = 1;
       else in.keeps_source = plan.train_weights != TrainWeights::kNone;
     }
     plans.push_back(plan_memory(in));

@@ -44,7 +44,11 @@ FusionStageResult fuse(ConvertContext& ctx, const Checkpoint& model, const Group
   Llama fused = make_model_sharing(model, "fusion", [&](const std::string& name) { return weight_trains(weights, name); });
   fused->to(ctx.device);
   std::optional<Llama> teacher;
-  if (recipe.distill_weight > 0) teacher = ctx.source_model();  // shares the source's tensors
+  if (recipe.distill_weight > 0)
+    // Without shared spans `model` computes the source's function (it is the source or
+    // its aligned re-parameterisation), so the teacher can share the fusion model's
+    // frozen weights; a model with shared spans does not, and the teacher is the source.
+    teacher = ctx.plan.spans.empty() ? teacher_sharing_frozen(model, fused, ctx.device) : ctx.source_model();
   const FusionOptions fusion = conversion_fusion_options(recipe);
   FusionTask task(fused, grouping, recipe.fusion_steps, fusion, teacher);
   TrainRun run;
