@@ -278,6 +278,40 @@ TEST(Search, WeightCostIsZeroForCopiesAndDeterministic) {
   EXPECT_NEAR(dha::activation_cost(a)[0][1].item<double>(), 0.0, 1e-12);
 }
 
+// Heads that are rotations of each other, of the kinds alignment undoes, cost
+// nothing after alignment though they are far apart before it; the cost equals
+// the residual of the explicit best rotation.
+TEST(Search, AlignedActivationCostIsZeroForRotatedCopies) {
+  torch::manual_seed(9);
+  const int64_t n = 3, tokens = 64, d = 8;
+  torch::Tensor a = torch::randn({n, tokens, d}, torch::kFloat64);
+  // Values: head 1 is head 0 times a random orthogonal matrix.
+  const torch::Tensor q = std::get<0>(torch::linalg_qr(torch::randn({d, d}, torch::kFloat64)));
+  torch::Tensor values = a.clone();
+  values[1] = a[0].matmul(q);
+  const torch::Tensor cv = dha::aligned_activation_cost(values, false);
+  EXPECT_NEAR(cv[0][1].item<double>(), 0.0, 1e-10);
+  EXPECT_GT(dha::activation_cost(values)[0][1].item<double>(), 0.1);
+  // The cost is the residual of the Procrustes rotation of head 0 onto head 2.
+  const auto [u, sv, vh] = torch::linalg_svd(values[0].t().matmul(values[2]), false);
+  const double residual = (values[0].matmul(u.matmul(vh)) - values[2]).pow(2).sum().item<double>();
+  const double norms = values[0].pow(2).sum().item<double>() + values[2].pow(2).sum().item<double>();
+  EXPECT_NEAR(cv[0][2].item<double>(), residual / norms, 1e-10);
+  // Keys: head 1 is head 0 turned by one angle per RoPE plane (j, j + d/2).
+  const torch::Tensor angles = torch::rand({d / 2}, torch::kFloat64) * 6.0;
+  torch::Tensor keys = a.clone();
+  const torch::Tensor x = a[0].narrow(1, 0, d / 2), y = a[0].narrow(1, d / 2, d / 2);
+  keys[1] = torch::cat({angles.cos() * x - angles.sin() * y, angles.sin() * x + angles.cos() * y}, 1);
+  const torch::Tensor ck = dha::aligned_activation_cost(keys, true);
+  EXPECT_NEAR(ck[0][1].item<double>(), 0.0, 1e-10);
+  // A full rotation is not a plane rotation: the keys' cost of the values' copy stays.
+  EXPECT_GT(dha::aligned_activation_cost(values, true)[0][1].item<double>(), 0.05);
+  for (const torch::Tensor& c : {cv, ck}) EXPECT_TRUE(torch::allclose(c, c.t(), 0, 1e-12));
+  // Never above the unaligned cost (the identity is one of the rotations).
+  EXPECT_TRUE((dha::aligned_activation_cost(a, false) <= dha::activation_cost(a) + 1e-12).all().item<bool>());
+  EXPECT_TRUE((dha::aligned_activation_cost(a, true) <= dha::activation_cost(a) + 1e-12).all().item<bool>());
+}
+
 TEST(Search, MhaTwinOfStories260kPairsTheCopiesAtHalfBudget) {
   DHA_REQUIRE_SHARED("models/stories260K/stories260K.bin");
   const dha::Checkpoint gqa = dha::io::load_llama2c(dha::test::shared_path("models/stories260K/stories260K.bin"));

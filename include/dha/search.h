@@ -45,6 +45,11 @@ HeadLayout apply_grouping(const HeadLayout& layout, const Grouping& grouping);
 torch::Tensor weight_cost(const torch::Tensor& w);
 // ||a_i - a_j||^2 / (||a_i||^2 + ||a_j||^2) of activations a [n, N, d_h];
 torch::Tensor activation_cost(const torch::Tensor& a);
+// the same after the best function-preserving rotation of a_i onto a_j, the
+// transforms alignment applies: min_R ||a_i R - a_j||^2 / (||a_i||^2 + ||a_j||^2)
+// over every orthogonal R (values), or over 2x2 rotations in the RoPE planes
+// (j, j + d_h/2) only (keys, rope_planes). Symmetric; never above activation_cost.
+torch::Tensor aligned_activation_cost(const torch::Tensor& a, bool rope_planes);
 // The fusion measure (docs/method.md §2): ||W~_i - W~_j||^2 / (||W_i||^2 + ||W_j||^2)
 // averaged over the steps of whole-pool fusion, W [n, d_h, d] the weights
 // before fusion and W~ the effective weights after each step. Accumulated one

@@ -29,6 +29,21 @@ std::vector<torch::Tensor> activation_costs(const MeasureInputs& in) {
   return costs;
 }
 
+// Heads alike up to a rotation are alike here: the distance left after the best
+// rotation between each pair, of the kinds align-then-fuse applies afterwards.
+std::vector<torch::Tensor> aligned_activation_costs(const MeasureInputs& in) {
+  Llama model = make_model_sharing(in.model, "search");
+  model->to(in.device);
+  const torch::Tensor tokens = in.sampler.batch({}, 0, in.options.batch).narrow(1, 0, in.seq_len).to(in.device);
+  const auto acts = collect_activations(model, tokens);
+  in.report["tokens"] = in.report.value("tokens", int64_t{0}) + tokens.numel();  // forward only
+  std::vector<torch::Tensor> costs;
+  for (const auto& p : all_pools(in.model.config.n_layers))
+    costs.push_back(p.value ? aligned_activation_cost(acts[p.layer].values, false)
+                            : aligned_activation_cost(acts[p.layer].keys, true));
+  return costs;
+}
+
 // Whole-pool fusion: every pool's heads pulled together for a few steps; heads
 // that can share cheaply converge fast and end up close.
 std::vector<torch::Tensor> fusion_costs(const MeasureInputs& in) {
@@ -83,6 +98,9 @@ const std::vector<SearchMeasure>& search_measures() {
       {"weight", "1 - linear CKA of the heads' weight slices (no data, instant)", false, weight_costs},
       {"activation", "distance of the heads' keys (before RoPE) and values on a calibration batch", false,
        activation_costs},
+      {"aligned-activation",
+       "activation distance after the best rotation between each pair (full for values, in the RoPE planes for keys)",
+       false, aligned_activation_costs},
       {"fusion", "short whole-pool fusion training; heads that converge together fast are cheap (default)", true,
        fusion_costs},
   };

@@ -106,6 +106,35 @@ torch::Tensor activation_cost(const torch::Tensor& a) {
   return cost;
 }
 
+torch::Tensor aligned_activation_cost(const torch::Tensor& a, bool rope_planes) {
+  const int64_t n = a.size(0);
+  if (n == 0) return torch::zeros({0, 0}, torch::kFloat64);
+  const torch::Tensor x = a.to(torch::kFloat64);  // [n, N, d_h]
+  const torch::Tensor norms = x.pow(2).sum({1, 2});
+  // The largest <a_i R, a_j> over the allowed R: the nuclear norm of a_i^T a_j for
+  // any orthogonal R; per RoPE plane, the length of the plane's 2-d cross term.
+  torch::Tensor best = torch::zeros({n, n}, torch::kFloat64);
+  if (rope_planes) {
+    const int64_t half = x.size(2) / 2;
+    const torch::Tensor u = x.narrow(2, 0, half), v = x.narrow(2, half, half);  // [n, N, half]
+    const torch::Tensor dot = torch::einsum("inp,jnp->ijp", {u, u}) + torch::einsum("inp,jnp->ijp", {v, v});
+    const torch::Tensor cross = torch::einsum("inp,jnp->ijp", {u, v}) - torch::einsum("inp,jnp->ijp", {v, u});
+    best = (dot.pow(2) + cross.pow(2)).sqrt().sum(2);
+  } else {
+    // One row at a time (the pairs j > i): n^2/2 products a_i^T a_j of d_h x d_h.
+    for (int64_t i = 0; i + 1 < n; ++i) {
+      const torch::Tensor m = torch::matmul(x[i].t().unsqueeze(0), x.narrow(0, i + 1, n - i - 1));
+      const torch::Tensor row = torch::linalg_svdvals(m).sum(1);
+      best[i].narrow(0, i + 1, n - i - 1).copy_(row);
+      best.select(1, i).narrow(0, i + 1, n - i - 1).copy_(row);
+    }
+  }
+  const torch::Tensor sums = norms.unsqueeze(0) + norms.unsqueeze(1);
+  torch::Tensor cost = ((sums - 2 * best) / sums.clamp_min(1e-30)).clamp_min(0.0);
+  cost.fill_diagonal_(0.0);
+  return cost;
+}
+
 FusionCostAccumulator::FusionCostAccumulator(const torch::Tensor& original) {
   const int64_t n = original.size(0);
   norms_ = original.to(torch::kFloat64).reshape({n, -1}).pow(2).sum(1);
