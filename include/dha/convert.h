@@ -58,8 +58,8 @@ struct ConvertOptions {
   double target_fraction = 0.25;   // the target falls to 0 over this share of the steps
   bool per_channel = false;        // Omega n x n x d_h instead of n x n
   bool align = true;               // dha: align each group's heads (function unchanged) before fusing them
-  // KL(source || fusion model) next to the LM loss: better than the LM loss alone at every
-  // budget measured (README, "DHA against the baselines at equal total tokens").
+  // KL(source || fusion model) next to the LM loss: better than the LM loss alone wherever
+  // heads merge (README, "DHA against the baselines at equal total tokens").
   double distill_weight = 1.0;
   // Memory (search and fusion)
   std::string train_weights = "all";    // all | attention (the fused K/V projections) | none (only Omega)
