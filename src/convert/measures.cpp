@@ -2,6 +2,7 @@
 #include "dha/search_measures.h"
 
 #include <filesystem>
+#include <functional>
 
 #include "dha/align.h"
 #include "dha/error.h"
@@ -17,7 +18,10 @@ std::vector<torch::Tensor> weight_costs(const MeasureInputs& in) {
   return costs;
 }
 
-std::vector<torch::Tensor> activation_costs(const MeasureInputs& in) {
+// One calibration batch through the model, then a cost per pool from its heads'
+// activations: cost(keys or values [n, N, d_h], is_value).
+std::vector<torch::Tensor> costs_of_activations(
+    const MeasureInputs& in, const std::function<torch::Tensor(const torch::Tensor&, bool)>& cost) {
   Llama model = make_model_sharing(in.model, "search");
   model->to(in.device);
   const torch::Tensor tokens = in.sampler.batch({}, 0, in.options.batch).narrow(1, 0, in.seq_len).to(in.device);
@@ -25,23 +29,20 @@ std::vector<torch::Tensor> activation_costs(const MeasureInputs& in) {
   in.report["tokens"] = in.report.value("tokens", int64_t{0}) + tokens.numel();  // forward only
   std::vector<torch::Tensor> costs;
   for (const auto& p : all_pools(in.model.config.n_layers))
-    costs.push_back(activation_cost(p.value ? acts[p.layer].values : acts[p.layer].keys));
+    costs.push_back(cost(p.value ? acts[p.layer].values : acts[p.layer].keys, p.value));
   return costs;
 }
 
+std::vector<torch::Tensor> activation_costs(const MeasureInputs& in) {
+  return costs_of_activations(in, [](const torch::Tensor& a, bool) { return activation_cost(a); });
+}
+
 // Heads alike up to a rotation are alike here: the distance left after the best
-// rotation between each pair, of the kinds align-then-fuse applies afterwards.
+// rotation between each pair, of the kinds align-then-fuse applies afterwards
+// (any orthogonal one for values, RoPE-plane rotations for keys).
 std::vector<torch::Tensor> aligned_activation_costs(const MeasureInputs& in) {
-  Llama model = make_model_sharing(in.model, "search");
-  model->to(in.device);
-  const torch::Tensor tokens = in.sampler.batch({}, 0, in.options.batch).narrow(1, 0, in.seq_len).to(in.device);
-  const auto acts = collect_activations(model, tokens);
-  in.report["tokens"] = in.report.value("tokens", int64_t{0}) + tokens.numel();  // forward only
-  std::vector<torch::Tensor> costs;
-  for (const auto& p : all_pools(in.model.config.n_layers))
-    costs.push_back(p.value ? aligned_activation_cost(acts[p.layer].values, false)
-                            : aligned_activation_cost(acts[p.layer].keys, true));
-  return costs;
+  return costs_of_activations(
+      in, [](const torch::Tensor& a, bool is_value) { return aligned_activation_cost(a, /*rope_planes=*/!is_value); });
 }
 
 // Whole-pool fusion: every pool's heads pulled together for a few steps; heads
