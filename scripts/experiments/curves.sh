@@ -15,6 +15,8 @@
 #                refusal is recorded)
 #   dha-no-distill  (not in the default METHODS) dha fusing on the LM loss alone
 #                (--distill-weight 0: the default recipe before distillation was)
+#   dha-distill  (not in the default METHODS) dha with --distill-weight DISTILL_WEIGHT
+#                (with the default 1, the same as dha: the earlier probes' name)
 #   dha-distill-teach  (not in the default METHODS) dha with --distill-weight
 #                DISTILL_WEIGHT in fusion, and --teacher the source in continued
 #                pre-training too: a different training recipe from the baselines'
@@ -115,7 +117,7 @@ method_args() {  # method -> the dha-convert arguments that select it
   case "$1" in
     dha) echo "--method dha" ;;
     dha-no-distill) echo "--method dha --distill-weight 0" ;;
-    dha-distill-teach) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
+    dha-distill | dha-distill-teach) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
     dha-short) echo "--method dha --fusion-steps $SHORT_FUSION_STEPS" ;;
     dha-paper) echo "--config $ROOT/configs/convert-dha-paper.json" ;;
     aligned-gqa | gqa | shared-attention) echo "--method $1" ;;

@@ -14,9 +14,10 @@ import os
 import subprocess
 import sys
 
-METHODS = ["dha", "dha-no-distill", "dha-distill-teach", "dha-short", "dha-paper", "aligned-gqa", "gqa", "shared-attention"]
+METHODS = ["dha", "dha-no-distill", "dha-distill", "dha-distill-teach", "dha-short", "dha-paper", "aligned-gqa", "gqa", "shared-attention"]
 BASELINES = ["dha-paper", "aligned-gqa", "gqa"]  # what the default dha is measured against
 LABELS = {"dha": "dha (default: align, then fuse, distilling)", "dha-no-distill": "dha, fusing without distillation",
+          "dha-distill": "dha, DISTILL_WEIGHT in fusion",
           "dha-distill-teach": "dha, distilled from the source in fusion and training",
           "dha-short": "dha, short fusion",
           "dha-paper": "dha (paper recipe)",
