@@ -84,7 +84,8 @@ setup_model() {  # model
       EVAL_DOCS=0  # all 174 documents of corpus/heldout (every 20th, never trained on)
       # scripts/demo's recipes: conversion (fusion at the training lr), then 16 x 256-token
       # steps at lr 5e-4.
-      CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --fusion-steps 200 --lr "${FUSION_LR:-5e-4}")
+      CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --lr "${FUSION_LR:-5e-4}")
+      FUSION_STEPS=(--fusion-steps 200)  # apart, so that dha-short can give its own
       TRAIN_BATCH=16 TRAIN_LR=${LR:-5e-4} ;;
     stories260k | stories260k-mha)
       [ -f "$SHARED/models/stories260K/stories260K.bin" ] || die "$SHARED/models/stories260K is absent"
@@ -99,6 +100,7 @@ setup_model() {  # model
       VALID="$SHARED/data/text/tinystories_valid_sample.txt"
       EVAL_DOCS=200  # the first 200 TinyStories valid documents
       CONVERT_RECIPE=(${FUSION_LR:+--lr "$FUSION_LR"})  # dha-convert's defaults, but FUSION_LR when set
+      FUSION_STEPS=()
       TRAIN_BATCH=8 TRAIN_LR=${LR:-1e-3} ;;
     *) die "unknown model \"$1\" (expected demo, stories260k or stories260k-mha)" ;;
   esac
@@ -130,9 +132,11 @@ run_one() {  # model budget method
   [ -f "$dir/.done" ] && { say "$model $budget $method: done before, kept"; return; }
   rm -rf "$dir" && mkdir -p "$dir"
   say "$model $budget $method: dha-convert"
+  local fusion_steps=("${FUSION_STEPS[@]}")
+  [ "$method" = dha-short ] && fusion_steps=()  # its own --fusion-steps
   # shellcheck disable=SC2046
   if ! "$BIN/dha-convert" --model "$SOURCE" --tokenizer "$TOKENIZER" --calib "${CALIB[@]}" --eval-text "$VALID" \
-      --eval-docs "$EVAL_DOCS" "${CONVERT_RECIPE[@]}" $(method_args "$method") --budget "$budget" \
+      --eval-docs "$EVAL_DOCS" "${CONVERT_RECIPE[@]}" "${fusion_steps[@]}" $(method_args "$method") --budget "$budget" \
       --out "$dir/converted" > "$dir/convert.log" 2>&1; then
     if [ "$method" = shared-attention ] && grep -q "cannot be reached" "$dir/convert.log"; then
       grep "error:" "$dir/convert.log" | head -1 > "$dir/unreachable.txt"  # the tool's one-line reason
