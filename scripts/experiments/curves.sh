@@ -69,6 +69,8 @@ die() { echo "curves.sh: $*" >&2; exit 1; }
 say() { printf '[curves %5ds] %s\n' "$((SECONDS - START))" "$*"; }
 # shellcheck source=scripts/experiments/logged.sh
 source "$ROOT/scripts/experiments/logged.sh"
+# shellcheck source=scripts/demo_recipe.sh
+source "$ROOT/scripts/demo_recipe.sh"
 mkdir -p "$WORK"
 
 # ---- per-model set-up: source, texts, tokens for continued pre-training, recipes ----
@@ -82,11 +84,10 @@ setup_model() {  # model
       VALID="$WORK/demo-heldout.txt"
       cat "$ROOT"/corpus/heldout/*.txt > "$VALID"
       EVAL_DOCS=0  # all 174 documents of corpus/heldout (every 20th, never trained on)
-      # scripts/demo's recipes: conversion (fusion at the training lr), then 16 x 256-token
-      # steps at lr 5e-4.
-      CONVERT_RECIPE=(--seq-len 256 --batch 8 --search-steps 20 --lr "${FUSION_LR:-5e-4}")
-      FUSION_STEPS=(--fusion-steps 200)  # apart, so that dha-short can give its own
-      TRAIN_BATCH=16 TRAIN_LR=${LR:-5e-4} ;;
+      # scripts/demo's recipes (scripts/demo_recipe.sh)
+      CONVERT_RECIPE=("${DEMO_CONVERT_RECIPE[@]}" --lr "${FUSION_LR:-$DEMO_FUSION_LR}")
+      FUSION_STEPS=(--fusion-steps "$DEMO_FUSION_STEPS")  # apart, so that dha-short can give its own
+      TRAIN_BATCH=$DEMO_TRAIN_BATCH TRAIN_LR=${LR:-$DEMO_TRAIN_LR} ;;
     stories260k | stories260k-mha)
       [ -f "$SHARED/models/stories260K/stories260K.bin" ] || die "$SHARED/models/stories260K is absent"
       SOURCE="$SHARED/models/stories260K/stories260K.bin"

@@ -11,6 +11,8 @@
 #        [MEASURES="fusion activation aligned-activation"] scripts/experiments/search_measures.sh [WORK_DIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=scripts/demo_recipe.sh
+source "$ROOT/scripts/demo_recipe.sh"
 BIN=${DHA_BIN:-"$ROOT/build"}
 SHARED="$ROOT/../shared"
 WORK=${1:-"$ROOT/build/experiments/search_measures"}
@@ -32,8 +34,8 @@ for model in $MODELS; do
     stories260k) args=(--model "$STORIES" --calib "$TS_TRAIN" --eval-text "$TS_VALID" --eval-docs 200) ;;
     stories260k-mha) args=(--model "$WORK/stories260K-mha" --calib "$TS_TRAIN" --eval-text "$TS_VALID" --eval-docs 200) ;;
     demo) args=(--model "$ROOT/models/demo-mha" --calib "$ROOT/corpus/train/kjv.txt" "$ROOT/corpus/train/jargon.txt"
-                --eval-text "$WORK/heldout.txt" --eval-docs 0 --seq-len 256 --batch 8 --search-steps 20
-                --fusion-steps 200 --lr 5e-4) ;;
+                --eval-text "$WORK/heldout.txt" --eval-docs 0 "${DEMO_CONVERT_RECIPE[@]}"
+                --fusion-steps "$DEMO_FUSION_STEPS" --lr "$DEMO_FUSION_LR") ;;
     *) echo "search_measures.sh: unknown model \"$model\" (expected stories260k, stories260k-mha or demo)" >&2; exit 1 ;;
   esac
   for budget in $BUDGETS; do
