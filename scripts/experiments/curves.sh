@@ -16,7 +16,7 @@
 #   dha-no-distill  (not in the default METHODS) dha fusing on the LM loss alone
 #                (--distill-weight 0: the default recipe before distillation was)
 #   dha-distill  (not in the default METHODS) dha with --distill-weight DISTILL_WEIGHT
-#                (with the default 1, the same as dha: the earlier probes' name)
+#                (with the default 3, the same as dha: the name of the weight probes)
 #   dha-distill-teach  (not in the default METHODS) dha with --distill-weight
 #                DISTILL_WEIGHT in fusion, and --teacher the source in continued
 #                pre-training too: a different training recipe from the baselines'
@@ -41,7 +41,7 @@
 #
 # usage: [MODELS="demo stories260k stories260k-mha"] [BUDGETS="0.5 0.25 0.125"]
 #        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
-#        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=1] [SHORT_FUSION_STEPS=50]
+#        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=3] [SHORT_FUSION_STEPS=50]
 #        [LR=the continued pre-training lr of every method, default each model's recipe]
 #        [FUSION_LR=the weights' lr in every conversion's fusion, default each model's recipe]
 #        scripts/experiments/curves.sh [WORK_DIR]
@@ -57,7 +57,7 @@ TOKENS=${TOKENS:-614400}
 TRAIN_SEQ=256  # continued pre-training sequence length, every model
 LONG_TOKENS=${LONG_TOKENS:-2048000}
 JOBS=${JOBS:-2}
-DISTILL_WEIGHT=${DISTILL_WEIGHT:-1}
+DISTILL_WEIGHT=${DISTILL_WEIGHT:-3}
 SHORT_FUSION_STEPS=${SHORT_FUSION_STEPS:-50}
 FUSION_LR=${FUSION_LR:-}
 THREADS=$(($(nproc) / JOBS))
