@@ -86,8 +86,8 @@ def main():
     md, match, verdicts = [], {}, []
     # One row per model and budget: each method right after conversion and where every
     # curve ends (the same total tokens).
-    summary = ["| model | budget | total tokens | " + " | ".join(LABELS[m] for m in METHODS) + " |",
-               "|---|---:|---:|" + "---|" * len(METHODS)]
+    # Its columns are the methods some model and budget ran (filled in after the loop).
+    summary, summary_cells, ran = [], [], set()
     for model in sorted(os.listdir(runs_root), key=lambda m: list(MODEL_NAMES).index(m) if m in MODEL_NAMES else 99):
         source_path = os.path.join(args.work, model + "-source.json")
         source = json.load(open(source_path))["mean_nll"] if os.path.exists(source_path) else None
@@ -123,17 +123,12 @@ def main():
                                                           " | ".join(row)))
             md.append("")
             end = dha[-1][0]
-            cells = []
-            for m in METHODS:
-                r = runs.get(m)
-                if r is None:
-                    cells.append("")
-                elif "unreachable" in r:
-                    cells.append("not reachable")
-                else:
-                    cells.append("%s → %s" % (fmt(r["points"][0][1]), fmt(value_at(r["points"], end))))
-            summary.append("| %s | %s | %s | %s |" % (MODEL_NAMES.get(model, model), budget, millions(end),
-                                                      " | ".join(cells)))
+            cells = {}
+            for m, r in runs.items():
+                cells[m] = "not reachable" if "unreachable" in r else "%s → %s" % (
+                    fmt(r["points"][0][1]), fmt(value_at(r["points"], end)))
+            ran.update(runs)
+            summary_cells.append((MODEL_NAMES.get(model, model), budget, millions(end), cells))
 
             # tokens_to_match: for each baseline and each point of DHA's curve.
             entry = {}
@@ -187,6 +182,12 @@ def main():
                     "--title", "%s, budget %s: held-out NLL at equal total tokens" % (MODEL_NAMES.get(model, model), budget),
                     "--x-label", "total tokens (conversion + continued pre-training)", "--out", svg],
                     check=True, stdout=subprocess.DEVNULL)
+
+    columns = [m for m in METHODS if m in ran]
+    summary = ["| model | budget | total tokens | " + " | ".join(LABELS[m] for m in columns) + " |",
+               "|---|---:|---:|" + "---|" * len(columns)]
+    for name, budget, end, cells in summary_cells:
+        summary.append("| %s | %s | %s | %s |" % (name, budget, end, " | ".join(cells.get(m, "") for m in columns)))
 
     with open(os.path.join(args.work, "tokens_to_match.json"), "w") as f:
         json.dump(match, f, indent=1)
