@@ -43,6 +43,7 @@
 #        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
 #        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=3] [SHORT_FUSION_STEPS=50]
 #        [LR=the continued pre-training lr of every method, default each model's recipe]
+#        [WARMUP=10: the continued pre-training's warmup steps, every method]
 #        [FUSION_LR=the weights' lr in every conversion's fusion, default each model's recipe]
 #        scripts/experiments/curves.sh [WORK_DIR]
 set -euo pipefail
@@ -60,6 +61,7 @@ JOBS=${JOBS:-2}
 DISTILL_WEIGHT=${DISTILL_WEIGHT:-3}
 SHORT_FUSION_STEPS=${SHORT_FUSION_STEPS:-50}
 FUSION_LR=${FUSION_LR:-}
+WARMUP=${WARMUP:-10}
 THREADS=$(($(nproc) / JOBS))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}
 START=$SECONDS
@@ -162,7 +164,7 @@ run_one() {  # model budget method
   say "$model $budget $method: dha-train, $steps steps of $per_step tokens (conversion read $conversion)"
   logged "$dir/train.log" "$BIN/dha-train" --model "$dir/converted" --data "$DATA" --out "$dir/train" \
     --config "$ROOT/configs/train-continue.json" --steps "$steps" --batch "$TRAIN_BATCH" --seq-len "$TRAIN_SEQ" \
-    --lr "$TRAIN_LR" --warmup 10 --eval-every "$every" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" \
+    --lr "$TRAIN_LR" --warmup "$WARMUP" --eval-every "$every" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" \
     --checkpoint-every 0 "${distill[@]}" --force
   rm -rf "$dir/train/checkpoints"  # only the curve is needed; the model/ stays for inspection
   touch "$dir/.done"
