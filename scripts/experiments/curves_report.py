@@ -86,8 +86,8 @@ def main():
     md, match, verdicts = [], {}, []
     # One row per model and budget: each method right after conversion and where every
     # curve ends (the same total tokens).
-    # Its columns are the methods some model and budget ran (filled in after the loop).
-    summary, summary_cells, ran = [], [], set()
+    # Its columns are the methods some model and budget ran (known after the loop).
+    summary_cells = []
     for model in sorted(os.listdir(runs_root), key=lambda m: list(MODEL_NAMES).index(m) if m in MODEL_NAMES else 99):
         source_path = os.path.join(args.work, model + "-source.json")
         source = json.load(open(source_path))["mean_nll"] if os.path.exists(source_path) else None
@@ -127,7 +127,6 @@ def main():
             for m, r in runs.items():
                 cells[m] = "not reachable" if "unreachable" in r else "%s → %s" % (
                     fmt(r["points"][0][1]), fmt(value_at(r["points"], end)))
-            ran.update(runs)
             summary_cells.append((MODEL_NAMES.get(model, model), budget, millions(end), cells))
 
             # tokens_to_match: for each baseline and each point of DHA's curve.
@@ -183,7 +182,7 @@ def main():
                     "--x-label", "total tokens (conversion + continued pre-training)", "--out", svg],
                     check=True, stdout=subprocess.DEVNULL)
 
-    columns = [m for m in METHODS if m in ran]
+    columns = [m for m in METHODS if any(m in cells for *_, cells in summary_cells)]
     summary = ["| model | budget | total tokens | " + " | ".join(LABELS[m] for m in columns) + " |",
                "|---|---:|---:|" + "---|" * len(columns)]
     for name, budget, end, cells in summary_cells:
