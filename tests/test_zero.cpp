@@ -331,6 +331,7 @@ TEST(Zero, PlanShardsTheTrainedStateOverTheRanks) {
 }
 
 TEST(ZeroConvert, SearchAndFusionShardedOnTwoRanksMatchOneProcess) {
+  DHA_REQUIRE_SHARED("models/stories260K/tok512.bin");  // the tiny model's tokenizer
   TempDir tmp;
   dha::test::save_tiny_model_with_tokenizer(tmp.file("model"));
   dha::io::write_file_atomic(tmp.file("calib.txt"), dha::test::tiny_calibration_text());
