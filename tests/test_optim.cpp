@@ -72,3 +72,19 @@ TEST(LrSchedule, WarmupThenCosineToTheFloor) {
   EXPECT_NEAR(s.factor(9), 0.55, 1e-12);
   EXPECT_NEAR(s.factor(14), 0.1, 1e-12);
 }
+
+TEST(LrSchedule, AnOffsetContinuesTheCosineThatEarlierStepsBegan) {
+  dha::LrSchedule whole;  // one run of 14 steps
+  whole.warmup_steps = 4;
+  whole.total_steps = 14;
+  dha::LrSchedule rest = whole;  // its first 6 steps trained elsewhere (a conversion), the other 8 here
+  rest.offset_steps = 6;
+  rest.total_steps = 8;
+  // The fresh optimizer ramps up over its own first 4 steps, towards the continued cosine...
+  for (int64_t step = 0; step < 4; ++step)
+    EXPECT_NEAR(rest.factor(step), (step + 1) / 4.0 * whole.factor(step + 6), 1e-12) << step;
+  // ...and then follows it to the same floor at the same end.
+  for (int64_t step = 4; step <= 8; ++step) EXPECT_NEAR(rest.factor(step), whole.factor(step + 6), 1e-12) << step;
+  EXPECT_NEAR(rest.factor(8), 0.1, 1e-12);
+  EXPECT_LT(rest.factor(4), 0.99);  // past the peak: not a restart
+}

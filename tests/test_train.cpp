@@ -119,6 +119,30 @@ TEST(Train, ResumeIsBitExact) {
   for (const auto& [name, t] : wa) EXPECT_TRUE(torch::equal(t, wb.at(name))) << name;
 }
 
+TEST(Train, PriorTokensContinueTheScheduleTheyBegan) {
+  TempDir tmp;
+  const std::string data = token_data(tmp, 61, 4000);
+  dha::TrainConfig config = small_config(8);
+  const int64_t tokens_per_step = config.micro_batch * config.grad_accum * config.seq_len;
+  config.prior_tokens = 6 * tokens_per_step;  // as if a conversion had trained 6 steps of the schedule
+  run_library(tmp.file("rest"), data, config, false);
+  std::vector<double> lrs;
+  std::istringstream in(dha::io::read_file(tmp.file("rest/metrics.jsonl")));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("lr")) lrs.push_back(j["lr"].get<double>());
+  }
+  ASSERT_EQ(lrs.size(), 8u);
+  dha::LrSchedule whole;  // the one schedule over prior and this run's 8 steps, warmup 3
+  whole.warmup_steps = 3;
+  whole.total_steps = 14;
+  for (int64_t s = 0; s < 8; ++s) {
+    const double ramp = s < 3 ? (s + 1) / 3.0 : 1.0;  // this run's fresh optimizer still warms up
+    EXPECT_NEAR(lrs[s], config.lr * ramp * whole.factor(s + 6), 1e-12) << s;
+  }
+  EXPECT_LT(lrs[3], 0.9 * config.lr);  // after its warmup it is well below the peak a restart would reach
+}
+
 TEST(Train, ResumeWithDifferentOptionsIsRefused) {
   TempDir tmp;
   const std::string data = token_data(tmp, 61, 2000);

@@ -63,9 +63,14 @@ class AdamW {
 };
 
 // Linear warmup over warmup_steps, then cosine from 1 down to floor_ratio at total_steps.
+// offset_steps > 0 continues a schedule that earlier training began (a conversion's
+// fusion): the cosine spans offset_steps + total_steps and step 0 of this run sits at
+// offset_steps on it; the warmup still ramps this run's first steps, whose optimizer
+// state is fresh.
 struct LrSchedule {
   int64_t warmup_steps = 0;
   int64_t total_steps = 1;
+  int64_t offset_steps = 0;
   double floor_ratio = 0.1;
   double factor(int64_t step) const;
 };

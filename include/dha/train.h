@@ -32,6 +32,9 @@ struct TrainConfig {
   double lr = 1e-4;              // peak learning rate of the model weights
   double min_lr_ratio = 0.1;     // cosine floor, relative to the peak
   double warmup = 0.03;          // warmup: fraction of the steps (< 1) or a step count (>= 1)
+  // Tokens trained before this run (a conversion's: report.json tokens.total): the
+  // schedule spans them too, so conversion and training follow one cosine.
+  int64_t prior_tokens = 0;
   double weight_decay = 0.0;
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
   double grad_clip = 1.0;        // <= 0: off

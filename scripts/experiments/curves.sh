@@ -23,6 +23,9 @@
 #   dha-short    (not in the default METHODS) dha with SHORT_FUSION_STEPS fusion steps
 #                (default 50, against the recipe's 200): fewer tokens in conversion,
 #                more left for continued pre-training
+#   source       the source model itself, unconverted (its whole KV cache), through the
+#                same continued pre-training: a reference line, not a baseline, that shows
+#                what the training recipe does to a model that starts at the source's NLL
 # then continues pre-training each with one recipe until every method has read
 # the same total: 2,048,000 tokens for the demo model at budget 0.25 (LONG_TOKENS),
 # 614,400 elsewhere (TOKENS). A method whose conversion read more tokens trains on
@@ -40,10 +43,14 @@
 # 0.5 steps/s each against 0.9 for one alone.
 #
 # usage: [MODELS="demo stories260k stories260k-mha"] [BUDGETS="0.5 0.25 0.125"]
-#        [METHODS="dha dha-paper aligned-gqa gqa shared-attention"]
+#        [METHODS="dha dha-paper aligned-gqa gqa shared-attention source"]
 #        [TOKENS=614400] [LONG_TOKENS=2048000] [JOBS=2] [DISTILL_WEIGHT=3] [SHORT_FUSION_STEPS=50]
 #        [LR=the continued pre-training lr of every method, default each model's recipe]
 #        [WARMUP=10: the continued pre-training's warmup steps, every method]
+#        [SCHEDULE=restart: each training run's own warmup + cosine | total: one cosine over
+#         conversion + training (dha-train --prior-tokens), the same lr at the same total tokens]
+#        [TEACH=0 | 1: every method continues pre-training distilled from the source
+#         (--teacher, --distill-weight DISTILL_WEIGHT)]
 #        [FUSION_LR=the weights' lr in every conversion's fusion, default each model's recipe]
 #        scripts/experiments/curves.sh [WORK_DIR]
 set -euo pipefail
@@ -53,7 +60,7 @@ SHARED="$ROOT/../shared"
 WORK=${1:-"$ROOT/build/experiments/curves"}
 MODELS=${MODELS:-"demo stories260k stories260k-mha"}
 BUDGETS=${BUDGETS:-"0.5 0.25 0.125"}
-METHODS=${METHODS:-"dha dha-paper aligned-gqa gqa shared-attention"}
+METHODS=${METHODS:-"dha dha-paper aligned-gqa gqa shared-attention source"}
 TOKENS=${TOKENS:-614400}
 TRAIN_SEQ=256  # continued pre-training sequence length, every model
 LONG_TOKENS=${LONG_TOKENS:-2048000}
@@ -62,6 +69,9 @@ DISTILL_WEIGHT=${DISTILL_WEIGHT:-3}
 SHORT_FUSION_STEPS=${SHORT_FUSION_STEPS:-50}
 FUSION_LR=${FUSION_LR:-}
 WARMUP=${WARMUP:-10}
+SCHEDULE=${SCHEDULE:-restart}
+TEACH=${TEACH:-0}
+case "$SCHEDULE" in restart | total) ;; *) echo "curves.sh: SCHEDULE must be restart or total (got \"$SCHEDULE\")" >&2; exit 1 ;; esac
 THREADS=$(($(nproc) / JOBS))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((THREADS > 0 ? THREADS : 1))}
 START=$SECONDS
@@ -130,10 +140,19 @@ method_args() {  # method -> the dha-convert arguments that select it
   esac
 }
 
+# The curve's last total: LONG_TOKENS for the demo model at budget 0.25, TOKENS elsewhere.
+curve_end() {  # model budget
+  if [ "$1" = demo ] && [ "$2" = 0.25 ]; then echo "$LONG_TOKENS"; else echo "$TOKENS"; fi
+}
+
 run_one() {  # model budget method
   local model=$1 budget=$2 method=$3 dir="$WORK/runs/$1/$2/$3"
   [ -f "$dir/.done" ] && { say "$model $budget $method: done before, kept"; return; }
   rm -rf "$dir" && mkdir -p "$dir"
+  local end per_step=$((TRAIN_BATCH * TRAIN_SEQ))
+  end=$(curve_end "$model" "$budget")
+  local every=$(((end / per_step + 9) / 10))  # about 10 evaluations over the longest curve, at the same training steps
+  if [ "$method" = source ]; then run_source "$model" "$budget" "$dir" "$end" "$per_step" "$every"; return; fi
   say "$model $budget $method: dha-convert"
   local fusion_steps=("${FUSION_STEPS[@]}")
   [ "$method" = dha-short ] && fusion_steps=()  # its own --fusion-steps
@@ -151,22 +170,45 @@ run_one() {  # model budget method
     tail -20 "$dir/convert.log" >&2
     exit 1
   fi
-  local end=$TOKENS
-  [ "$model" = demo ] && [ "$budget" = 0.25 ] && end=$LONG_TOKENS
-  local per_step=$((TRAIN_BATCH * TRAIN_SEQ)) distill=()
-  [ "$method" = dha-distill-teach ] && distill=(--teacher "$SOURCE" --distill-weight "$DISTILL_WEIGHT")
   local conversion
   conversion=$(python3 -c "import json; print(json.load(open('$dir/converted/report.json'))['tokens']['total'])")
   # The same total for every method: what the conversion read is taken off the training.
   local steps=$(((end - conversion + per_step / 2) / per_step))
   [ "$steps" -ge 1 ] || steps=1
-  local every=$(((end / per_step + 9) / 10))  # about 10 evaluations over the longest curve, at the same training steps
+  local extra=()
+  { [ "$method" = dha-distill-teach ] || [ "$TEACH" = 1 ]; } && extra=(--teacher "$SOURCE" --distill-weight "$DISTILL_WEIGHT")
+  [ "$SCHEDULE" = total ] && extra+=(--prior-tokens "$conversion")
   say "$model $budget $method: dha-train, $steps steps of $per_step tokens (conversion read $conversion)"
   logged "$dir/train.log" "$BIN/dha-train" --model "$dir/converted" --data "$DATA" --out "$dir/train" \
     --config "$ROOT/configs/train-continue.json" --steps "$steps" --batch "$TRAIN_BATCH" --seq-len "$TRAIN_SEQ" \
     --lr "$TRAIN_LR" --warmup "$WARMUP" --eval-every "$every" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" \
-    --checkpoint-every 0 "${distill[@]}" --force
+    --checkpoint-every 0 "${extra[@]}" --force
   rm -rf "$dir/train/checkpoints"  # only the curve is needed; the model/ stays for inspection
+  touch "$dir/.done"
+}
+
+# The source itself: no conversion (0 tokens), the whole curve in training. Its curve
+# does not depend on the budget, so another budget's finished run with the same end is
+# copied rather than trained again.
+run_source() {  # model budget dir end per_step every
+  local model=$1 budget=$2 dir=$3 end=$4 per_step=$5 every=$6 other
+  for other in "$WORK/runs/$model"/*/source; do
+    if [ "$other" != "$dir" ] && [ -f "$other/.done" ] && [ "$(cat "$other/end")" = "$end" ]; then
+      cp -r "$other/." "$dir/"
+      say "$model $budget source: the same curve as $(basename "$(dirname "$other")")'s, copied"
+      return
+    fi
+  done
+  "$BIN/dha-inspect" --model "$SOURCE" --json > "$dir/inspect.json"
+  say "$model $budget source: dha-train, $((end / per_step)) steps of $per_step tokens (no conversion)"
+  local teacher=()  # with TEACH=1 the source distills into itself: its KL starts at 0
+  [ "$TEACH" = 1 ] && teacher=(--teacher "$SOURCE" --distill-weight "$DISTILL_WEIGHT")
+  logged "$dir/train.log" "$BIN/dha-train" --model "$SOURCE" --data "$DATA" --out "$dir/train" \
+    --config "$ROOT/configs/train-continue.json" --steps "$((end / per_step))" --batch "$TRAIN_BATCH" \
+    --seq-len "$TRAIN_SEQ" --lr "$TRAIN_LR" --warmup "$WARMUP" --eval-every "$every" --eval-text "$VALID" \
+    --eval-docs "$EVAL_DOCS" --checkpoint-every 0 "${teacher[@]}" --force
+  rm -rf "$dir/train/checkpoints" "$dir/train/model"  # only the curve is needed
+  echo "$end" > "$dir/end"
   touch "$dir/.done"
 }
 

@@ -14,14 +14,16 @@ import os
 import subprocess
 import sys
 
-METHODS = ["dha", "dha-no-distill", "dha-distill", "dha-distill-teach", "dha-short", "dha-paper", "aligned-gqa", "gqa", "shared-attention"]
+METHODS = ["dha", "dha-no-distill", "dha-distill", "dha-distill-teach", "dha-short", "dha-paper", "aligned-gqa", "gqa",
+           "shared-attention", "source"]
 BASELINES = ["dha-paper", "aligned-gqa", "gqa"]  # what the default dha is measured against
 LABELS = {"dha": "dha (default: align, then fuse, distilling)", "dha-no-distill": "dha, fusing without distillation",
           "dha-distill": "dha, DISTILL_WEIGHT in fusion",
           "dha-distill-teach": "dha, distilled from the source in fusion and training",
           "dha-short": "dha, short fusion",
           "dha-paper": "dha (paper recipe)",
-          "aligned-gqa": "aligned-gqa", "gqa": "gqa (mean pooling)", "shared-attention": "shared attention"}
+          "aligned-gqa": "aligned-gqa", "gqa": "gqa (mean pooling)", "shared-attention": "shared attention",
+          "source": "source itself (not converted: full KV cache)"}
 MODEL_NAMES = {"demo": "demo-mha", "stories260k": "stories260K (GQA form)", "stories260k-mha": "stories260K (MHA twin)"}
 DEMO_POINT = 614400  # the demo's 150 steps of 16 x 256 tokens: where the 5x target is read
 
@@ -30,15 +32,18 @@ def load_run(run_dir):
     """-> dict(conversion, kv, points=[(total tokens, nll)]) or dict(unreachable=reason)."""
     if os.path.exists(os.path.join(run_dir, "unreachable.txt")):
         return {"unreachable": open(os.path.join(run_dir, "unreachable.txt")).read().strip()}
-    report = json.load(open(os.path.join(run_dir, "converted", "report.json")))
-    conversion = report["tokens"]["total"]
+    if os.path.exists(os.path.join(run_dir, "inspect.json")):  # the source itself: nothing converted
+        conversion, kv, fusion_steps = 0, json.load(open(os.path.join(run_dir, "inspect.json")))["kv_bytes_per_token"], 0
+    else:
+        report = json.load(open(os.path.join(run_dir, "converted", "report.json")))
+        conversion, kv = report["tokens"]["total"], report["kv_bytes_per_token"]["after"]
+        fusion_steps = report["recipe"]["fusion_steps"]
     points = {}
     for line in open(os.path.join(run_dir, "train", "metrics.jsonl")):
         entry = json.loads(line)
         if entry.get("event") == "eval":
             points[entry["step"]] = (conversion + entry["tokens"], entry["eval_nll"])
-    return {"conversion": conversion, "kv": report["kv_bytes_per_token"]["after"],
-            "fusion_steps": report["recipe"]["fusion_steps"], "points": sorted(points.values())}
+    return {"conversion": conversion, "kv": kv, "fusion_steps": fusion_steps, "points": sorted(points.values())}
 
 
 END_SLACK = 0.01  # curves end within a training step of the common total (step counts are whole)

@@ -203,6 +203,8 @@ TrainJobResult run_train_job(const TrainJob& job) {
               << steps_for_tokens(config, dist->world_size(), seq_len) << " steps of "
               << dist->world_size() * config.micro_batch * config.grad_accum * seq_len << " tokens, held-out: "
               << (run.eval_docs.empty() ? "none" : std::to_string(run.eval_docs.size()) + " documents");
+  if (config.prior_tokens > 0)
+    description << "; the lr schedule continues after " << config.prior_tokens << " tokens trained before";
   run.description = description.str();
 
   LanguageModelTask task(model, teacher, config.distill_weight, config.distill_temperature);

@@ -330,6 +330,7 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   schedule.warmup_steps = config.warmup < 1.0 ? static_cast<int64_t>(std::llround(config.warmup * total_steps))
                                               : static_cast<int64_t>(config.warmup);
   schedule.floor_ratio = config.min_lr_ratio;
+  schedule.offset_steps = (config.prior_tokens + tokens_per_step / 2) / tokens_per_step;
 
   const std::string checkpoint_root = run.out_dir + "/checkpoints";
   const json recipe = train_config_to_json(config);

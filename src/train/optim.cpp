@@ -1,6 +1,7 @@
 // AdamW (PyTorch's update rule, explicit state) and the learning-rate schedule.
 #include "dha/optim.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include <ATen/Parallel.h>
@@ -174,10 +175,10 @@ void AdamW::load_state(const TensorMap& state, int64_t steps, const std::string&
 }
 
 double LrSchedule::factor(int64_t step) const {
-  if (warmup_steps > 0 && step < warmup_steps) return static_cast<double>(step + 1) / warmup_steps;
-  const int64_t decay = std::max<int64_t>(1, total_steps - warmup_steps);
-  const double progress = std::min(1.0, static_cast<double>(step - warmup_steps) / decay);
-  return floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + std::cos(M_PI * progress));
+  const double ramp = warmup_steps > 0 && step < warmup_steps ? static_cast<double>(step + 1) / warmup_steps : 1.0;
+  const int64_t decay = std::max<int64_t>(1, offset_steps + total_steps - warmup_steps);
+  const double progress = std::clamp(static_cast<double>(offset_steps + step - warmup_steps) / decay, 0.0, 1.0);
+  return ramp * (floor_ratio + (1.0 - floor_ratio) * 0.5 * (1.0 + std::cos(M_PI * progress)));
 }
 
 }  // namespace dha

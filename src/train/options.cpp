@@ -15,6 +15,10 @@ RecipeFields<TrainConfig> make_fields() {
       {"lr", "--lr", "peak learning rate", &C::lr},
       {"min_lr_ratio", "--min-lr-ratio", "cosine floor relative to the peak", &C::min_lr_ratio},
       {"warmup", "--warmup", "warmup: fraction of the steps (< 1) or steps (>= 1)", &C::warmup},
+      {"prior_tokens", "--prior-tokens",
+       "tokens trained before this run (a conversion's: report.json tokens.total); the cosine spans them too and "
+       "this run starts where they left it (the warmup still ramps this run's first steps)",
+       &C::prior_tokens},
       {"weight_decay", "--weight-decay", "AdamW weight decay", &C::weight_decay},
       {"beta1", "", "AdamW beta1", &C::beta1},
       {"beta2", "", "AdamW beta2", &C::beta2},
@@ -53,7 +57,8 @@ const RecipeFields<TrainConfig>& train_recipe_fields() {
 TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& where) {
   const TrainConfig c = read_recipe(j, train_recipe_fields(), where);
   if (c.micro_batch <= 0 || c.grad_accum <= 0) fail(where, ": micro_batch and grad_accum must be positive");
-  if (c.steps < 0 || c.tokens < 0) fail(where, ": steps and tokens must not be negative");
+  if (c.steps < 0 || c.tokens < 0 || c.prior_tokens < 0)
+    fail(where, ": steps, tokens and prior_tokens must not be negative");
   if (!(c.lr >= 0)) fail(where, ": lr must not be negative");
   if (c.zero < 0 || c.zero > 3) fail(where, ": zero must be 0, 1, 2 or 3 (got ", c.zero, ")");
   return c;
