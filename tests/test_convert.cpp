@@ -265,6 +265,27 @@ TEST(Search, AdaptiveAllocationTakesTheCheapMergesFirst) {
   EXPECT_THROW(dha::group_heads({cheap, far}, options), dha::Error);
 }
 
+// Uniform counts with a budget that does not divide: as even as it allows, and the
+// pool that gives up its extra head is the one whose cheapest merge costs least.
+TEST(Search, UniformCountsWithAnUnevenBudgetDifferByOneAndTheCheapPoolGivesUp) {
+  torch::Tensor cheap = torch::ones({4, 4}, torch::kFloat64);
+  cheap[0][1] = cheap[1][0] = 0.1;
+  cheap[2][3] = cheap[3][2] = 0.2;
+  cheap.fill_diagonal_(0.0);
+  const torch::Tensor far = torch::full({4, 4}, 1.5, torch::kFloat64).fill_diagonal_(0.0);
+  dha::GroupingOptions options;
+  options.uniform = true;
+  options.target_total = 5;  // 2 or 3 heads in each of two pools
+  const dha::Grouping g = dha::group_heads({far, cheap}, options);
+  EXPECT_EQ(g[0].size(), 3u);
+  EXPECT_EQ(g[1], (std::vector<std::vector<int64_t>>{{0, 1}, {2, 3}}));  // its two cheap merges
+  // The adaptive allocation spends every merge on the cheap pool instead.
+  options.uniform = false;
+  const dha::Grouping a = dha::group_heads({far, cheap}, options);
+  EXPECT_EQ(a[0].size(), 4u);
+  EXPECT_EQ(a[1].size(), 1u);
+}
+
 TEST(Search, WeightCostIsZeroForCopiesAndDeterministic) {
   torch::manual_seed(4);
   torch::Tensor w = torch::randn({4, 8, 32});
@@ -536,9 +557,9 @@ TEST_F(ConvertCli, BaselinesAndAblationsDoWhatTheyAsk) {
          EXPECT_FALSE(r.contains("after_fusion"));
          EXPECT_TRUE(stages(r).count("align and merge"));
        }},
-      {"--uniform",
-       [&](const json& r) {  // searched and fused, but equal counts
-         EXPECT_EQ(r["aligned_before_fusion"], true);  // the default
+      {"",
+       [&](const json& r) {  // the default: searched and fused, with equal counts
+         EXPECT_EQ(r["aligned_before_fusion"], true);
          EXPECT_EQ(heads(r["layout"], "k_heads"), two);
          EXPECT_EQ(heads(r["layout"], "v_heads"), two);
          EXPECT_TRUE(r.contains("after_fusion"));
@@ -621,13 +642,15 @@ TEST(Configs, ShippedRecipesParse) {
   const std::string dir = std::string(DHA_SOURCE_DIR) + "/configs/";
   for (const char* name : {"convert-dha.json", "convert-dha-paper.json", "convert-gqa.json"})
     EXPECT_NO_THROW(dha::convert_options_from_json(nlohmann::json::parse(dha::io::read_file(dir + name)), name)) << name;
-  // The paper's recipe differs from the default in alignment and distillation only.
+  // The paper's recipe differs from the default in alignment, distillation and head counts only.
   dha::ConvertOptions paper = dha::convert_options_from_json(
       nlohmann::json::parse(dha::io::read_file(dir + "convert-dha-paper.json")), "paper");
   EXPECT_FALSE(paper.align);
   EXPECT_EQ(paper.distill_weight, 0.0);
+  EXPECT_FALSE(paper.uniform);
   paper.align = true;
   paper.distill_weight = dha::ConvertOptions{}.distill_weight;
+  paper.uniform = true;
   EXPECT_EQ(dha::convert_options_to_json(paper), dha::convert_options_to_json(dha::ConvertOptions{}));
   EXPECT_NO_THROW(dha::train_config_from_json(nlohmann::json::parse(dha::io::read_file(dir + "train-continue.json")), "t"));
   const dha::ModelConfig c =

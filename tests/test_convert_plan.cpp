@@ -123,11 +123,6 @@ TEST(ConvertPlan, EveryRefusalIsDecidedWithoutAModel) {
         o.method = "gqa";
         o.budget = 0.75;
       }, {"cannot split equally"});
-  add("uniform, uneven budget", [](ConvertOptions& o) {
-        o.uniform = true;
-        o.budget = 0.375;
-      },
-      {"--uniform", "not a whole number"});
   add("spans with aligned-gqa", [](ConvertOptions& o) {
         o.method = "aligned-gqa";
         o.share_spans = "1";

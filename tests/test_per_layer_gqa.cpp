@@ -352,12 +352,11 @@ TEST(PerLayerGqa, PlanRefusesWhatItCannotDoAndStatesTheNearestBudget) {
   expect_one_line_error(
       [&] {
         plan([](dha::ConvertOptions& o) {
-          o.uniform = true;
           o.max_group_size = 2;
-          o.budget = 0.4;  // 6 of 16 heads: uniform G = 1 has groups of 4
+          o.budget = 0.4;  // 6 of 16 heads: groups of at most 2 leave at least 2 per pool, 8 in all
         }, tiny);
       },
-      {"no choice of equal groups", "same count in every layer", "--max-group-size 2"});
+      {"no choice of equal groups", "--max-group-size 2"});
 }
 
 // Fusion and collapse run unchanged on a per-layer GQA grouping: identity

@@ -43,7 +43,10 @@ struct ConvertOptions {
   int64_t search_steps = 40;       // fusion measure: steps of whole-pool fusion
   int64_t search_average = 0;      // fusion measure: costs averaged over the last N steps (0: all)
   int64_t max_group_size = 0;      // 0: no cap
-  bool uniform = false;            // the same count in every pool (ablation "w/o adaptive")
+  // The same K and V head count in every pool, as even as the budget allows (counts
+  // differ by at most one); false: the search's costs decide each pool's count (the
+  // paper's adaptive allocation). Balanced counts measured better here (README).
+  bool uniform = true;
   int64_t rounds = 1;              // progressive search in this many rounds
   // "dha": K and V grouped separately, any group sizes (the paper's layout);
   // "per-layer-gqa": K and V of a layer on one partition of equal groups,

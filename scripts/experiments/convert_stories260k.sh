@@ -2,6 +2,9 @@
 # Issue #3 figures: stories260K converted by dha, gqa and aligned-gqa (and the
 # two ablations) from its GQA form and from its MHA twin, held-out NLL on the
 # first 200 documents of the TinyStories valid sample. Prints a markdown table.
+# dha runs with the recipe of the time, configs/convert-dha-paper.json (groups
+# fused as they are, no distillation, adaptive head counts); "-uniform" is that
+# recipe with the same counts in every layer (today's default allocation).
 # usage: scripts/experiments/convert_stories260k.sh [WORK_DIR]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -12,6 +15,9 @@ MODEL="$SHARED/models/stories260K/stories260K.bin"
 CALIB="$SHARED/data/text/tinystories_train_sample.txt"
 VALID="$SHARED/data/text/tinystories_valid_sample.txt"
 mkdir -p "$WORK"
+PAPER="$ROOT/configs/convert-dha-paper.json"
+python3 -c "import json, sys; r = json.load(open(sys.argv[1])); r['uniform'] = True; json.dump(r, open(sys.argv[2], 'w'), indent=2)" \
+  "$PAPER" "$WORK/paper-uniform.json"
 
 "$BIN/dha-export" --model "$MODEL" --format mha --out "$WORK/stories260K-mha" --force >/dev/null
 
@@ -33,14 +39,14 @@ PY
 
 echo "| run | method | budget | KV bytes/token | NLL source | NLL after fusion | NLL converted | seconds |"
 echo "|---|---|---|---|---|---|---|---|"
-convert twin-dha-0.5 "$WORK/stories260K-mha" 0.5
-convert twin-dha-0.5-frozen "$WORK/stories260K-mha" 0.5 --lr 0
+convert twin-dha-0.5 "$WORK/stories260K-mha" 0.5 --config "$PAPER"
+convert twin-dha-0.5-frozen "$WORK/stories260K-mha" 0.5 --config "$PAPER" --lr 0
 for source in gqa-form:"$MODEL" mha-twin:"$WORK/stories260K-mha"; do
   tag=${source%%:*}
   path=${source#*:}
-  convert "$tag-dha" "$path" 0.25
+  convert "$tag-dha" "$path" 0.25 --config "$PAPER"
   convert "$tag-gqa" "$path" 0.25 --method gqa
   convert "$tag-aligned-gqa" "$path" 0.25 --method aligned-gqa
-  convert "$tag-dha-uniform" "$path" 0.25 --uniform
-  convert "$tag-dha-no-fusion" "$path" 0.25 --no-fusion
+  convert "$tag-dha-uniform" "$path" 0.25 --config "$WORK/paper-uniform.json"
+  convert "$tag-dha-no-fusion" "$path" 0.25 --config "$PAPER" --no-fusion
 done

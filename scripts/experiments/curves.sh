@@ -5,8 +5,8 @@
 #
 # For each model (models/demo-mha; stories260K, its GQA form and its MHA twin)
 # and each budget (0.5, 0.25, 0.125) it converts with
-#   dha          the default recipe (align each searched group, then fuse, distilling
-#                from the source)
+#   dha          the default recipe (the same K and V head counts in every layer; align
+#                each searched group, then fuse, distilling from the source)
 #   dha-paper    configs/convert-dha-paper.json's recipe (--no-align, no distillation)
 #   aligned-gqa  align-then-merge GQA (Jin et al.)
 #   gqa          mean pooling
@@ -23,6 +23,8 @@
 #   dha-short    (not in the default METHODS) dha with SHORT_FUSION_STEPS fusion steps
 #                (default 50, against the recipe's 200): fewer tokens in conversion,
 #                more left for continued pre-training
+#   dha-adaptive (not in the default METHODS) dha with --adaptive: the search's costs
+#                decide each layer's K and V head counts (the default before, and the paper's)
 #   source       the source model itself, unconverted (its whole KV cache), through the
 #                same continued pre-training: a reference line, not a baseline, that shows
 #                what the training recipe does to a model that starts at the source's NLL
@@ -134,6 +136,7 @@ method_args() {  # method -> the dha-convert arguments that select it
     dha-no-distill) echo "--method dha --distill-weight 0" ;;
     dha-distill | dha-distill-teach) echo "--method dha --distill-weight $DISTILL_WEIGHT" ;;
     dha-short) echo "--method dha --fusion-steps $SHORT_FUSION_STEPS" ;;
+    dha-adaptive) echo "--method dha --adaptive" ;;
     dha-paper) echo "--config $ROOT/configs/convert-dha-paper.json" ;;
     aligned-gqa | gqa | shared-attention) echo "--method $1" ;;
     *) die "unknown method \"$1\"" ;;

@@ -14,13 +14,13 @@ import os
 import subprocess
 import sys
 
-METHODS = ["dha", "dha-no-distill", "dha-distill", "dha-distill-teach", "dha-short", "dha-paper", "aligned-gqa", "gqa",
-           "shared-attention", "source"]
+METHODS = ["dha", "dha-no-distill", "dha-distill", "dha-distill-teach", "dha-short", "dha-adaptive", "dha-paper",
+           "aligned-gqa", "gqa", "shared-attention", "source"]
 BASELINES = ["dha-paper", "aligned-gqa", "gqa"]  # what the default dha is measured against
-LABELS = {"dha": "dha (default: align, then fuse, distilling)", "dha-no-distill": "dha, fusing without distillation",
+LABELS = {"dha": "dha (default: even head counts, align, then fuse, distilling)", "dha-no-distill": "dha, fusing without distillation",
           "dha-distill": "dha, DISTILL_WEIGHT in fusion",
           "dha-distill-teach": "dha, distilled from the source in fusion and training",
-          "dha-short": "dha, short fusion",
+          "dha-short": "dha, short fusion", "dha-adaptive": "dha, adaptive head counts (the default before)",
           "dha-paper": "dha (paper recipe)",
           "aligned-gqa": "aligned-gqa", "gqa": "gqa (mean pooling)", "shared-attention": "shared attention",
           "source": "source itself (not converted: full KV cache)"}
@@ -121,7 +121,7 @@ def main():
                               " |" * (len(grid) + 2))
                     continue
                 row = [fmt(value_at(r["points"], x)) for x in grid]
-                if m != "dha":  # bold where the baseline is at or below DHA
+                if m not in ("dha", "source"):  # bold where a baseline is at or below DHA (the source is a reference)
                     row = ["**%s**" % v if v != "-" and float(v) <= float(fmt(y)) else v for v, (_, y) in zip(row, dha)]
                 label = LABELS[m] + (" (%d steps)" % r["fusion_steps"] if m == "dha-short" else "")
                 md.append("| %s | %d | %d | %s | %s |" % (label, r["kv"], r["conversion"], fmt(r["points"][0][1]),

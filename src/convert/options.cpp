@@ -41,8 +41,11 @@ RecipeFields<ConvertOptions> make_fields() {
       {"search_average", "--search-average", "fusion measure: average costs over the last N steps (0: all)",
        &O::search_average},
       {"max_group_size", "--max-group-size", "cap on heads per group (0: none)", &O::max_group_size},
-      {"uniform", "--uniform", "same K and V head count in every layer (ablation: w/o adaptive allocation)",
-       &O::uniform, true},
+      {"uniform", "--adaptive",
+       "let the search's costs decide each layer's K and V head counts (the paper's adaptive allocation). By "
+       "default every layer keeps the same counts, as even as the budget allows; which heads share is searched "
+       "either way (--layout dha; per-layer-gqa always chooses each layer's group count)",
+       &O::uniform, false},
       {"rounds", "--rounds", "progressive search in N rounds", &O::rounds},
       {"layout", "--layout",
        "dha: K and V grouped separately, any sizes; per-layer-gqa: K and V of a layer on one partition of equal "

@@ -107,7 +107,9 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
     if (plan.per_layer_gqa) {
       GroupingOptions grouping;
       grouping.max_group_size = options.max_group_size;
-      grouping.uniform = options.uniform;
+      // Equal groups allow only divisors of H per layer, so one count everywhere would
+      // often fall far below the budget: this layout always chooses each layer's count.
+      grouping.uniform = false;
       plan.target_heads =
           per_layer_gqa_reachable_heads(per_layer_gqa_pool_sizes(source, model_path), plan.target_heads, grouping);
       if (plan.target_heads != plan.requested_heads)
@@ -115,9 +117,7 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
                            std::to_string(plan.requested_heads) + " K+V heads, which equal groups per layer cannot " +
                            "reach; taking the nearest below, " + std::to_string(plan.target_heads) + " (budget " +
                            short_number(static_cast<double>(plan.target_heads) / (2 * source.n_layers * source.n_heads)) + ")";
-    } else if (options.uniform && plan.target_heads % n_pools != 0)
-      fail("--uniform: budget ", options.budget, " gives ", plan.target_heads, " heads over ", n_pools,
-           " pools, not a whole number");
+    }
   }
   plan.fusion_stage = plan.method == ConvertMethod::kDha && options.fusion && options.fusion_steps > 0;
   plan.train_weights = parse_train_weights(options.train_weights);

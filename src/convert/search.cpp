@@ -224,18 +224,30 @@ Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOpti
     fail("a budget of ", options.target_total, " heads is more than the ", total, " heads the model has");
 
   if (options.uniform) {
-    if (options.target_total % n_pools != 0)
-      fail("--uniform needs the budget to give the same count in every pool: ", options.target_total,
-           " heads over ", n_pools, " pools is not whole");
+    // As even as the budget allows: every pool keeps per_pool or per_pool + 1 heads,
+    // and the pools that give up their extra head are those whose cheapest merge costs least.
     const int64_t per_pool = options.target_total / n_pools;
     for (auto& pool : pools) {
       if (pool.size() == 0) continue;
       if (pool.size() < per_pool) fail("--uniform: a pool has fewer than ", per_pool, " heads");
-      while (pool.size() > per_pool) {
+      while (pool.size() > per_pool + 1) {
         const auto [cost, a, b] = pool.cheapest(options.max_group_size);
         if (!std::isfinite(cost)) fail("--max-group-size ", options.max_group_size, " is too small for this budget");
         pool.merge(a, b);
+        total -= 1;
       }
+    }
+    while (total > options.target_total) {
+      double best = std::numeric_limits<double>::infinity();
+      size_t best_pool = 0, best_a = 0, best_b = 0;
+      for (size_t p = 0; p < pools.size(); ++p) {
+        if (pools[p].size() != per_pool + 1) continue;
+        const auto [cost, a, b] = pools[p].cheapest(options.max_group_size);
+        if (cost < best) best = cost, best_pool = p, best_a = a, best_b = b;
+      }
+      if (!std::isfinite(best)) fail("--max-group-size ", options.max_group_size, " is too small for this budget");
+      pools[best_pool].merge(best_a, best_b);
+      total -= 1;
     }
   } else {
     while (total > options.target_total) {

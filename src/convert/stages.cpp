@@ -115,7 +115,7 @@ SearchResult search_groups(ConvertContext& ctx, const Checkpoint& model) {
       GroupingOptions grouping;
       grouping.target_total = have - (have - plan.target_heads) * round / ctx.options.rounds;
       grouping.max_group_size = ctx.options.max_group_size;
-      grouping.uniform = ctx.options.uniform;
+      grouping.uniform = ctx.options.uniform && !plan.per_layer_gqa;  // per-layer-gqa chooses each layer's count
       const MeasureInputs inputs{ctx.options, current, *ctx.sampler, plan.seq_len, ctx.device, *ctx.dist,
                                  ctx.staged.file("search-round" + std::to_string(round)), result.figures};
       const auto costs = plan.measure->costs(inputs);
