@@ -68,7 +68,9 @@ class FusionCostAccumulator {
 struct GroupingOptions {
   int64_t target_total = 0;    // heads over all pools after grouping
   int64_t max_group_size = 0;  // 0: no cap (counted in pool heads)
-  bool uniform = false;        // the same count in every pool ("w/o adaptive allocation")
+  // The same count in every pool, as even as target_total allows (per pool
+  // floor(target / pools) or one more); false: the globally cheapest merges decide.
+  bool uniform = false;
 };
 
 // Repeatedly applies the globally cheapest merge (average linkage within a
