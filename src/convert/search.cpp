@@ -229,7 +229,7 @@ Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOpti
     const int64_t per_pool = options.target_total / n_pools;
     for (auto& pool : pools) {
       if (pool.size() == 0) continue;
-      if (pool.size() < per_pool) fail("--uniform: a pool has fewer than ", per_pool, " heads");
+      if (pool.size() < per_pool) fail("even head counts: a pool has fewer than ", per_pool, " heads (--adaptive allows it)");
       while (pool.size() > per_pool + 1) {
         const auto [cost, a, b] = pool.cheapest(options.max_group_size);
         if (!std::isfinite(cost)) fail("--max-group-size ", options.max_group_size, " is too small for this budget");
