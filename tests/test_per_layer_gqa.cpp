@@ -357,6 +357,12 @@ TEST(PerLayerGqa, PlanRefusesWhatItCannotDoAndStatesTheNearestBudget) {
         }, tiny);
       },
       {"no choice of equal groups", "--max-group-size 2"});
+  // One count in every layer (the library's uniform option) says so in its refusal.
+  dha::GroupingOptions one_count;
+  one_count.uniform = true;
+  one_count.max_group_size = 2;
+  expect_one_line_error([&] { dha::per_layer_gqa_reachable_heads({4, 4}, 6, one_count); },
+                        {"no choice of equal groups", "same count in every layer", "--max-group-size 2"});
 }
 
 // Fusion and collapse run unchanged on a per-layer GQA grouping: identity

@@ -182,12 +182,19 @@ run_one() {  # model budget method
   { [ "$method" = dha-distill-teach ] || [ "$TEACH" = 1 ]; } && extra=(--teacher "$SOURCE" --distill-weight "$DISTILL_WEIGHT")
   [ "$SCHEDULE" = total ] && extra+=(--prior-tokens "$conversion")
   say "$model $budget $method: dha-train, $steps steps of $per_step tokens (conversion read $conversion)"
-  logged "$dir/train.log" "$BIN/dha-train" --model "$dir/converted" --data "$DATA" --out "$dir/train" \
-    --config "$ROOT/configs/train-continue.json" --steps "$steps" --batch "$TRAIN_BATCH" --seq-len "$TRAIN_SEQ" \
-    --lr "$TRAIN_LR" --warmup "$WARMUP" --eval-every "$every" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" \
-    --checkpoint-every 0 "${extra[@]}" --force
+  train_curve "$dir" "$dir/converted" "$steps" "$every" "${extra[@]}"
   rm -rf "$dir/train/checkpoints"  # only the curve is needed; the model/ stays for inspection
   touch "$dir/.done"
+}
+
+# Continued pre-training with the one recipe of every curve, evaluated every N steps.
+train_curve() {  # dir model steps every [dha-train args...]
+  local dir=$1 model=$2 steps=$3 every=$4
+  shift 4
+  logged "$dir/train.log" "$BIN/dha-train" --model "$model" --data "$DATA" --out "$dir/train" \
+    --config "$ROOT/configs/train-continue.json" --steps "$steps" --batch "$TRAIN_BATCH" --seq-len "$TRAIN_SEQ" \
+    --lr "$TRAIN_LR" --warmup "$WARMUP" --eval-every "$every" --eval-text "$VALID" --eval-docs "$EVAL_DOCS" \
+    --checkpoint-every 0 "$@" --force
 }
 
 # The source itself: no conversion (0 tokens), the whole curve in training. Its curve
@@ -206,10 +213,7 @@ run_source() {  # model budget dir end per_step every
   say "$model $budget source: dha-train, $((end / per_step)) steps of $per_step tokens (no conversion)"
   local teacher=()  # with TEACH=1 the source distills into itself: its KL starts at 0
   [ "$TEACH" = 1 ] && teacher=(--teacher "$SOURCE" --distill-weight "$DISTILL_WEIGHT")
-  logged "$dir/train.log" "$BIN/dha-train" --model "$SOURCE" --data "$DATA" --out "$dir/train" \
-    --config "$ROOT/configs/train-continue.json" --steps "$((end / per_step))" --batch "$TRAIN_BATCH" \
-    --seq-len "$TRAIN_SEQ" --lr "$TRAIN_LR" --warmup "$WARMUP" --eval-every "$every" --eval-text "$VALID" \
-    --eval-docs "$EVAL_DOCS" --checkpoint-every 0 "${teacher[@]}" --force
+  train_curve "$dir" "$SOURCE" "$((end / per_step))" "$every" "${teacher[@]}"
   rm -rf "$dir/train/checkpoints" "$dir/train/model"  # only the curve is needed
   echo "$end" > "$dir/end"
   touch "$dir/.done"

@@ -36,10 +36,14 @@ RUNS="$CURVES/runs/demo/$BUDGET"
 PER_STEP=$((DEMO_TRAIN_BATCH * DEMO_TRAIN_SEQ))
 mkdir -p "$OUT"
 
+conversion_tokens() {  # method -> the tokens its conversion read
+  python3 -c "import json; print(json.load(open('$RUNS/$1/converted/report.json'))['tokens']['total'])"
+}
+
 run_one() {  # method total
   local method=$1 total=$2 dir="$OUT/$1/$2" conversion steps
   [ -f "$dir/.done" ] && { say "$method $total: done before, kept"; return; }
-  conversion=$(python3 -c "import json; print(json.load(open('$RUNS/$method/converted/report.json'))['tokens']['total'])")
+  conversion=$(conversion_tokens "$method")
   steps=$(((total - conversion + PER_STEP / 2) / PER_STEP))
   [ "$steps" -ge 1 ] || die "$method: its conversion read $conversion tokens, more than the total $total"
   rm -rf "$dir" && mkdir -p "$dir"
@@ -58,12 +62,10 @@ for total in $TOTALS; do
   for method in $METHODS; do
     [ -f "$RUNS/$method/.done" ] || die "$RUNS/$method has no finished curves.sh run"
     # The curves' own end: that run already is a schedule ending at this total.
-    last=$(python3 -c "
+    last=$(($(conversion_tokens "$method") + $(python3 -c "
 import json
-ev = [json.loads(l) for l in open('$RUNS/$method/train/metrics.jsonl') if '\"eval\"' in l]
-c = json.load(open('$RUNS/$method/converted/report.json'))['tokens']['total']
-print(c + ev[-1]['tokens'])")
-    if [ $(((last - total) * (last - total) <= PER_STEP * PER_STEP)) = 1 ]; then
+print([json.loads(l) for l in open('$RUNS/$method/train/metrics.jsonl') if '\"eval\"' in l][-1]['tokens'])")))
+    if (((last - total) * (last - total) <= PER_STEP * PER_STEP)); then
       mkdir -p "$OUT/$method/$total" && cp "$RUNS/$method/train/metrics.jsonl" "$OUT/$method/$total/curve.jsonl"
       touch "$OUT/$method/$total/.done"
       continue

@@ -223,6 +223,21 @@ Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOpti
   if (options.target_total > total)
     fail("a budget of ", options.target_total, " heads is more than the ", total, " heads the model has");
 
+  // Merges the globally cheapest pair among the pools `eligible` admits until the total is reached.
+  auto merge_cheapest_until_target = [&](auto eligible, const std::string& too_small) {
+    while (total > options.target_total) {
+      double best = std::numeric_limits<double>::infinity();
+      size_t best_pool = 0, best_a = 0, best_b = 0;
+      for (size_t p = 0; p < pools.size(); ++p) {
+        if (!eligible(pools[p])) continue;
+        const auto [cost, a, b] = pools[p].cheapest(options.max_group_size);
+        if (cost < best) best = cost, best_pool = p, best_a = a, best_b = b;
+      }
+      if (!std::isfinite(best)) fail("--max-group-size ", options.max_group_size, " is too small ", too_small);
+      pools[best_pool].merge(best_a, best_b);
+      total -= 1;
+    }
+  };
   if (options.uniform) {
     // As even as the budget allows: every pool keeps per_pool or per_pool + 1 heads,
     // and the pools that give up their extra head are those whose cheapest merge costs least.
@@ -237,31 +252,11 @@ Grouping group_heads(const std::vector<torch::Tensor>& costs, const GroupingOpti
         total -= 1;
       }
     }
-    while (total > options.target_total) {
-      double best = std::numeric_limits<double>::infinity();
-      size_t best_pool = 0, best_a = 0, best_b = 0;
-      for (size_t p = 0; p < pools.size(); ++p) {
-        if (pools[p].size() != per_pool + 1) continue;
-        const auto [cost, a, b] = pools[p].cheapest(options.max_group_size);
-        if (cost < best) best = cost, best_pool = p, best_a = a, best_b = b;
-      }
-      if (!std::isfinite(best)) fail("--max-group-size ", options.max_group_size, " is too small for this budget");
-      pools[best_pool].merge(best_a, best_b);
-      total -= 1;
-    }
+    merge_cheapest_until_target([&](const PoolClusters& pool) { return pool.size() == per_pool + 1; },
+                                "for this budget");
   } else {
-    while (total > options.target_total) {
-      double best = std::numeric_limits<double>::infinity();
-      size_t best_pool = 0, best_a = 0, best_b = 0;
-      for (size_t p = 0; p < pools.size(); ++p) {
-        const auto [cost, a, b] = pools[p].cheapest(options.max_group_size);
-        if (cost < best) best = cost, best_pool = p, best_a = a, best_b = b;
-      }
-      if (!std::isfinite(best))
-        fail("--max-group-size ", options.max_group_size, " is too small to reach ", options.target_total, " heads");
-      pools[best_pool].merge(best_a, best_b);
-      total -= 1;
-    }
+    merge_cheapest_until_target([](const PoolClusters&) { return true; },
+                                "to reach " + std::to_string(options.target_total) + " heads");
   }
   Grouping grouping;
   for (const auto& pool : pools) grouping.push_back(pool.groups());
