@@ -459,7 +459,7 @@ TEST(Fusion, LagrangianRaisesLambdaWhileViolatedAndMeetsTheTarget) {
   tc.warmup = 0;
   tc.min_lr_ratio = 1.0;
   tc.device = "cpu";
-  auto dist = dha::Distributed::from_env(torch::kCPU, std::chrono::seconds(30));
+  auto dist = dha::Distributed::join(dha::RankEnvironment::from_env(), torch::kCPU, std::chrono::seconds(30));
   TempDir tmp;
   dha::TrainRun run;
   run.out_dir = tmp.path();

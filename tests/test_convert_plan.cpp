@@ -195,7 +195,7 @@ TEST(SearchMeasures, EveryMeasureFindsExactCopiesCheapest) {
     for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 7919 + i / 3) % c.vocab_size);
     dha::TokenDataset data(std::move(tokens), c.vocab_size, "test tokens");
     dha::SequenceSampler sampler(data, 16, 3);
-    auto dist = dha::Distributed::from_env(torch::kCPU, std::chrono::seconds(30));
+    auto dist = dha::Distributed::join(dha::RankEnvironment::from_env(), torch::kCPU, std::chrono::seconds(30));
     dha::test::TempDir tmp;
     ConvertOptions o;
     o.batch = 2;

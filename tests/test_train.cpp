@@ -66,7 +66,7 @@ dha::TrainResult run_library(const std::string& out, const std::string& data_dir
   dha::LanguageModelTask task(dha::make_random_model(dha::test::tiny_dha_config(), 5), std::nullopt, 0, 1);
   const dha::TokenDataset data(data_dir, "train");
   dha::SequenceSampler sampler(data, config.seq_len, config.seed);
-  auto dist = dha::Distributed::from_env(torch::kCPU, std::chrono::seconds(30));
+  auto dist = dha::Distributed::join(dha::RankEnvironment::from_env(), torch::kCPU, std::chrono::seconds(30));
   dha::TrainRun run;
   run.out_dir = out;
   run.resume = resume;
@@ -164,7 +164,7 @@ TEST(Train, NanLossStopsWithAClearErrorAndKeepsTheLastCheckpoint) {
   dha::TrainConfig config = small_config(10);
   config.checkpoint_every = 2;
   dha::SequenceSampler sampler(dataset, config.seq_len, config.seed);
-  auto dist = dha::Distributed::from_env(torch::kCPU, std::chrono::seconds(30));
+  auto dist = dha::Distributed::join(dha::RankEnvironment::from_env(), torch::kCPU, std::chrono::seconds(30));
   dha::TrainRun run;
   run.out_dir = tmp.file("out");
   run.show_progress = false;

@@ -284,7 +284,7 @@ TEST(Zero, AtWorldSizeOneEveryStageIsBitIdenticalToReplicated) {
       dha::LanguageModelTask task(dha::make_random_model(dha::test::tiny_dha_config(tied), 5), std::nullopt, 0, 1);
       const dha::TokenDataset dataset(data, "train");
       dha::SequenceSampler sampler(dataset, c.seq_len, c.seed);
-      auto dist = dha::Distributed::from_env(torch::kCPU, std::chrono::seconds(30));
+      auto dist = dha::Distributed::join(dha::RankEnvironment::from_env(), torch::kCPU, std::chrono::seconds(30));
       dha::TrainRun run;
       run.out_dir = tmp.file("run-" + std::to_string(tied) + "-" + std::to_string(zero));
       run.show_progress = false;

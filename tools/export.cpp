@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "cli_common.h"
+#include "dha/dtype.h"
 #include "dha/error.h"
 #include "dha/export.h"
 #include "dha/io/atomic_file.h"
@@ -18,15 +19,12 @@ int main(int argc, char** argv) {
   app.add_option("--tokenizer", tokenizer_path, "tokenizer copied along (default: the one in or beside the model)");
   app.add_option("--out", out, "output directory (a file for single-file formats)")->required();
   app.add_option("--format", format_name, dha::export_formats_help())->capture_default_str();
-  app.add_option("--dtype", dtype, "keep | f32 | bf16 | f16")->capture_default_str();
+  app.add_option("--dtype", dtype, "weights on disk: " + dha::output_dtypes_help())->capture_default_str();
   app.add_flag("--force", force, "replace an existing --out");
   return dha::cli::run(app, argc, argv, [&] {
     const dha::ExportFormat& format = dha::find_export_format(format_name, "--format");
     dha::ExportWriteOptions options;
-    if (dtype == "f32") options.dtype = torch::kFloat32;
-    else if (dtype == "bf16") options.dtype = torch::kBFloat16;
-    else if (dtype == "f16") options.dtype = torch::kFloat16;
-    else if (dtype != "keep") dha::fail("--dtype \"", dtype, "\" is not one of keep, f32, bf16, f16");
+    options.dtype = dha::parse_output_dtype(dtype);
     if (std::filesystem::exists(out) && !force) dha::fail(out, ": already exists (pass --force to overwrite)");
     const dha::Checkpoint ck = dha::export_checkpoint(dha::io::load_checkpoint(model_path), format);
     const std::string tokenizer_file =

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_common.h"
+#include "dha/dtype.h"
 #include "dha/error.h"
 #include "dha/train_job.h"
 
@@ -24,7 +25,7 @@ int main(int argc, char** argv) {
   app.add_option("--eval-text", job.eval_text, "held-out text (dha-eval protocol); default: the data's heldout split");
   app.add_flag("--resume", job.resume, "continue from the newest checkpoint in --out");
   app.add_flag("--force", job.force, "replace an existing --out");
-  app.add_option("--dtype", job.dtype, "model/ on disk: keep (the source's) | f32 | bf16 | f16")->capture_default_str();
+  app.add_option("--dtype", job.dtype, "model/ on disk: " + dha::output_dtypes_help())->capture_default_str();
   app.add_flag("--plan-only", job.plan_only,
                "print the memory plan per rank for this model and recipe, then exit (reads only the model's headers; "
                "plan for GPUs with --device cuda on any machine)");

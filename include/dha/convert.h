@@ -13,6 +13,7 @@
 #include "dha/config.h"
 #include "dha/fusion.h"
 #include "dha/memory_plan.h"
+#include "dha/rank_environment.h"
 #include "dha/recipe.h"
 #include "dha/train.h"
 
@@ -135,6 +136,10 @@ FusionOptions conversion_fusion_options(const ConvertOptions& options);
 std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, const ConvertPlan& plan,
                                                 torch::ScalarType storage_dtype, bool source_file_pages, bool cuda,
                                                 int world_size, int64_t fusion_operators = 0);
+
+// The device a conversion runs on: --device, on CUDA the rank's local GPU.
+torch::Device conversion_device(const ConvertOptions& options, const RankEnvironment& ranks,
+                                const DeviceInventory& inventory = DeviceInventory::current());
 
 struct ConvertSummary {
   nlohmann::json report;  // what report.json holds

@@ -1,6 +1,5 @@
-// Data parallelism on PyTorch's c10d: a process group from the env://
-// variables that torchrun and Slurm set (RANK, WORLD_SIZE, LOCAL_RANK,
-// MASTER_ADDR, MASTER_PORT), Gloo on CPU and NCCL on CUDA, and the few
+// Data parallelism on PyTorch's c10d: a process group for the rank
+// environment torchrun and Slurm set (dha/rank_environment.h), Gloo on CPU and NCCL on CUDA, and the few
 // collectives training needs (bucketed gradient all-reduce, scalars, broadcast).
 #pragma once
 
@@ -11,14 +10,17 @@
 
 #include <torch/types.h>
 
+#include "dha/rank_environment.h"
+
 namespace dha {
 
 class Distributed {
  public:
-  // World size 1 (or no WORLD_SIZE): no process group, collectives are no-ops.
-  // Otherwise joins the group; a peer that does not answer within `timeout`
-  // (or dies) makes every collective throw dha::Error instead of hanging.
-  static std::unique_ptr<Distributed> from_env(torch::Device device, std::chrono::seconds timeout);
+  // World size 1: no process group, collectives are no-ops. Otherwise joins
+  // the group; a peer that does not answer within `timeout` (or dies) makes
+  // every collective throw dha::Error instead of hanging.
+  static std::unique_ptr<Distributed> join(const RankEnvironment& env, torch::Device device,
+                                           std::chrono::seconds timeout);
   ~Distributed();
 
   int rank() const { return rank_; }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "dha/checkpoint.h"
+#include "dha/lookup.h"
 #include "dha/tokenizer.h"
 
 namespace dha {

@@ -14,6 +14,7 @@
 #include "dha/convert.h"
 #include "dha/data.h"
 #include "dha/distributed.h"
+#include "dha/lookup.h"
 
 namespace dha {
 

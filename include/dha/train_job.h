@@ -6,6 +6,7 @@
 #include <string>
 
 #include "dha/memory_plan.h"
+#include "dha/rank_environment.h"
 #include "dha/train.h"
 
 namespace dha {
@@ -32,6 +33,10 @@ struct TrainJobResult {
 };
 
 TrainJobResult run_train_job(const TrainJob& job);
+
+// The device a training run uses: --device, on CUDA the rank's local GPU.
+torch::Device training_device(const TrainConfig& config, const RankEnvironment& ranks,
+                              const DeviceInventory& inventory = DeviceInventory::current());
 
 // The memory dha-train needs per rank for this job's model and recipe.
 MemoryPlan train_memory_plan(const ModelConfig& model, const TrainConfig& config, int world_size, bool cuda,

@@ -2,13 +2,21 @@
 // its tokenizer, calibration and held-out text, the device and the process
 // group; and the per-stage memory accounting.
 #include "dha/corpus.h"
-#include "dha/device.h"
 #include "dha/eval.h"
 #include "dha/io/load.h"
 #include "dha/log.h"
 #include "dha/loss.h"
 #include "dha/memory.h"
 #include "stages.h"
+
+namespace dha {
+
+torch::Device conversion_device(const ConvertOptions& options, const RankEnvironment& ranks,
+                                const DeviceInventory& inventory) {
+  return resolve_device(options.device, ranks, inventory);
+}
+
+}  // namespace dha
 
 namespace dha::convert {
 
@@ -55,7 +63,7 @@ std::optional<MemoryPlan> ConvertContext::stage_plan(const std::string& stage, i
 
 std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, const ConvertPlan& plan,
                                              const std::string& model_path, const std::string& tokenizer_path,
-                                             io::StagedDirectory& staged) {
+                                             const RankEnvironment& ranks, io::StagedDirectory& staged) {
   MemoryMeter::install();
   auto ctx = std::make_unique<ConvertContext>(options, plan, staged);
   ctx->model_path = model_path;
@@ -81,8 +89,8 @@ std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, cons
   ctx->calibration = std::make_unique<TokenDataset>(std::move(calib_tokens), plan.source.vocab_size, "calibration text");
   ctx->sampler = std::make_unique<SequenceSampler>(*ctx->calibration, plan.seq_len, options.seed);
 
-  ctx->device = resolve_device(options.device, 0);
-  ctx->dist = Distributed::from_env(ctx->device, std::chrono::seconds(300));
+  ctx->device = conversion_device(options, ranks);
+  ctx->dist = Distributed::join(ranks, ctx->device, std::chrono::seconds(300));
   ctx->probe = ctx->sampler->batch({}, 0, options.batch).to(ctx->device);
   return ctx;
 }

@@ -94,21 +94,11 @@ const std::vector<ExportFormat>& export_formats() {
 }
 
 std::string export_formats_help(bool directories_only) {
-  std::string help;
-  for (const auto& f : export_formats()) {
-    if (directories_only && f.single_file) continue;
-    help += (help.empty() ? "" : "; ") + f.name + ": " + f.help;
-  }
-  return help;
+  return rows_help(export_formats(), [&](const ExportFormat& f) { return !directories_only || !f.single_file; });
 }
 
 const ExportFormat& find_export_format(const std::string& wanted, const std::string& option) {
-  std::string names;
-  for (const auto& f : export_formats()) {
-    if (f.name == wanted) return f;
-    names += (names.empty() ? "" : ", ") + f.name;
-  }
-  fail(option, " \"", wanted, "\" is not one of ", names);
+  return find_row(export_formats(), wanted, option);
 }
 
 Checkpoint export_checkpoint(const Checkpoint& model, const ExportFormat& format) {

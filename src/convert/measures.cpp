@@ -109,18 +109,9 @@ const std::vector<SearchMeasure>& search_measures() {
 }
 
 const SearchMeasure& find_search_measure(const std::string& name) {
-  std::string names;
-  for (const auto& m : search_measures()) {
-    if (m.name == name) return m;
-    names += (names.empty() ? "" : ", ") + m.name;
-  }
-  fail("--measure \"", name, "\" is not one of ", names);
+  return find_row(search_measures(), name, "--measure");
 }
 
-std::string search_measures_help() {
-  std::string help;
-  for (const auto& m : search_measures()) help += (help.empty() ? "" : "; ") + m.name + ": " + m.help;
-  return help;
-}
+std::string search_measures_help() { return rows_help(search_measures()); }
 
 }  // namespace dha

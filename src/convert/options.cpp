@@ -3,6 +3,7 @@
 #include <numeric>
 
 #include "dha/convert.h"
+#include "dha/dtype.h"
 #include "dha/export.h"
 #include "dha/search_measures.h"
 
@@ -81,7 +82,7 @@ RecipeFields<ConvertOptions> make_fields() {
       {"checkpoint_every", "--checkpoint-every", "training checkpoints of the search and fusion stages every N steps (0: none)",
        &O::checkpoint_every},
       {"export", "--export", export_formats_help(/*directories_only=*/true), &O::export_format},
-      {"dtype", "--dtype", "weights on disk: keep (the source's) | f32 | bf16 | f16", &O::dtype},
+      {"dtype", "--dtype", "weights on disk: " + output_dtypes_help(), &O::dtype},
   };
 }
 

@@ -30,7 +30,7 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
   check_input_files(options, out_dir, force);
   const ConvertPlan plan = plan_conversion(options, io::load_model_config(model_path), model_path);
   io::StagedDirectory staged(out_dir, force);
-  const auto ctx = open_context(options, plan, model_path, tokenizer_path, staged);
+  const auto ctx = open_context(options, plan, model_path, tokenizer_path, RankEnvironment::from_env(), staged);
 
   ConvertResults r;
   if (plan.measure_similarity) r.similarity = timed(*ctx, "attention similarity", [&] { return analyze_attention(*ctx); });

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "dha/convert.h"
+#include "dha/dtype.h"
 #include "dha/error.h"
 #include "dha/export.h"
 #include "dha/search.h"
@@ -121,10 +122,7 @@ ConvertPlan plan_conversion(const ConvertOptions& options, const ModelConfig& so
   }
   plan.fusion_stage = plan.method == ConvertMethod::kDha && options.fusion && options.fusion_steps > 0;
   plan.train_weights = parse_train_weights(options.train_weights);
-  if (options.dtype == "f32") plan.output_dtype = torch::kFloat32;
-  else if (options.dtype == "bf16") plan.output_dtype = torch::kBFloat16;
-  else if (options.dtype == "f16") plan.output_dtype = torch::kFloat16;
-  else if (options.dtype != "keep") fail("--dtype \"", options.dtype, "\" is not one of keep, f32, bf16, f16");
+  plan.output_dtype = parse_output_dtype(options.dtype);
   if (options.checkpoint_every < 0) fail("--checkpoint-every must not be negative");
   // Alignment rotates K heads in their RoPE planes and folds them into W_Q;
   // where layers share attention (new spans, or a source that already does)

@@ -68,7 +68,7 @@ struct ConvertContext {
 // Loads the model, tokenizes calibration and held-out text, sets up the device.
 std::unique_ptr<ConvertContext> open_context(const ConvertOptions& options, const ConvertPlan& plan,
                                              const std::string& model_path, const std::string& tokenizer_path,
-                                             io::StagedDirectory& staged);
+                                             const RankEnvironment& ranks, io::StagedDirectory& staged);
 
 // Runs `body` as the stage `name`, recording its time and peak memory (and,
 // when given, the memory plan it is held to, which is printed first).

@@ -13,26 +13,6 @@
 #include "dha/error.h"
 
 namespace dha {
-namespace {
-
-std::string env(const char* name, const std::string& fallback = "") {
-  const char* value = std::getenv(name);
-  return value && *value ? value : fallback;
-}
-
-int env_int(const char* name, int fallback) {
-  const std::string value = env(name);
-  if (value.empty()) return fallback;
-  try {
-    size_t used = 0;
-    const int parsed = std::stoi(value, &used);
-    if (used == value.size()) return parsed;
-  } catch (const std::exception&) {
-  }
-  fail("environment variable ", name, "=\"", value, "\" is not an integer");
-}
-
-}  // namespace
 
 struct Distributed::Impl {
   c10::intrusive_ptr<c10d::Backend> group;
@@ -103,12 +83,9 @@ Distributed::Distributed(int rank, int world, int local_rank, std::unique_ptr<Im
 
 Distributed::~Distributed() = default;
 
-std::unique_ptr<Distributed> Distributed::from_env(torch::Device device, std::chrono::seconds timeout) {
-  const int world = env_int("WORLD_SIZE", 1);
-  const int rank = env_int("RANK", 0);
-  const int local_rank = env_int("LOCAL_RANK", 0);
-  if (world < 1 || rank < 0 || rank >= world)
-    fail("RANK=", rank, " and WORLD_SIZE=", world, " are inconsistent (need 0 <= RANK < WORLD_SIZE)");
+std::unique_ptr<Distributed> Distributed::join(const RankEnvironment& env, torch::Device device,
+                                               std::chrono::seconds timeout) {
+  const int world = env.world_size, rank = env.rank, local_rank = env.local_rank;
   auto impl = std::make_unique<Impl>();
   impl->device = device;
   impl->timeout = timeout;
@@ -116,8 +93,8 @@ std::unique_ptr<Distributed> Distributed::from_env(torch::Device device, std::ch
   impl->world = world;
   if (world == 1) return std::unique_ptr<Distributed>(new Distributed(0, 1, 0, std::move(impl)));
 
-  const std::string addr = env("MASTER_ADDR");
-  const int port = env_int("MASTER_PORT", -1);
+  const std::string& addr = env.master_addr;
+  const int port = env.master_port;
   if (addr.empty() || port <= 0)
     fail("WORLD_SIZE=", world, " needs MASTER_ADDR and MASTER_PORT (set by torchrun; for Slurm export them)");
   c10d::TCPStoreOptions options;
@@ -126,7 +103,7 @@ std::unique_ptr<Distributed> Distributed::from_env(torch::Device device, std::ch
   options.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(timeout);
   // torchrun's agent already serves the store on MASTER_PORT; then every rank
   // is a client and keys live under the restart attempt's prefix.
-  const bool agent_store = env("TORCHELASTIC_USE_AGENT_STORE") == "True";
+  const bool agent_store = env.agent_store;
   options.isServer = !agent_store && rank == 0;
   options.waitWorkers = false;
   c10::intrusive_ptr<c10d::Store> store;
@@ -134,7 +111,7 @@ std::unique_ptr<Distributed> Distributed::from_env(torch::Device device, std::ch
     store = c10::make_intrusive<c10d::TCPStore>(addr, options);
     if (agent_store)
       store = c10::make_intrusive<c10d::PrefixStore>(
-          "/worker/attempt_" + env("TORCHELASTIC_RESTART_COUNT", "0"), store);
+          "/worker/attempt_" + env.restart_count, store);
   } catch (const std::exception& e) {
     std::string message = e.what();
     fail("cannot reach the rendezvous store at ", addr, ":", port, ": ", message.substr(0, message.find('\n')));

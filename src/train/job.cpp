@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "dha/device.h"
+#include "dha/dtype.h"
 #include "dha/error.h"
 #include "dha/eval.h"
 #include "dha/io/atomic_file.h"
@@ -58,17 +58,12 @@ ModelConfig from_scratch_config(const std::string& path, int64_t default_vocab) 
   return model_config_from_json(description, default_vocab, path);
 }
 
-std::optional<torch::ScalarType> parse_dtype(const std::string& name) {
-  if (name == "keep") return std::nullopt;
-  if (name == "f32") return torch::kFloat32;
-  if (name == "bf16") return torch::kBFloat16;
-  if (name == "f16") return torch::kFloat16;
-  fail("--dtype \"", name, "\" is not one of keep, f32, bf16, f16");
-}
-
-int env_world_size() { return std::getenv("WORLD_SIZE") ? std::atoi(std::getenv("WORLD_SIZE")) : 1; }
-
 }  // namespace
+
+torch::Device training_device(const TrainConfig& config, const RankEnvironment& ranks,
+                              const DeviceInventory& inventory) {
+  return resolve_device(config.device, ranks, inventory);
+}
 
 MemoryPlan train_memory_plan(const ModelConfig& model, const TrainConfig& config, int world_size, bool cuda,
                              bool teacher, torch::ScalarType teacher_dtype) {
@@ -92,21 +87,21 @@ TrainJobResult run_train_job(const TrainJob& job) {
   TrainConfig config = job.config;
   if (job.model_path.empty() == job.from_scratch_path.empty())
     fail("give exactly one of --model PATH and --from-scratch CONFIG");
-  const std::optional<torch::ScalarType> output_dtype = parse_dtype(job.dtype);
+  const std::optional<torch::ScalarType> output_dtype = parse_output_dtype(job.dtype);
+  const RankEnvironment ranks = RankEnvironment::from_env();
   if (job.plan_only) {  // from the headers alone: no data, no weights
     const ModelConfig model_config = job.model_path.empty() ? from_scratch_config(job.from_scratch_path, 0)
                                                             : io::load_model_config(job.model_path);
     const torch::ScalarType teacher_dtype =
         job.teacher_path.empty() ? torch::kFloat32 : io::load_storage_dtype(job.teacher_path);
-    const MemoryPlan plan = train_memory_plan(model_config, config, job.plan_world_size > 0 ? job.plan_world_size : env_world_size(),
+    const MemoryPlan plan = train_memory_plan(model_config, config, job.plan_world_size > 0 ? job.plan_world_size : ranks.world_size,
                                               config.device == "cuda", !job.teacher_path.empty(), teacher_dtype);
     std::printf("%s", plan.table().c_str());
     return {};
   }
   if (job.data_dir.empty()) fail("--data DIR is required");
   MemoryMeter::install();
-  const int local_rank = std::getenv("LOCAL_RANK") ? std::atoi(std::getenv("LOCAL_RANK")) : 0;
-  const torch::Device device = resolve_device(config.device, local_rank);
+  const torch::Device device = training_device(config, ranks);
 
   // Data first: cheap checks before any heavy loading.
   TokenDataset data(job.data_dir, "train");
@@ -114,7 +109,7 @@ TrainJobResult run_train_job(const TrainJob& job) {
   // Output directory rules: a fresh run needs a new (or --force) directory; a
   // resumed one needs the old one. Only rank 0 judges: it creates the directory,
   // and another rank could see it appear.
-  const bool main_rank = std::getenv("RANK") == nullptr || std::atoi(std::getenv("RANK")) == 0;
+  const bool main_rank = ranks.is_main();
   if (main_rank && job.resume) {
     if (!fs::exists(job.out_dir + "/checkpoints")) fail(job.out_dir, ": no checkpoints to resume (drop --resume)");
   } else if (main_rank && fs::exists(job.out_dir)) {
@@ -169,7 +164,7 @@ TrainJobResult run_train_job(const TrainJob& job) {
   model->to(device);
 
   std::unique_ptr<Distributed> dist =
-      Distributed::from_env(device, std::chrono::seconds(config.dist_timeout_s));
+      Distributed::join(ranks, device, std::chrono::seconds(config.dist_timeout_s));
   SequenceSampler sampler(data, seq_len, config.seed);
 
   TrainRun run;
