@@ -23,6 +23,7 @@
 #include "dha/io/load.h"
 #include "dha/io/llama2c.h"
 #include "dha/search.h"
+#include "dha/shared_attention.h"
 #include "model_fixtures.h"
 #include "test_util.h"
 
@@ -47,6 +48,14 @@ torch::Tensor logits(dha::Llama& model, const torch::Tensor& tokens) {
   return model->forward(tokens);
 }
 
+// The fusion model as its task runs it: with the effective K/V weights of its last before_eval().
+torch::Tensor logits(dha::FusionTask& task, const torch::Tensor& tokens) {
+  torch::NoGradGuard no_grad;
+  dha::Llama& model = task.model();
+  model->eval();
+  return model->forward(tokens, task.forward_options());
+}
+
 void expect_close(const torch::Tensor& a, const torch::Tensor& b, double tol = 1e-5) {
   EXPECT_TRUE(torch::allclose(a, b, tol, tol)) << "max abs diff " << (a - b).abs().max().item<double>();
 }
@@ -61,7 +70,7 @@ TEST(Fusion, IdentityOperatorsGiveTheSourceModel) {
     dha::FusionTask task(dha::make_model(ck, "fusion"), sample_grouping(), 10, {}, std::nullopt);
     task.before_eval();
     const torch::Tensor tokens = dha::test::random_tokens(2, 11, 61, 3);
-    expect_close(logits(task.model(), tokens), logits(source, tokens), 1e-6);
+    expect_close(logits(task, tokens), logits(source, tokens), 1e-6);
     EXPECT_GT(task.initial_fusion_loss(), 0.1);
     // A head is its weight rows and its bias: d + 1 columns with biases.
     EXPECT_EQ(task.effective_weights().front().size(2), 32 + (biased ? 1 : 0));
@@ -77,8 +86,8 @@ TEST(Fusion, DistillationTeacherSharesFrozenWeightsAndKeepsTheTrainedOnes) {
   for (dha::TrainWeights weights : {dha::TrainWeights::kAll, dha::TrainWeights::kAttention, dha::TrainWeights::kNone}) {
     SCOPED_TRACE(dha::train_weights_name(weights));
     dha::Llama fused =
-        dha::make_model_sharing(ck, "fusion", [&](const std::string& name) { return dha::weight_trains(weights, name); });
-    dha::Llama teacher = dha::teacher_sharing_frozen(ck, fused, torch::kCPU);
+        dha::make_model_over(ck, "fusion", [&](const std::string& name) { return dha::weight_trains(weights, name); });
+    dha::Llama teacher = dha::distillation_teacher(ck, ck, fused, torch::kCPU);
     const auto teacher_params = teacher->named_parameters();
     int64_t shared = 0, own = 0;
     for (const auto& item : fused->named_parameters()) {
@@ -125,7 +134,7 @@ TEST(Fusion, CollapseEqualsTheFusionStageWhenMembersAgree) {
     EXPECT_LT(task.fusion_loss(), 1e-6);  // zero up to float32 cancellation
     task.before_eval();
     const torch::Tensor tokens = dha::test::random_tokens(2, 9, 61, 5);
-    const torch::Tensor fused = logits(task.model(), tokens);
+    const torch::Tensor fused = logits(task, tokens);
     dha::Checkpoint collapsed = task.collapse();
     EXPECT_EQ(collapsed.config.layout.n_k_heads(0), 2);
     EXPECT_EQ(collapsed.config.layout.n_v_heads(1), 3);
@@ -202,7 +211,7 @@ TEST(Align, FusionOfAlignedGroupsStartsFromTheSourceFunction) {
     dha::FusionTask aligned(dha::make_model(dha::align_groups(ck, sample_grouping(), acts), "aligned"),
                             sample_grouping(), 10, {}, std::nullopt);
     aligned.before_eval();
-    expect_close(logits(aligned.model(), tokens), logits(source, tokens), 1e-4);
+    expect_close(logits(aligned, tokens), logits(source, tokens), 1e-4);
     EXPECT_LT(aligned.initial_fusion_loss(), plain.initial_fusion_loss());
   }
 }
@@ -647,10 +656,10 @@ TEST(Configs, ShippedRecipesParse) {
       nlohmann::json::parse(dha::io::read_file(dir + "convert-dha-paper.json")), "paper");
   EXPECT_FALSE(paper.align);
   EXPECT_EQ(paper.distill_weight, 0.0);
-  EXPECT_FALSE(paper.uniform);
+  EXPECT_TRUE(paper.adaptive);
   paper.align = true;
   paper.distill_weight = dha::ConvertOptions{}.distill_weight;
-  paper.uniform = true;
+  paper.adaptive = false;
   EXPECT_EQ(dha::convert_options_to_json(paper), dha::convert_options_to_json(dha::ConvertOptions{}));
   EXPECT_NO_THROW(dha::train_config_from_json(nlohmann::json::parse(dha::io::read_file(dir + "train-continue.json")), "t"));
   const dha::ModelConfig c =
@@ -660,6 +669,41 @@ TEST(Configs, ShippedRecipesParse) {
   EXPECT_EQ(dha::convert_options_to_json(
                 dha::convert_options_from_json(nlohmann::json::parse(dha::io::read_file(dir + "convert-dha.json")), "c")),
             dha::convert_options_to_json(dha::ConvertOptions{}));
+}
+
+// From an aligned start (the same function, other tensors) or one with shared
+// spans (another function), the teacher is still the source: it follows the
+// start only where that holds nothing beside the fusion model and the source.
+TEST(Fusion, DistillationTeacherIsTheSourceFromAnAlignedOrSharedStart) {
+  const dha::Checkpoint ck = dha::test::random_checkpoint(dha::test::tiny_config(), 23);
+  dha::Llama reference = dha::make_model(ck, "reference");
+  const torch::Tensor tokens = dha::test::random_tokens(2, 11, 61, 7);
+  dha::Llama source = dha::make_model_over(ck, "source");
+  const dha::Checkpoint aligned = dha::align_groups(ck, sample_grouping(), source, tokens);
+  const dha::Checkpoint shared = dha::share_attention(ck, {{1, 1}});
+  for (const dha::Checkpoint* start : {&aligned, &shared})
+    for (dha::TrainWeights weights : {dha::TrainWeights::kAll, dha::TrainWeights::kAttention, dha::TrainWeights::kNone}) {
+      SCOPED_TRACE(std::string(start == &aligned ? "aligned" : "shared spans") + ", " + dha::train_weights_name(weights));
+      dha::Llama fused = dha::make_model_over(
+          *start, "fusion", [&](const std::string& name) { return dha::weight_trains(weights, name); });
+      dha::Llama teacher = dha::distillation_teacher(ck, *start, fused, torch::kCPU);
+      EXPECT_EQ(teacher->config().layout, ck.config.layout);
+      const auto fused_params = fused->named_parameters();
+      for (const auto& item : teacher->named_parameters()) {
+        const void* data = item.value().data_ptr();
+        const torch::Tensor* in_fusion = fused_params.find(item.key());
+        // Every tensor the teacher reads is the source's own or a frozen one of the fusion model.
+        const bool source_own = data == ck.tensors.at(item.key()).data_ptr();
+        const bool fusion_frozen = in_fusion && !in_fusion->requires_grad() && data == in_fusion->data_ptr();
+        EXPECT_TRUE(source_own || fusion_frozen) << item.key();
+      }
+      {
+        torch::NoGradGuard no_grad;
+        for (auto& p : fused->parameters())
+          if (p.requires_grad()) p.add_(0.05);
+      }
+      expect_close(logits(teacher, tokens), logits(reference, tokens), 1e-4);
+    }
 }
 
 TEST(Fusion, CheckpointStateRoundTrips) {

@@ -17,7 +17,6 @@
 
 namespace {
 
-using dha::ConvertMethod;
 using dha::ConvertOptions;
 using dha::test::expect_one_line_error;
 
@@ -36,7 +35,7 @@ dha::ConvertPlan plan(const ConvertOptions& o, const dha::ModelConfig& c = dha::
 
 TEST(ConvertPlan, DhaAtHalfBudgetSearchesFusesAndKeepsHalfTheHeads) {
   const dha::ConvertPlan p = plan(options());
-  EXPECT_EQ(p.method, ConvertMethod::kDha);
+  EXPECT_EQ(p.method_name(), "dha");
   EXPECT_EQ(p.target_heads, 8);  // 0.5 of 2 layers x 2 kinds x 4 heads
   EXPECT_TRUE(p.fusion_stage);
   EXPECT_TRUE(p.shares_heads);
@@ -232,20 +231,25 @@ TEST(SearchMeasures, EveryMeasureFindsExactCopiesCheapest) {
 }
 
 // Distillation in fusion: the teacher shares the fusion model's frozen weights and
-// holds its own copy of only those that train; a whole model copy (on CUDA) only
-// when shared spans change the function it starts from.
+// holds its own copy of only those that train (and, when a trained weight was
+// aligned, of the source's attention); the whole source (on CUDA) only when
+// shared spans change the function fusion starts from and everything trains.
+// On the CPU, over a source's file pages, it holds one part at a time.
 TEST(ConvertPlan, DistillationTeacherCostsACopyOfWhatTrainsOnly) {
-  auto fusion_plan = [](const ConvertOptions& o) {
-    for (const auto& p : dha::conversion_memory_plans(o, plan(o), torch::kBFloat16, false, /*cuda=*/true, 1))
+  auto fusion_plan = [](const ConvertOptions& o, bool cuda = true, bool file_pages = false) {
+    for (const auto& p : dha::conversion_memory_plans(o, plan(o), torch::kBFloat16, file_pages, cuda, 1))
       if (p.stage == "fusion") return p;
     ADD_FAILURE() << "no fusion stage";
     return dha::MemoryPlan{};
   };
-  auto has = [](const dha::MemoryPlan& p, const std::string& name) {
+  auto bytes = [](const dha::MemoryPlan& p, const std::string& name) {
     for (const auto& c : p.categories)
-      if (c.name == name && c.bytes > 0) return true;
-    return false;
+      if (c.name == name) return c.bytes;
+    return int64_t{0};
   };
+  auto has = [&](const dha::MemoryPlan& p, const std::string& name) { return bytes(p, name) > 0; };
+  const dha::ModelConfig c = dha::test::tiny_config();
+  const int64_t layer = 4 * c.dim * c.n_heads * c.head_dim + 3 * c.dim * c.hidden_dim + 2 * c.dim;
   ConvertOptions o = options();
   ASSERT_GT(o.distill_weight, 0.0);  // the default recipe distils
   for (const char* weights : {"all", "attention", "none"}) {
@@ -256,9 +260,17 @@ TEST(ConvertPlan, DistillationTeacherCostsACopyOfWhatTrainsOnly) {
     EXPECT_EQ(has(p, "source weights"), std::string(weights) != "none") << weights;
   }
   o.train_weights = "all";
+  EXPECT_EQ(bytes(fusion_plan(o), "source weights"), c.parameter_count() * 2);
+  // Over the source's file pages on the CPU: the largest part (a decoder layer here, or the embedding).
+  EXPECT_EQ(bytes(fusion_plan(o, /*cuda=*/false, /*file_pages=*/true), "source weights"),
+            std::max(layer, c.vocab_size * c.dim) * 2);
   o.share_spans = "1";
   o.budget = 0.4;
-  EXPECT_TRUE(has(fusion_plan(o), "model copies"));
+  EXPECT_FALSE(has(fusion_plan(o), "model copies"));
+  EXPECT_EQ(bytes(fusion_plan(o), "source weights"), c.parameter_count() * 2);
+  o.train_weights = "none";  // only the keys and queries the spans removed
+  EXPECT_EQ(bytes(fusion_plan(o), "source weights"), 2 * c.dim * c.n_heads * c.head_dim * 2);
+  o.train_weights = "all";
   o.share_spans.clear();
   o.budget = 0.5;
   o.distill_weight = 0;

@@ -123,7 +123,7 @@ TEST(ModelSharing, FrozenWeightsShareTheCheckpointAndTrainedOnesAreCopies) {
   auto is_kv = [](const std::string& name) {
     return name.find("k_proj") != std::string::npos || name.find("v_proj") != std::string::npos;
   };
-  dha::Llama model = dha::make_model_sharing(ck, "bf16", is_kv);
+  dha::Llama model = dha::make_model_over(ck, "bf16", is_kv);
   for (const auto& item : model->named_parameters()) {
     const torch::Tensor& source = ck.tensors.at(item.key());
     if (is_kv(item.key())) {
@@ -145,7 +145,7 @@ TEST(ModelSharing, LowPrecisionFrozenWeightsComputeLikeTheirFloat32Copy) {
   for (auto& [name, t] : ck.tensors) t = t.to(torch::kBFloat16);
   ck.storage_dtype = torch::kBFloat16;
   auto trains = [](const std::string& name) { return name.find("v_proj") != std::string::npos; };
-  dha::Llama shared = dha::make_model_sharing(ck, "bf16", trains);
+  dha::Llama shared = dha::make_model_over(ck, "bf16", trains);
   dha::Llama copied = dha::make_model(ck, "fp32");
   for (auto& item : copied->named_parameters()) item.value().set_requires_grad(trains(item.key()));
   const torch::Tensor batch = dha::test::random_tokens(2, 10, 61, 11);

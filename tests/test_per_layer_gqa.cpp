@@ -121,6 +121,14 @@ torch::Tensor logits(dha::Llama& model, const torch::Tensor& tokens) {
   return model->forward(tokens);
 }
 
+// The fusion model as its task runs it: with the effective K/V weights of its last before_eval().
+torch::Tensor logits(dha::FusionTask& task, const torch::Tensor& tokens) {
+  torch::NoGradGuard no_grad;
+  dha::Llama& model = task.model();
+  model->eval();
+  return model->forward(tokens, task.forward_options());
+}
+
 // A per-layer GQA layout: in every layer k_map == v_map, each KV head read by H / H_K query heads.
 void expect_per_layer_gqa(const dha::ModelConfig& c) {
   for (int64_t l = 0; l < c.n_layers; ++l) {
@@ -391,7 +399,7 @@ TEST(PerLayerGqa, FusionInvariantsHoldAndExportsKeepTheKvBytes) {
     dha::Llama source = dha::make_model(ck, "source");
     dha::FusionTask identity(dha::make_model(ck, "fusion"), grouping, 10, {}, std::nullopt);
     identity.before_eval();
-    EXPECT_TRUE(torch::allclose(logits(identity.model(), tokens), logits(source, tokens), 1e-6, 1e-6));
+    EXPECT_TRUE(torch::allclose(logits(identity, tokens), logits(source, tokens), 1e-6, 1e-6));
 
     dha::FusionTask task(dha::make_model(ck, "fusion"), grouping, 10, {}, std::nullopt);
     {
@@ -404,7 +412,7 @@ TEST(PerLayerGqa, FusionInvariantsHoldAndExportsKeepTheKvBytes) {
     }
     EXPECT_LT(task.fusion_loss(), 1e-6);
     task.before_eval();
-    const torch::Tensor fused = logits(task.model(), tokens);
+    const torch::Tensor fused = logits(task, tokens);
     const dha::Checkpoint collapsed = task.collapse();
     expect_per_layer_gqa(collapsed.config);
     EXPECT_EQ(collapsed.config.layout.kv_heads(), o.target_total);

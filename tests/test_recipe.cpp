@@ -42,10 +42,10 @@ TEST(Recipe, ConvertAndTrainTablesAreWellFormedAndRoundTrip) {
 
 TEST(Recipe, AKeySetsItsFieldAndTheOthersKeepTheirDefaults) {
   const dha::ConvertOptions o = dha::convert_options_from_json(
-      json{{"budget", 0.125}, {"calib", json::array({"a.txt", "b.txt"})}, {"uniform", true}, {"seed", 7}, {"_comment", "x"}}, "r");
+      json{{"budget", 0.125}, {"calib", json::array({"a.txt", "b.txt"})}, {"adaptive", true}, {"seed", 7}, {"_comment", "x"}}, "r");
   EXPECT_EQ(o.budget, 0.125);
   EXPECT_EQ(o.calib, (std::vector<std::string>{"a.txt", "b.txt"}));
-  EXPECT_TRUE(o.uniform);
+  EXPECT_TRUE(o.adaptive);
   EXPECT_EQ(o.seed, 7u);
   EXPECT_EQ(o.fusion_steps, dha::ConvertOptions{}.fusion_steps);
   const dha::TrainConfig c = dha::train_config_from_json(json{{"micro_batch", 3}, {"lr", 2e-4}}, "t");
@@ -63,7 +63,10 @@ TEST(Recipe, UnknownKeysAndWrongTypesAreOneLineErrorsNamingTheRecipe) {
       {json{{"budgett", 0.25}}, "recipe.json: unknown key \"budgett\""},
       {json{{"budget", "0.25"}}, "recipe.json: \"budget\" must be a number (got \"0.25\")"},
       {json{{"batch", 1.5}}, "\"batch\" must be an integer (got 1.5)"},
-      {json{{"uniform", "true"}}, "\"uniform\" must be true or false"},
+      {json{{"adaptive", "true"}}, "\"adaptive\" must be true or false"},
+      // Keys of earlier versions say what they became.
+      {json{{"uniform", true}}, "recipe.json: \"uniform\" is now \"adaptive\" with the opposite meaning"},
+      {json{{"export", "dha"}}, "recipe.json: \"export\" is now \"export_format\""},
       {json{{"seed", -1}}, "\"seed\" must be a non-negative integer"},
       {json{{"calib", json::array({"a.txt", 3})}}, "\"calib\" must be a list of strings"},
       {json::array({1, 2}), "recipe.json: a recipe must be a JSON object"},

@@ -3,8 +3,6 @@
 // report.json and pictures.
 #include <cstdio>
 
-#include <nlohmann/json.hpp>
-
 #include "cli_common.h"
 #include "dha/convert.h"
 #include "dha/error.h"
@@ -41,31 +39,28 @@ int main(int argc, char** argv) {
       return 0;
     }
     const dha::ConvertSummary s = dha::run_convert(model_path, tokenizer_path, out_dir, force, options);
-    const auto& r = s.report;
-    if (options.analyze_attention) {
+    if (s.plan.analyze_only) {
       std::printf("%s: attention-map similarity of consecutive layers -> %s\n", model_path.c_str(), out_dir.c_str());
       std::printf("layers  cosine  JS (nats)\n");
-      for (const auto& c : r["attention_similarity"]["consecutive"])
-        std::printf("%2lld-%-3lld  %.4f  %.4f\n", c["layers"][0].get<long long>(), c["layers"][1].get<long long>(),
-                    c["cosine"].get<double>(), c["js"].get<double>());
+      for (const auto& c : s.consecutive_similarity)
+        std::printf("%2lld-%-3lld  %.4f  %.4f\n", static_cast<long long>(c.first), static_cast<long long>(c.second),
+                    c.cosine, c.js);
       return 0;
     }
-    if (r.contains("budget"))
-      std::printf("%s: %s at budget %.4g -> %s\n", model_path.c_str(), options.method.c_str(), options.budget,
-                  out_dir.c_str());
+    const std::string& method = s.plan.method_name();
+    if (s.plan.uses_budget)
+      std::printf("%s: %s at budget %.4g -> %s\n", model_path.c_str(), method.c_str(), options.budget, out_dir.c_str());
     else
-      std::printf("%s: %s -> %s\n", model_path.c_str(), options.method.c_str(), out_dir.c_str());
-    if (r.contains("budget_note")) std::printf("budget             %s\n", r["budget_note"].get<std::string>().c_str());
-    if (r.contains("shared_spans"))
-      std::printf("shared spans       %s\n", r["shared_spans"].get<std::string>().c_str());
-    std::printf("KV bytes/token     %lld -> %lld\n", r["kv_bytes_per_token"]["before"].get<long long>(),
-                r["kv_bytes_per_token"]["after"].get<long long>());
-    std::printf("held-out NLL       source %.4f", r["before_search"]["heldout_nll"].get<double>());
-    if (r.contains("after_sharing") && options.method != "shared-attention")
-      std::printf(", after sharing %.4f", r["after_sharing"]["heldout_nll"].get<double>());
-    if (r.contains("after_fusion")) std::printf(", after fusion %.4f", r["after_fusion"]["heldout_nll"].get<double>());
-    std::printf(", converted %.4f\n", r["after_collapse"]["heldout_nll"].get<double>());
-    std::printf("wall time          %.1f s\n", r["wall_seconds"].get<double>());
+      std::printf("%s: %s -> %s\n", model_path.c_str(), method.c_str(), out_dir.c_str());
+    if (!s.plan.budget_note.empty()) std::printf("budget             %s\n", s.plan.budget_note.c_str());
+    if (!s.shared_spans.empty()) std::printf("shared spans       %s\n", s.shared_spans.c_str());
+    std::printf("KV bytes/token     %lld -> %lld\n", static_cast<long long>(s.kv_bytes_before),
+                static_cast<long long>(s.kv_bytes_after));
+    std::printf("held-out NLL       source %.4f", s.source_nll);
+    if (s.after_sharing_nll) std::printf(", after sharing %.4f", *s.after_sharing_nll);
+    if (s.after_fusion_nll) std::printf(", after fusion %.4f", *s.after_fusion_nll);
+    std::printf(", converted %.4f\n", s.converted_nll);
+    std::printf("wall time          %.1f s\n", s.wall_seconds);
     return 0;
   });
 }

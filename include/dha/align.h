@@ -5,6 +5,7 @@
 // keys only 2x2 rotations in the RoPE planes applied to W_K and W_Q.
 #pragma once
 
+#include <functional>
 #include <vector>
 
 #include "dha/checkpoint.h"
@@ -21,9 +22,18 @@ struct LayerActivations {
 
 // Runs the model over tokens [B, T] and keeps every layer's activations.
 std::vector<LayerActivations> collect_activations(Llama& model, const torch::Tensor& tokens);
+// The same, handing each layer's activations to `use` as the forward pass
+// reaches it and keeping none: memory for one layer's activations at a time
+// (float64, 2 H d_h per token: 134 MB for a 7B layer at 2048 tokens).
+void for_each_layer_activations(Llama& model, const torch::Tensor& tokens,
+                                const std::function<void(int64_t layer, const LayerActivations&)>& use);
 
 // The same function with the heads of each group rotated towards each other.
 Checkpoint align_groups(const Checkpoint& source, const Grouping& grouping,
                         const std::vector<LayerActivations>& activations, int iterations = 5);
+// The same from one forward pass of `model` (which computes `source`'s
+// function) over tokens [B, T], each layer aligned as its activations arrive.
+Checkpoint align_groups(const Checkpoint& source, const Grouping& grouping, Llama& model, const torch::Tensor& tokens,
+                        int iterations = 5);
 
 }  // namespace dha

@@ -5,6 +5,7 @@
 // their results.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,10 +45,10 @@ struct ConvertOptions {
   int64_t search_steps = 40;       // fusion measure: steps of whole-pool fusion
   int64_t search_average = 0;      // fusion measure: costs averaged over the last N steps (0: all)
   int64_t max_group_size = 0;      // 0: no cap
-  // The same K and V head count in every pool, as even as the budget allows (counts
-  // differ by at most one); false: the search's costs decide each pool's count (the
-  // paper's adaptive allocation). Balanced counts measured better here (README).
-  bool uniform = true;
+  // The search's costs decide each pool's K and V head count (the paper's adaptive
+  // allocation); false: the same count in every pool, as even as the budget allows
+  // (counts differ by at most one), which measured better (docs/results/curves.md).
+  bool adaptive = false;
   int64_t rounds = 1;              // progressive search in this many rounds
   // "dha": K and V grouped separately, any group sizes (the paper's layout);
   // "per-layer-gqa": K and V of a layer on one partition of equal groups,
@@ -62,10 +63,8 @@ struct ConvertOptions {
   double target_fraction = 0.25;   // the target falls to 0 over this share of the steps
   bool per_channel = false;        // Omega n x n x d_h instead of n x n
   bool align = true;               // dha: align each group's heads (function unchanged) before fusing them
-  // KL(source || fusion model) next to the LM loss: better than the LM loss alone wherever
-  // heads merge, and weight 3 better than 1 (lower at the end of every stories260K curve,
-  // lower right after conversion on the demo model) while 10 was worse on the MHA twin
-  // (README, "DHA against the baselines at equal total tokens").
+  // Weight of KL(source || fusion model) next to the LM loss (0: the LM loss alone,
+  // the paper's). The default's measurements: docs/results/curves.md.
   double distill_weight = 3.0;
   // Memory (search and fusion)
   std::string train_weights = "all";    // all | attention (the fused K/V projections) | none (only Omega)
@@ -83,22 +82,23 @@ const RecipeFields<ConvertOptions>& convert_recipe_fields();
 ConvertOptions convert_options_from_json(const nlohmann::json& j, const std::string& where);
 nlohmann::json convert_options_to_json(const ConvertOptions& options);
 
-enum class ConvertMethod {
-  kDha,              // search, fusion, collapse
-  kGqa,              // contiguous equal groups, mean pooling (Ainslie et al.)
-  kAlignedGqa,       // contiguous equal groups, Procrustes alignment, then mean (Jin et al.)
-  kSharedAttention,  // layers reuse an earlier layer's attention (Liao & Vargas)
-};
-struct ConvertMethodInfo {
-  ConvertMethod method;
+// The conversion methods (dha; the baselines gqa and aligned-gqa; shared-attention),
+// each one row of the method table (src/convert/method.h), which says everything
+// the pipeline does for it.
+namespace convert {
+struct ConvertMethodRow;
+}
+struct ConvertMethodName {
   std::string name, help;
 };
-const std::vector<ConvertMethodInfo>& convert_methods();
+// By name and help, in the order --method's help lists them.
+const std::vector<ConvertMethodName>& convert_methods();
 
 // What a conversion will do, decided from the options and the source config
 // before any model is loaded: every refusal of the options happens here.
 struct ConvertPlan {
-  ConvertMethod method = ConvertMethod::kDha;
+  const convert::ConvertMethodRow* method = nullptr;  // the method's row
+  const std::string& method_name() const;
   bool analyze_only = false;                 // --analyze-attention: similarity only, no model written
   const SearchMeasure* measure = nullptr;    // how dha scores heads
   const ExportFormat* export_format = nullptr;
@@ -141,9 +141,24 @@ std::vector<MemoryPlan> conversion_memory_plans(const ConvertOptions& options, c
 torch::Device conversion_device(const ConvertOptions& options, const RankEnvironment& ranks,
                                 const DeviceInventory& inventory = DeviceInventory::current());
 
+// What a conversion did, typed (report.json holds all of it and more).
 struct ConvertSummary {
   nlohmann::json report;  // what report.json holds
   std::string out_dir;
+  ConvertPlan plan;
+  // --analyze-attention: the similarity of consecutive layers (l - 1, l).
+  struct LayerPair {
+    int64_t first = 0, second = 0;
+    double cosine = 0.0, js = 0.0;
+  };
+  std::vector<LayerPair> consecutive_similarity;
+  // A conversion (not an analysis):
+  std::string shared_spans;                      // "A-B,C-D" applied (given or chosen); empty: none
+  int64_t kv_bytes_before = 0, kv_bytes_after = 0;  // per token at 2 bytes per element
+  double source_nll = 0.0, converted_nll = 0.0;  // held-out NLL
+  std::optional<double> after_sharing_nll;       // spans applied, before head sharing
+  std::optional<double> after_fusion_nll;        // the fusion model, before the collapse
+  double wall_seconds = 0.0;
 };
 
 // Checks every input before any work, then runs the plan's stages and writes

@@ -61,9 +61,11 @@ EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer,
                         bool show_progress = false, int64_t stride = 0);
 
 // The same protocol on documents already tokenized (each as encode_document
-// gives it), e.g. the held-out split of a dha-tokenize directory.
+// gives it), e.g. the held-out split of a dha-tokenize directory. `forward`:
+// the converter's instruments for every window (no cache).
 EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32_t>>& docs,
-                               int64_t max_docs = 0, bool show_progress = false, int64_t stride = 0);
+                               int64_t max_docs = 0, bool show_progress = false, int64_t stride = 0,
+                               const ForwardOptions& forward = {});
 
 struct GenerateOptions {
   int64_t max_new_tokens = 256;

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <optional>
 #include <vector>
 
@@ -39,13 +40,38 @@ Checkpoint collapse_groups(const Checkpoint& source, const Grouping& grouping,
 // operator and collapse).
 torch::Tensor pool_weights(const Checkpoint& checkpoint, const PoolId& pool);
 
-// The distillation teacher of a fusion run over `checkpoint` (the source, or its
-// aligned re-parameterisation: the same function), for the fusion model `fused`
-// built over it: the teacher reads `fused`'s frozen weights where they are and holds
-// its own copy, on `device` and in the checkpoint's dtype, of only the weights that
-// train. On a GPU that saves a whole model copy; with --train-weights none it costs
-// nothing but the teacher's logits.
-Llama teacher_sharing_frozen(const Checkpoint& checkpoint, Llama fused, const torch::Device& device);
+// The distillation teacher of a fusion run: the source's function, on `device`,
+// for the fusion model `fused` built over `start` (the source, its aligned
+// re-parameterisation, or the source with shared spans applied). It reads
+// `fused`'s frozen weights wherever they are what it needs, and uses the
+// tensors of `start` or `source` (in their stored dtype; moved to `device`)
+// for the rest: the weights that train, and the source's own where the start
+// re-parameterised a weight that trains or changed the layout. It holds no
+// tensor of `start` that `source` or the fusion model does not, so an aligned
+// start's float32 copies go once the fusion model has its own. On a GPU that
+// saves a model copy; with --train-weights none it costs only its logits.
+Llama distillation_teacher(const Checkpoint& source, const Checkpoint& start, Llama fused, const torch::Device& device);
+
+// That teacher, and on the CPU, when what it holds of its own are pages of the
+// source's files (which the fusion model's copies handed back), the hand-back
+// of each part's pages once the part has run (the LayerWeightSource the model
+// calls): the teacher then holds one decoder layer (or the embedding, or the
+// head) of its own weights at a time instead of a model's worth, and reads the
+// rest again from the page cache or the file on its next forward.
+class DistillationTeacher {
+ public:
+  DistillationTeacher(const Checkpoint& source, const Checkpoint& start, Llama fused, const torch::Device& device);
+  ~DistillationTeacher();
+  DistillationTeacher(DistillationTeacher&&) noexcept;
+  DistillationTeacher& operator=(DistillationTeacher&&) noexcept;
+  Llama model() const { return model_; }
+  bool hands_back_pages() const { return pages_ != nullptr; }
+
+ private:
+  class PageHandBack;
+  Llama model_;
+  std::unique_ptr<PageHandBack> pages_;
+};
 
 struct FusionRecord {
   int64_t step = 0;
@@ -63,6 +89,9 @@ class FusionTask : public TrainTask {
   torch::Tensor loss(const torch::Tensor& batch, StepScalars& scalars) override;
   void after_step(int64_t step, int64_t total_steps, std::map<std::string, double>& metrics) override;
   void before_eval() override;
+  // The effective K/V weights of the last loss() or before_eval(), in place
+  // of the model's own K/V projections.
+  ForwardOptions forward_options() const override;
   // The K/V projections: fused from Omega before every forward.
   bool reads_outside_forward(const std::string& name) const override {
     return name.find(".k_proj.") != std::string::npos || name.find(".v_proj.") != std::string::npos;
@@ -96,7 +125,7 @@ class FusionTask : public TrainTask {
   torch::Tensor pool_weight(const PoolId& pool);        // current theta slice [n, d_h, d (+ 1)]
   torch::Tensor fused_pool(size_t p, const torch::Tensor& w);
   torch::Tensor fusion_loss_tensor(const std::vector<torch::Tensor>& fused, std::vector<std::vector<double>>* per_group);
-  void set_overrides(const std::vector<torch::Tensor>& fused);
+  void use_fused_weights(const std::vector<torch::Tensor>& fused);  // into kv_weights_
   double target(int64_t step) const;
 
   Llama model_;
@@ -106,6 +135,7 @@ class FusionTask : public TrainTask {
   FusionOptions options_;
   std::optional<Llama> teacher_;
   std::vector<std::vector<torch::Tensor>> omegas_;
+  std::vector<KVWeights> kv_weights_;  // per layer: the effective K/V weights the forward uses
   torch::Tensor lambda1_, lambda2_;
   double initial_loss_ = 0.0;
   int64_t step_ = 0;

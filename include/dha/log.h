@@ -9,10 +9,9 @@
 
 namespace dha::log {
 
-enum class Level { kDebug, kInfo, kWarn, kError };
+enum class Level { kInfo, kWarn, kError };
 
 void write(Level level, const std::string& message);
-void set_level(Level level);
 
 template <typename... Parts>
 std::string concat(Parts&&... parts) {
@@ -25,7 +24,5 @@ template <typename... Parts>
 void info(Parts&&... parts) { write(Level::kInfo, concat(std::forward<Parts>(parts)...)); }
 template <typename... Parts>
 void warn(Parts&&... parts) { write(Level::kWarn, concat(std::forward<Parts>(parts)...)); }
-template <typename... Parts>
-void debug(Parts&&... parts) { write(Level::kDebug, concat(std::forward<Parts>(parts)...)); }
 
 }  // namespace dha::log

@@ -12,6 +12,7 @@
 #include <torch/types.h>
 
 #include "dha/config.h"
+#include "dha/lookup.h"
 
 namespace dha {
 
@@ -21,6 +22,7 @@ enum class TrainWeights {
   kAttention,  // only the K/V projections that are being fused
   kNone,       // no model weight (only the fusion operators and multipliers)
 };
+const std::vector<Named<TrainWeights>>& train_weights_choices();
 TrainWeights parse_train_weights(const std::string& name);  // "all" | "attention" | "none"
 const char* train_weights_name(TrainWeights weights);
 // Whether the checkpoint tensor `name` trains under `weights`.
@@ -38,11 +40,16 @@ struct MemoryPlanInputs {
   torch::ScalarType storage_dtype = torch::kFloat32;  // how frozen weights are held
   TrainWeights train_weights = TrainWeights::kAll;
   bool activation_checkpointing = false;
-  bool teacher = false;              // distillation: the teacher's logits (its weights: inference_copies)
+  bool teacher = false;              // distillation: the teacher's logits (its weights: source_copy_elements)
   int64_t fusion_operator_elements = 0;  // Omega entries (fp32, trained with AdamW)
   int64_t fused_projection_elements = 0; // K/V projection entries recomputed from Omega each step
   int64_t inference_copies = 0;      // extra frozen copies of the model held alongside (storage dtype)
-  bool keeps_source = false;         // the source's own copy of the weights that train stays in memory
+  // The source's own tensors held beside the trained fp32 copies, in the
+  // storage dtype: the source kept in memory, or a distillation teacher's.
+  int64_t source_copy_elements = 0;
+  // Frozen weights held in fp32 rather than the storage dtype (the ones
+  // alignment re-parameterised).
+  int64_t frozen_fp32_elements = 0;
   bool inference_only = false;       // forward passes without gradients (measurement, pooling, export)
 };
 

@@ -86,42 +86,60 @@ class RopeImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Rope);
 
+// What one forward pass may be asked beyond its logits, given per call (the
+// model keeps none of it): the converter's instruments.
+//
+// Weights a layer's attention uses instead of its own k_proj / v_proj (and
+// their biases, with attention biases): the fusion stage's operator-mixed
+// weights. An undefined weight: the layer's own.
+struct KVWeights {
+  torch::Tensor k_weight, k_bias, v_weight, v_bias;
+};
+// Receives what attention computed, for the layers it asks for.
+class AttentionObserver {
+ public:
+  virtual ~AttentionObserver() = default;
+  // Keys before RoPE [B, H_K, T, d_h] (undefined in a layer that shares
+  // attention) and values [B, H_V, T, d_h]: calibration statistics.
+  virtual bool wants_keys_and_values(int64_t layer) const { return false; }
+  virtual void keys_and_values(int64_t layer, const torch::Tensor& keys, const torch::Tensor& values) {}
+  // Attention probabilities [B, H, T_q, T_k]: the cross-layer similarity analysis.
+  virtual bool wants_probabilities(int64_t layer) const { return false; }
+  virtual void probabilities(int64_t layer, const torch::Tensor& p) {}
+};
+struct ForwardOptions {
+  KVCache* cache = nullptr;
+  const std::vector<KVWeights>* kv_weights = nullptr;  // one entry per layer, or null
+  AttentionObserver* observer = nullptr;               // null: nothing observed
+};
+
+// One layer's share of ForwardOptions.
+struct LayerForward {
+  const KVWeights* kv_weights = nullptr;
+  AttentionObserver* observer = nullptr;
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   AttentionImpl(const ModelConfig& config, int64_t layer, bool allocate = true);
   // x: [B, T, d]; cache_k/cache_v: this layer's cache or undefined.
   // probabilities: for a sharing layer, the source's attention probabilities
   // [B, H, T, T_k] (read); for a layer that emits them, written here.
-  torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start,
-                        torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities);
+  torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start, torch::Tensor cache_k,
+                        torch::Tensor cache_v, torch::Tensor& probabilities, const LayerForward& extras = {});
   // Null in a layer that shares attention (it has no queries or keys).
   Projection q_proj{nullptr}, k_proj{nullptr};
   Projection v_proj{nullptr}, o_proj{nullptr};
   torch::Tensor k_map, v_map;  // int64 [H] buffers (k_map undefined when sharing)
 
   bool shares_attention() const { return shares_; }
-  // Set on the source layer of a shared span: it materialises its attention
+  // The source layer of a shared span: it materialises its attention
   // probabilities (instead of the fused op) and hands them on.
-  bool emits_probabilities = false;
-  // When set, forward() keeps this layer's attention probabilities (the
-  // cross-layer similarity analysis of Shared Attention).
-  bool capture_probabilities = false;
-  torch::Tensor captured_probabilities;
-
-  // Used instead of k_proj/v_proj's weights (and biases, with attention biases)
-  // when defined: the fusion stage of dha-convert feeds effective
-  // (operator-mixed) weights through here.
-  torch::Tensor k_weight_override, v_weight_override;
-  torch::Tensor k_bias_override, v_bias_override;
-  // When set, forward() keeps this layer's keys before RoPE and values,
-  // [B, H_K, T, d_h] and [B, H_V, T, d_h] (calibration statistics; no keys
-  // for a sharing layer).
-  bool capture = false;
-  torch::Tensor captured_keys, captured_values;
+  bool emits_probabilities() const { return emits_; }
 
  private:
-  int64_t n_heads_, n_k_heads_, n_v_heads_, head_dim_;
-  bool shares_;
+  int64_t layer_, n_heads_, n_k_heads_, n_v_heads_, head_dim_;
+  bool shares_, emits_;
 };
 TORCH_MODULE(Attention);
 
@@ -136,8 +154,8 @@ TORCH_MODULE(Mlp);
 class DecoderLayerImpl : public torch::nn::Module {
  public:
   DecoderLayerImpl(const ModelConfig& config, int64_t layer, bool allocate = true);
-  torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start,
-                        torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities);
+  torch::Tensor forward(const torch::Tensor& x, const Rope& rope, int64_t start, torch::Tensor cache_k,
+                        torch::Tensor cache_v, torch::Tensor& probabilities, const LayerForward& extras = {});
   RMSNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
   Attention self_attn{nullptr};
   Mlp mlp{nullptr};
@@ -170,7 +188,7 @@ class LayerWeightSource {
 class LlamaImpl : public torch::nn::Module {
  public:
   // Validates the config; parameters are zero until load_state(). With
-  // allocate = false they are empty placeholders that make_model_sharing
+  // allocate = false they are empty placeholders that make_model_over
   // replaces by a checkpoint's tensors (no memory for a copy that is discarded).
   explicit LlamaImpl(const ModelConfig& config, bool allocate = true);
 
@@ -178,6 +196,9 @@ class LlamaImpl : public torch::nn::Module {
   // model). With a cache, the tokens continue at position cache->length and
   // the cache is extended.
   torch::Tensor forward(const torch::Tensor& tokens, KVCache* cache = nullptr);
+  // The same with the converter's instruments (weights used instead of a
+  // layer's K/V projections, an observer of attention).
+  torch::Tensor forward(const torch::Tensor& tokens, const ForwardOptions& options);
 
   // An empty cache for `batch` sequences of up to `capacity` positions.
   KVCache make_cache(int64_t batch, int64_t capacity, torch::ScalarType dtype) const;
@@ -189,9 +210,8 @@ class LlamaImpl : public torch::nn::Module {
   void load_state(const TensorMap& tensors, const std::string& source);
   // The parameters under their checkpoint names (shared storage, detached).
   TensorMap state() const;
-  Checkpoint to_checkpoint(torch::ScalarType storage_dtype) const;
-  // The same without copying on CPU: the checkpoint's tensors are the model's
-  // (copied to the CPU when the model is elsewhere).
+  // The parameters as a checkpoint without copying on CPU: its tensors are the
+  // model's (copied to the CPU when the model is elsewhere).
   Checkpoint shared_checkpoint(torch::ScalarType storage_dtype) const;
 
   Backbone model{nullptr};
@@ -227,7 +247,7 @@ Llama make_model(const Checkpoint& checkpoint, const std::string& source);
 // dtype, and is frozen (computed in float32 one matrix at a time on CPU).
 // Without `trains`, nothing trains. The checkpoint must outlive no one: the
 // model keeps the shared tensors alive.
-Llama make_model_sharing(const Checkpoint& checkpoint, const std::string& source,
+Llama make_model_over(const Checkpoint& checkpoint, const std::string& source,
                          const std::function<bool(const std::string& name)>& trains = {});
 
 }  // namespace dha

@@ -28,7 +28,7 @@ struct RecipeField {
   std::string help;
   Member member;
   // A boolean shown as a switch: giving the flag sets the member to this value
-  // (true for --uniform, false for --no-fusion).
+  // (true for --per-channel, false for --no-fusion).
   std::optional<bool> flag_sets = std::nullopt;
 };
 

@@ -22,7 +22,7 @@ struct BpeVocabSpec {
   // import does.
   std::vector<int32_t> token_types;
   // tokenizer.ggml.pre: "gpt2", "smollm", "llama-bpe", "qwen2", "default" and the
-  // names llama.cpp treats as the same (known_pre_names()).
+  // names llama.cpp treats as the same (the table kPreNames in src/tokenizer/bpe.cpp).
   std::string pre = "default";
   int32_t bos_id = -1;  // -1: none
   int32_t eos_id = -1;
@@ -51,7 +51,6 @@ class ByteLevelBpeTokenizer : public Tokenizer {
   // From GGUF metadata; `source` names the file in errors.
   static std::unique_ptr<ByteLevelBpeTokenizer> from_vocab(const BpeVocabSpec& spec,
                                                            const std::string& source);
-  static std::vector<std::string> known_pre_names();
 
   ~ByteLevelBpeTokenizer() override;
 

@@ -82,6 +82,9 @@ class TrainTask {
   virtual Llama& model() = 0;
   // Called before held-out evaluation (e.g. to refresh weights the model reads).
   virtual void before_eval() {}
+  // What the model's forward is given beside the tokens, in the loss and in
+  // held-out evaluation (e.g. the fusion stage's effective K/V weights).
+  virtual ForwardOptions forward_options() const { return {}; }
   // Whether the task reads parameter `name` outside the model's forward
   // (ZeRO-3 then keeps it whole instead of gathering it per layer).
   virtual bool reads_outside_forward(const std::string& name) const { return false; }

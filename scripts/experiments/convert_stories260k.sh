@@ -16,7 +16,7 @@ CALIB="$SHARED/data/text/tinystories_train_sample.txt"
 VALID="$SHARED/data/text/tinystories_valid_sample.txt"
 mkdir -p "$WORK"
 PAPER="$ROOT/configs/convert-dha-paper.json"
-python3 -c "import json, sys; r = json.load(open(sys.argv[1])); r['uniform'] = True; json.dump(r, open(sys.argv[2], 'w'), indent=2)" \
+python3 -c "import json, sys; r = json.load(open(sys.argv[1])); r['adaptive'] = False; json.dump(r, open(sys.argv[2], 'w'), indent=2)" \
   "$PAPER" "$WORK/paper-uniform.json"
 
 "$BIN/dha-export" --model "$MODEL" --format mha --out "$WORK/stories260K-mha" --force >/dev/null

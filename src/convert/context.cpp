@@ -33,13 +33,13 @@ StageTiming end_stage(const ConvertContext& ctx, const std::string& name, double
           std::move(plan)};
 }
 
-Quality ConvertContext::measure(Llama& model) const {
+Quality ConvertContext::measure(Llama& model, const ForwardOptions& forward) const {
   torch::NoGradGuard no_grad;
   model->eval();
   Quality q;
   const int64_t t = probe.size(1) - 1;
-  q.lm_loss = lm_loss(model->forward(probe.narrow(1, 0, t)), probe.narrow(1, 1, t)).item<double>();
-  q.heldout_nll = evaluate_token_docs(model, heldout, options.eval_docs, false).mean_nll;
+  q.lm_loss = lm_loss(model->forward(probe.narrow(1, 0, t), forward), probe.narrow(1, 1, t)).item<double>();
+  q.heldout_nll = evaluate_token_docs(model, heldout, options.eval_docs, false, 0, forward).mean_nll;
   return q;
 }
 
@@ -49,7 +49,7 @@ int64_t ConvertContext::heldout_docs() const {
 }
 
 Llama ConvertContext::source_model() const {
-  Llama model = make_model_sharing(source, model_path);
+  Llama model = make_model_over(source, model_path);
   model->to(device);
   return model;
 }

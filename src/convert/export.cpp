@@ -15,10 +15,6 @@
 namespace dha {
 namespace {
 
-std::string name(int64_t l, const char* proj) {
-  return "model.layers." + std::to_string(l) + ".self_attn." + proj + ".weight";
-}
-
 const char* relayout_name(HeadRelayout relayout) {
   return relayout == HeadRelayout::kKeep ? "dha" : relayout == HeadRelayout::kPerLayerGqa ? "gqa" : "mha";
 }
@@ -117,7 +113,7 @@ Checkpoint relayout_heads(const Checkpoint& model, HeadRelayout relayout) {
     const torch::Tensor wq = projection_heads(model, l, "q_proj");
     const torch::Tensor wk = projection_heads(model, l, "k_proj");
     const torch::Tensor wv = projection_heads(model, l, "v_proj");
-    const torch::Tensor wo = model.tensors.at(name(l, "o_proj")).view({c.dim, c.n_heads, c.head_dim});
+    const torch::Tensor wo = model.tensors.at(projection_name(l, "o_proj")).view({c.dim, c.n_heads, c.head_dim});
     const auto& k_map = c.layout.k_map[l];
     const auto& v_map = c.layout.v_map[l];
 
@@ -149,7 +145,7 @@ Checkpoint relayout_heads(const Checkpoint& model, HeadRelayout relayout) {
     std::vector<int64_t> k_heads, v_heads;
     for (const auto& [k, v] : kv_source) k_heads.push_back(k), v_heads.push_back(v);
     set_projection_heads(out, l, "q_proj", wq.index_select(0, index));
-    out.tensors[name(l, "o_proj")] = wo.index_select(1, index).reshape({c.dim, c.n_heads * c.head_dim}).contiguous();
+    out.tensors[projection_name(l, "o_proj")] = wo.index_select(1, index).reshape({c.dim, c.n_heads * c.head_dim}).contiguous();
     set_projection_heads(out, l, "k_proj", wk.index_select(0, torch::tensor(k_heads, torch::kInt64)));
     set_projection_heads(out, l, "v_proj", wv.index_select(0, torch::tensor(v_heads, torch::kInt64)));
     std::vector<int64_t> map(c.n_heads);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "dha/error.h"
+#include "dha/io/mapped_region.h"
 #include "dha/loss.h"
 
 namespace dha {
@@ -150,20 +151,28 @@ double FusionTask::target(int64_t step) const {
   return initial_loss_ * std::max(0.0, 1.0 - static_cast<double>(step) / span);
 }
 
-void FusionTask::set_overrides(const std::vector<torch::Tensor>& fused) {
+void FusionTask::use_fused_weights(const std::vector<torch::Tensor>& fused) {
   const bool bias = model_->config().attention_bias;
+  kv_weights_.assign(model_->config().n_layers, KVWeights{});
   for (size_t p = 0; p < pools_.size(); ++p) {
-    auto& attention = *model_->model->layers[pools_[p].layer]->as<DecoderLayer>()->self_attn;
-    if (!pools_[p].value && attention.shares_attention()) continue;
+    const int64_t layer = pools_[p].layer;
+    if (!pools_[p].value && model_->config().layout.shares_attention(layer)) continue;
     auto [w, b] = split_heads(fused[p], bias);  // a fused bias mixes with the same operator as its weight
-    (pools_[p].value ? attention.v_weight_override : attention.k_weight_override) = w;
-    (pools_[p].value ? attention.v_bias_override : attention.k_bias_override) = b;
+    KVWeights& kv = kv_weights_[layer];
+    (pools_[p].value ? kv.v_weight : kv.k_weight) = w;
+    (pools_[p].value ? kv.v_bias : kv.k_bias) = b;
   }
+}
+
+ForwardOptions FusionTask::forward_options() const {
+  ForwardOptions options;
+  options.kv_weights = &kv_weights_;
+  return options;
 }
 
 void FusionTask::before_eval() {
   torch::NoGradGuard no_grad;
-  set_overrides(effective_weights());
+  use_fused_weights(effective_weights());
 }
 
 std::vector<ParamGroup> FusionTask::param_groups(const TrainConfig& config) {
@@ -186,10 +195,10 @@ std::vector<ParamGroup> FusionTask::param_groups(const TrainConfig& config) {
 
 torch::Tensor FusionTask::loss(const torch::Tensor& batch, StepScalars& scalars) {
   const std::vector<torch::Tensor> fused = effective_weights();
-  set_overrides(fused);
+  use_fused_weights(fused);
   const int64_t t = batch.size(1) - 1;
   const torch::Tensor inputs = batch.narrow(1, 0, t), targets = batch.narrow(1, 1, t);
-  const torch::Tensor logits = model_->forward(inputs);
+  const torch::Tensor logits = model_->forward(inputs, forward_options());
   torch::Tensor objective = lm_loss(logits, targets);
   scalars["lm_loss"] = objective.detach();
   if (teacher_ && options_.distill_weight > 0) {
@@ -272,14 +281,77 @@ Checkpoint FusionTask::collapse() {
   return collapse_groups(model_->shared_checkpoint(torch::kFloat32), grouping_, fused);
 }
 
-Llama teacher_sharing_frozen(const Checkpoint& checkpoint, Llama fused, const torch::Device& device) {
-  Checkpoint view = checkpoint;  // the map of tensor handles; no data is copied here
-  for (const auto& item : fused->named_parameters())
-    view.tensors[item.key()] =
-        item.value().requires_grad() ? checkpoint.tensors.at(item.key()).to(device) : item.value().detach();
-  Llama teacher = make_model_sharing(view, "distillation teacher");
+Llama distillation_teacher(const Checkpoint& source, const Checkpoint& start, Llama fused, const torch::Device& device) {
+  const auto params = fused->named_parameters();
+  auto same = [](const Checkpoint& a, const Checkpoint& b, const std::string& name) {
+    const auto x = a.tensors.find(name), y = b.tensors.find(name);
+    return x != a.tensors.end() && y != b.tensors.end() && x->second.is_same(y->second);
+  };
+  // `start` computes the source's function when it keeps the source's layout
+  // (no spans). Following it lets the teacher read every frozen weight of the
+  // fusion model, aligned ones included, unless a weight that trains differs
+  // from the source's: its starting value would then have to be kept beside
+  // the fusion model's copy, and the source's own is already there.
+  bool follow_start = start.config.layout == source.config.layout;
+  for (const auto& item : params)
+    if (item.value().requires_grad() && !same(start, source, item.key())) follow_start = false;
+  const Checkpoint& base = follow_start ? start : source;
+  Checkpoint view = base;  // the map of tensor handles; no data is copied here
+  for (auto& [name, tensor] : view.tensors) {
+    const torch::Tensor* param = params.find(name);
+    const bool shared = param && !param->requires_grad() && same(start, base, name);
+    tensor = shared ? param->detach() : tensor.to(device);
+  }
+  Llama teacher = make_model_over(view, "distillation teacher");
   teacher->to(device);  // its buffers (RoPE tables); the weights are there already
   return teacher;
 }
+
+// Part -1: the embedding; 0..L-1: the decoder layers; L: the final norm and the head.
+class DistillationTeacher::PageHandBack : public LayerWeightSource {
+ public:
+  PageHandBack(const Llama& teacher, const Llama& fused) : parts_(teacher->config().n_layers + 2) {
+    const auto fused_params = fused->named_parameters();
+    const int64_t n_layers = teacher->config().n_layers;
+    for (const auto& item : teacher->named_parameters()) {
+      const torch::Tensor* in_fusion = fused_params.find(item.key());
+      // The fusion model's frozen weights are read by its own forward and backward too: they stay.
+      const bool own = !in_fusion || in_fusion->data_ptr() != item.value().data_ptr();
+      if (!own || !io::is_mapped(item.value())) continue;
+      parts_[part_of(item.key(), n_layers) + 1].push_back(item.value());
+    }
+  }
+  bool empty() const {
+    for (const auto& part : parts_)
+      if (!part.empty()) return false;
+    return true;
+  }
+  void gather(int64_t, bool) override {}  // the pages come back as they are read
+  void release(int64_t part) override {
+    for (const auto& t : parts_[part + 1]) io::release_resident_pages(t);
+  }
+
+ private:
+  static int64_t part_of(const std::string& name, int64_t n_layers) {
+    const std::string layers = "model.layers.";
+    if (name.rfind(layers, 0) == 0) return std::stoll(name.substr(layers.size()));
+    return name.rfind("model.embed_tokens.", 0) == 0 ? -1 : n_layers;
+  }
+  std::vector<std::vector<torch::Tensor>> parts_;
+};
+
+DistillationTeacher::DistillationTeacher(const Checkpoint& source, const Checkpoint& start, Llama fused,
+                                         const torch::Device& device)
+    : model_(distillation_teacher(source, start, fused, device)) {
+  if (!device.is_cpu()) return;
+  auto pages = std::make_unique<PageHandBack>(model_, fused);
+  if (pages->empty()) return;
+  pages_ = std::move(pages);
+  model_->layer_weights = pages_.get();
+}
+
+DistillationTeacher::~DistillationTeacher() = default;
+DistillationTeacher::DistillationTeacher(DistillationTeacher&&) noexcept = default;
+DistillationTeacher& DistillationTeacher::operator=(DistillationTeacher&&) noexcept = default;
 
 }  // namespace dha

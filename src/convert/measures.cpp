@@ -18,18 +18,20 @@ std::vector<torch::Tensor> weight_costs(const MeasureInputs& in) {
   return costs;
 }
 
-// One calibration batch through the model, then a cost per pool from its heads'
-// activations: cost(keys or values [n, N, d_h], is_value).
+// One calibration batch through the model, and a cost per pool from its heads'
+// activations as each layer computes them: cost(keys or values [n, N, d_h], is_value).
 std::vector<torch::Tensor> costs_of_activations(
     const MeasureInputs& in, const std::function<torch::Tensor(const torch::Tensor&, bool)>& cost) {
-  Llama model = make_model_sharing(in.model, "search");
+  Llama model = make_model_over(in.model, "search");
   model->to(in.device);
   const torch::Tensor tokens = in.sampler.batch({}, 0, in.options.batch).narrow(1, 0, in.seq_len).to(in.device);
-  const auto acts = collect_activations(model, tokens);
+  const std::vector<PoolId> pools = all_pools(in.model.config.n_layers);
+  std::vector<torch::Tensor> costs(pools.size());
+  for_each_layer_activations(model, tokens, [&](int64_t layer, const LayerActivations& acts) {
+    for (size_t p = 0; p < pools.size(); ++p)
+      if (pools[p].layer == layer) costs[p] = cost(pools[p].value ? acts.values : acts.keys, pools[p].value);
+  });
   in.report["tokens"] = in.report.value("tokens", int64_t{0}) + tokens.numel();  // forward only
-  std::vector<torch::Tensor> costs;
-  for (const auto& p : all_pools(in.model.config.n_layers))
-    costs.push_back(cost(p.value ? acts[p.layer].values : acts[p.layer].keys, p.value));
   return costs;
 }
 
@@ -59,7 +61,7 @@ std::vector<torch::Tensor> fusion_costs(const MeasureInputs& in) {
     whole[p].push_back(all);
   }
   const TrainWeights weights = parse_train_weights(options.train_weights);
-  Llama model = make_model_sharing(in.model, "search", [&](const std::string& name) { return weight_trains(weights, name); });
+  Llama model = make_model_over(in.model, "search", [&](const std::string& name) { return weight_trains(weights, name); });
   model->to(in.device);
   FusionOptions fusion = conversion_fusion_options(options);
   fusion.per_channel = false;   // the search scores heads with scalar operators,

@@ -10,17 +10,11 @@
 namespace dha {
 namespace {
 
-std::string method_help() {
-  std::string help;
-  for (const auto& m : convert_methods()) help += (help.empty() ? "" : "; ") + m.name + ": " + m.help;
-  return help;
-}
-
 RecipeFields<ConvertOptions> make_fields() {
   using O = ConvertOptions;
   return {
       {"budget", "--budget", "kept K+V heads over 2*L*H query heads, in (0, 1]", &O::budget},
-      {"method", "--method", method_help(), &O::method},
+      {"method", "--method", rows_help(convert_methods()), &O::method},
       {"share_spans", "--share-spans",
        "layers A-B,C-D reuse the attention of the layer before each span (shared-attention: default chosen for "
        "--budget; dha/gqa: applied first, the budget counts the removed keys)",
@@ -42,11 +36,11 @@ RecipeFields<ConvertOptions> make_fields() {
       {"search_average", "--search-average", "fusion measure: average costs over the last N steps (0: all)",
        &O::search_average},
       {"max_group_size", "--max-group-size", "cap on heads per group (0: none)", &O::max_group_size},
-      {"uniform", "--adaptive",
+      {"adaptive", "--adaptive",
        "let the search's costs decide each layer's K and V head counts (the paper's adaptive allocation). By "
        "default every layer keeps the same counts, as even as the budget allows; which heads share is searched "
        "either way (--layout dha; per-layer-gqa always chooses each layer's group count)",
-       &O::uniform, false},
+       &O::adaptive, true},
       {"rounds", "--rounds", "progressive search in N rounds", &O::rounds},
       {"layout", "--layout",
        "dha: K and V grouped separately, any sizes; per-layer-gqa: K and V of a layer on one partition of equal "
@@ -68,8 +62,7 @@ RecipeFields<ConvertOptions> make_fields() {
       {"distill_weight", "--distill-weight", "weight of KL(source || fusion model) next to the LM loss",
        &O::distill_weight},
       {"train_weights", "--train-weights",
-       "what trains in search and fusion: all (theta jointly with Omega) | attention (only the K/V projections "
-       "being fused) | none (only Omega and lambda; weights stay frozen in the source dtype)",
+       "what trains in search and fusion: " + rows_help(train_weights_choices()),
        &O::train_weights},
       {"activation_checkpointing", "--activation-checkpointing",
        "recompute each decoder layer in backward instead of keeping its activations", &O::activation_checkpointing,
@@ -81,7 +74,7 @@ RecipeFields<ConvertOptions> make_fields() {
        &O::zero},
       {"checkpoint_every", "--checkpoint-every", "training checkpoints of the search and fusion stages every N steps (0: none)",
        &O::checkpoint_every},
-      {"export", "--export", export_formats_help(/*directories_only=*/true), &O::export_format},
+      {"export_format", "--export", export_formats_help(/*directories_only=*/true), &O::export_format},
       {"dtype", "--dtype", "weights on disk: " + output_dtypes_help(), &O::dtype},
   };
 }
@@ -94,6 +87,11 @@ const RecipeFields<ConvertOptions>& convert_recipe_fields() {
 }
 
 ConvertOptions convert_options_from_json(const nlohmann::json& j, const std::string& where) {
+  // Keys of earlier versions, named so that an old recipe.json says how to update it.
+  if (j.is_object() && j.contains("uniform"))
+    fail(where, ": \"uniform\" is now \"adaptive\" with the opposite meaning (\"uniform\": false is \"adaptive\": true)");
+  if (j.is_object() && j.contains("export"))
+    fail(where, ": \"export\" is now \"export_format\" (the same values)");
   return read_recipe(j, convert_recipe_fields(), where);
 }
 

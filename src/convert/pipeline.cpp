@@ -43,21 +43,21 @@ ConvertSummary run_convert(const std::string& model_path, const std::string& tok
     r.search = timed(
         *ctx, "search", [&] { return search_groups(*ctx, r.sharing->model); }, ctx->stage_plan("search"));
     r.merge = merge_heads(*ctx, r.sharing->model, r.search->grouping);
-    Llama result = make_model_sharing(r.merge->collapsed, "collapsed");
+    Llama result = make_model_over(r.merge->collapsed, "collapsed");
     result->to(ctx->device);
     r.after = timed(*ctx, "measure result", [&] { return ctx->measure(result); });
     r.exported = timed(*ctx, "export", [&] { return export_model(*ctx, r.merge->collapsed, result); });
     io::write_file_atomic(staged.file("recipe.json"), convert_options_to_json(options).dump(2) + "\n");
   }
-  const nlohmann::json report =
-      conversion_report(*ctx, r, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  const double wall_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const nlohmann::json report = conversion_report(*ctx, r, wall_seconds);
   io::write_file_atomic(staged.file("report.json"), report.dump(2) + "\n");
   write_pictures(*ctx, r);
   // Every rank of a data-parallel conversion computes the same result in its
   // own staging directory; rank 0's becomes the output, the others' go.
   if (ctx->dist->is_main()) staged.commit();
   ctx->dist->barrier();
-  return {report, out_dir};
+  return conversion_summary(*ctx, r, report, out_dir, wall_seconds);
 }
 
 }  // namespace dha

@@ -134,7 +134,7 @@ json fusion_json(const FusionStageResult& f, const Grouping& grouping, int64_t n
 
 json conversion_report(const ConvertContext& ctx, const ConvertResults& r, double wall_seconds) {
   const ConvertPlan& plan = ctx.plan;
-  json report = {{"method", plan.analyze_only ? std::string("analyze-attention") : ctx.options.method},
+  json report = {{"method", plan.analyze_only ? std::string("analyze-attention") : plan.method_name()},
                  {"source", ctx.model_path}};
   if (plan.uses_budget) report["budget"] = ctx.options.budget;
   if (plan.shares_heads) report["target_heads"] = plan.target_heads;
@@ -188,13 +188,35 @@ json conversion_report(const ConvertContext& ctx, const ConvertResults& r, doubl
   return report;
 }
 
+ConvertSummary conversion_summary(const ConvertContext& ctx, const ConvertResults& r, nlohmann::json report,
+                                  const std::string& out_dir, double wall_seconds) {
+  ConvertSummary s;
+  s.report = std::move(report);
+  s.out_dir = out_dir;
+  s.plan = ctx.plan;
+  s.wall_seconds = wall_seconds;
+  if (r.similarity)
+    for (int64_t l = 1; l < r.similarity->cosine.size(0); ++l)
+      s.consecutive_similarity.push_back(
+          {l - 1, l, r.similarity->cosine[l - 1][l].item<double>(), r.similarity->js[l - 1][l].item<double>()});
+  if (ctx.plan.analyze_only) return s;
+  s.shared_spans = format_spans(r.sharing->spans);
+  s.kv_bytes_before = ctx.plan.source.kv_bytes_per_token(2);
+  s.kv_bytes_after = r.merge->collapsed.config.kv_bytes_per_token(2);
+  s.source_nll = r.before->heldout_nll;
+  if (r.sharing->after) s.after_sharing_nll = r.sharing->after->heldout_nll;
+  if (r.merge->fusion) s.after_fusion_nll = r.merge->fusion->after.heldout_nll;
+  s.converted_nll = r.after->heldout_nll;
+  return s;
+}
+
 void write_pictures(const ConvertContext& ctx, const ConvertResults& r) {
   const std::string dir = ctx.staged.path();
   if (r.similarity) write_similarity_pictures(dir, *r.similarity, fs::path(ctx.model_path).filename().string());
   if (ctx.plan.analyze_only) return;
   const std::vector<FusionRecord> no_records;
   write_model_pictures(dir, ctx.plan.source, r.merge->collapsed.config, r.search->costs,
-                       r.merge->fusion ? r.merge->fusion->records : no_records, ctx.options.method);
+                       r.merge->fusion ? r.merge->fusion->records : no_records, ctx.plan.method_name());
 }
 
 }  // namespace dha::convert

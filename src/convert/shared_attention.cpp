@@ -80,41 +80,59 @@ Checkpoint share_attention(const Checkpoint& source, const std::vector<LayerSpan
       // The probabilities are per query head, so source and sharer must agree
       // on H; every layer of a LLaMA config has the same H, checked here
       // because the sharer keeps its own o_proj over H heads.
-      const std::string prefix = "model.layers." + std::to_string(l) + ".self_attn.";
-      const auto o_proj = source.tensors.find(prefix + "o_proj.weight");
+      const auto o_proj = source.tensors.find(projection_name(l, "o_proj"));
       if (o_proj == source.tensors.end() || o_proj->second.size(1) != c.n_heads * c.head_dim)
         fail("shared attention: layer ", l, " does not have ", c.n_heads, " query heads like the others");
-      for (const char* dropped : {"q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias"})
-        out.tensors.erase(prefix + dropped);  // biases with their projections (there are none without attention biases)
+      for (const char* dropped : {"q_proj", "k_proj"})
+        for (bool bias : {false, true})  // biases with their projections (none without attention biases)
+          out.tensors.erase(projection_name(l, dropped, bias));
     }
   c.validate("shared-attention model");
   return out;
 }
+
+namespace {
+
+// Every layer's attention probabilities of one forward pass.
+class ProbabilityCollector : public AttentionObserver {
+ public:
+  explicit ProbabilityCollector(int64_t n_layers) : p_(n_layers) {}
+  bool wants_probabilities(int64_t) const override { return true; }
+  void probabilities(int64_t layer, const torch::Tensor& p) override { p_[layer] = p; }
+  std::vector<torch::Tensor> take() {
+    std::vector<torch::Tensor> out(p_.size());
+    out.swap(p_);
+    return out;
+  }
+
+ private:
+  std::vector<torch::Tensor> p_;
+};
+
+}  // namespace
 
 AttentionSimilarity measure_attention_similarity(Llama& model, const std::vector<torch::Tensor>& batches) {
   if (batches.empty()) fail("attention similarity: no calibration batches");
   torch::NoGradGuard no_grad;
   model->eval();
   const int64_t n_layers = model->config().n_layers;
-  auto attention = [&](int64_t l) -> AttentionImpl& { return *model->model->layers[l]->as<DecoderLayer>()->self_attn; };
+  ProbabilityCollector collector(n_layers);
+  ForwardOptions options;
+  options.observer = &collector;
   AttentionSimilarity out;
   out.cosine = torch::zeros({n_layers, n_layers}, torch::kFloat64);
   out.js = torch::zeros({n_layers, n_layers}, torch::kFloat64);
-  for (int64_t l = 0; l < n_layers; ++l) attention(l).capture_probabilities = true;
   // One sequence at a time: L x [H, T, T] probabilities fit where
   // L x [B, H, T, T] may not (a large model).
   std::vector<torch::Tensor> sequences;
   for (const torch::Tensor& batch : batches)
     for (int64_t i = 0; i < batch.size(0); ++i) sequences.push_back(batch.narrow(0, i, 1));
   for (const torch::Tensor& sequence : sequences) {
-    model->forward(sequence);
+    model->forward(sequence, options);
     // float64: in float32, (p + q) / 2 of two tiny probabilities can flush to
     // zero where p does not, and the divergence would read infinite.
-    std::vector<torch::Tensor> p(n_layers);  // [1, H, T, T]
-    for (int64_t l = 0; l < n_layers; ++l) {
-      p[l] = attention(l).captured_probabilities.to(torch::kFloat64);
-      attention(l).captured_probabilities = torch::Tensor();
-    }
+    std::vector<torch::Tensor> p = collector.take();  // per layer [1, H, T, T]
+    for (auto& layer : p) layer = layer.to(torch::kFloat64);
     for (int64_t a = 0; a < n_layers; ++a) {
       const torch::Tensor norm_a = p[a].norm(2, -1);
       const torch::Tensor self_entropy_a = torch::xlogy(p[a], p[a]).sum(-1);
@@ -132,7 +150,6 @@ AttentionSimilarity measure_attention_similarity(Llama& model, const std::vector
     }
     out.rows += p[0].numel() / p[0].size(-1);
   }
-  for (int64_t l = 0; l < n_layers; ++l) attention(l).capture_probabilities = false;
   out.cosine /= static_cast<double>(out.rows);
   out.js /= static_cast<double>(out.rows);
   return out;

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dha/align.h"
 #include "dha/checkpoint.h"
 #include "dha/convert.h"
 #include "dha/data.h"
@@ -57,7 +58,7 @@ struct ConvertContext {
   io::StagedDirectory& staged;
   std::vector<StageTiming> timings;
 
-  Quality measure(Llama& model) const;
+  Quality measure(Llama& model, const ForwardOptions& forward = {}) const;
   int64_t heldout_docs() const;  // documents measure() scores
   // The source as a frozen model over its own tensors (no copy), on the device.
   Llama source_model() const;
@@ -81,7 +82,7 @@ auto timed(ConvertContext& ctx, const std::string& name, F&& body, std::optional
 AttentionSimilarity analyze_attention(ConvertContext& ctx);
 
 struct SharingResult {
-  Checkpoint model;               // float32, the spans applied (the source when none)
+  Checkpoint model;               // the source's tensors as stored, the spans applied (the source when none)
   std::vector<LayerSpan> spans;
   std::optional<Quality> after;   // when head sharing follows
 };
@@ -107,7 +108,13 @@ struct MergeResult {
   std::string stage;                        // what merged the heads (for the report)
   int64_t alignment_tokens = 0;             // read (forward only) for the alignment statistics
 };
+// The method row's merge (src/convert/method.h).
 MergeResult merge_heads(ConvertContext& ctx, const Checkpoint& model, const Grouping& grouping);
+// `model` (the source's function, as stored) with each group's heads
+// aligned to each other (align_groups) from the activations of the probe
+// batch, one layer at a time; the tokens read are counted into `result`.
+Checkpoint aligned_groups(const ConvertContext& ctx, const Checkpoint& model, const Grouping& grouping,
+                          MergeResult& result);
 
 struct ExportResult {
   ModelConfig config;              // the written layout
@@ -127,6 +134,9 @@ struct ConvertResults {
   std::optional<ExportResult> exported;
 };
 nlohmann::json conversion_report(const ConvertContext& ctx, const ConvertResults& results, double wall_seconds);
+// The typed figures the tools print, beside the report.
+ConvertSummary conversion_summary(const ConvertContext& ctx, const ConvertResults& results, nlohmann::json report,
+                                  const std::string& out_dir, double wall_seconds);
 void write_pictures(const ConvertContext& ctx, const ConvertResults& results);
 
 // ---- implementation of timed() --------------------------------------------------

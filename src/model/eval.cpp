@@ -21,12 +21,12 @@ bool is_blank(const std::string& text, size_t begin, size_t end) {
 // -sum log p(ids[begin + p + 1]) for the predictions at positions p in
 // [from, to) of the model run on the window ids[begin, begin + n).
 double window_nll(Llama& model, const std::vector<int32_t>& ids, int64_t begin, int64_t n, int64_t from,
-                  int64_t to, const torch::Device& device) {
+                  int64_t to, const torch::Device& device, const ForwardOptions& forward) {
   const torch::Tensor tokens =
       torch::tensor(std::vector<int64_t>(ids.begin() + begin, ids.begin() + begin + n), torch::kInt64)
           .unsqueeze(0)
           .to(device);
-  const torch::Tensor logits = model->forward(tokens).to(torch::kFloat32);
+  const torch::Tensor logits = model->forward(tokens, forward).to(torch::kFloat32);
   const torch::Tensor log_probs = torch::log_softmax(logits.narrow(1, from, to - from), -1);
   const torch::Tensor targets =
       torch::tensor(std::vector<int64_t>(ids.begin() + begin + from + 1, ids.begin() + begin + to + 1),
@@ -88,7 +88,8 @@ EvalResult evaluate_nll(Llama& model, const Tokenizer& tokenizer, const std::vec
 }
 
 EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32_t>>& docs, int64_t max_docs,
-                               bool show_progress, int64_t stride) {
+                               bool show_progress, int64_t stride, const ForwardOptions& forward) {
+  if (forward.cache) fail("evaluate_token_docs: the evaluation runs without a KV cache");
   torch::NoGradGuard no_grad;
   const ModelConfig& config = model->config();
   const int64_t context = config.max_seq_len;
@@ -106,7 +107,7 @@ EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32
     if (stride == 0 || length <= context) {
       // One window: the document, or its first `context` ids.
       const int64_t n = std::min(length, context);
-      total_nll += window_nll(model, ids, 0, n, 0, n - 1, device);
+      total_nll += window_nll(model, ids, 0, n, 0, n - 1, device, forward);
       result.tokens += n - 1;
       result.windows += 1;
       result.truncated_docs += length > context ? 1 : 0;
@@ -115,13 +116,13 @@ EvalResult evaluate_token_docs(Llama& model, const std::vector<std::vector<int32
       // makes (targets 1..context, the last from its final position); each
       // later one ends right before its last target, `stride` targets further
       // on, and scores only the targets after those already scored.
-      total_nll += window_nll(model, ids, 0, context, 0, context, device);
+      total_nll += window_nll(model, ids, 0, context, 0, context, device, forward);
       int64_t scored = context;  // targets 1..scored are done
       result.windows += 1;
       while (scored < length - 1) {
         const int64_t last = std::min(scored + stride, length - 1);
         const int64_t begin = last - context;
-        total_nll += window_nll(model, ids, begin, context, scored - begin, context, device);
+        total_nll += window_nll(model, ids, begin, context, scored - begin, context, device, forward);
         scored = last;
         result.windows += 1;
       }

@@ -3,7 +3,7 @@
 
 #include <cmath>
 
-#include "checkpointing.h"
+#include "layer_recompute.h"
 #include "dha/attention.h"
 #include "dha/error.h"
 #include "dha/io/mapped_region.h"
@@ -93,11 +93,13 @@ torch::Tensor RopeImpl::apply(const torch::Tensor& x, int64_t start) const {
 }
 
 AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t layer, bool allocate)
-    : n_heads_(c.n_heads),
+    : layer_(layer),
+      n_heads_(c.n_heads),
       n_k_heads_(c.layout.n_k_heads(layer)),
       n_v_heads_(c.layout.n_v_heads(layer)),
       head_dim_(c.head_dim),
-      shares_(c.layout.shares_attention(layer)) {
+      shares_(c.layout.shares_attention(layer)),
+      emits_(!shares_ && layer + 1 < c.n_layers && c.layout.shares_attention(layer + 1)) {
   if (!shares_) {
     q_proj = register_module("q_proj", Projection(c.dim, n_heads_ * head_dim_, c.attention_bias, allocate));
     k_proj = register_module("k_proj", Projection(c.dim, n_k_heads_ * head_dim_, c.attention_bias, allocate));
@@ -108,19 +110,20 @@ AttentionImpl::AttentionImpl(const ModelConfig& c, int64_t layer, bool allocate)
   v_map = register_buffer("v_map", map_tensor(c.layout.v_map[layer]));
 }
 
-torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start,
-                                     torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities) {
+torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start, torch::Tensor cache_k,
+                                     torch::Tensor cache_v, torch::Tensor& probabilities, const LayerForward& extras) {
   const int64_t b = x.size(0), t = x.size(1);
   auto heads = [&](const torch::Tensor& y, int64_t n) {
     return y.view({b, t, n, head_dim_}).transpose(1, 2);  // [B, n, T, d_h]
   };
-  const torch::Tensor v_weight = v_weight_override.defined() ? v_weight_override : v_proj->weight;
-  const torch::Tensor v_bias = v_bias_override.defined() ? v_bias_override : v_proj->bias;  // undefined: none
-  torch::Tensor v = heads(project(x, v_weight, v_bias), n_v_heads_);
-  if (capture) {
-    captured_keys = torch::Tensor();
-    captured_values = v.detach();
-  }
+  const KVWeights* given = extras.kv_weights;
+  AttentionObserver* observer = extras.observer;
+  const bool observe_kv = observer && observer->wants_keys_and_values(layer_);
+  const bool observe_p = observer && observer->wants_probabilities(layer_);
+  const bool v_given = given && given->v_weight.defined();
+  torch::Tensor v = heads(project(x, v_given ? given->v_weight : v_proj->weight, v_given ? given->v_bias : v_proj->bias),
+                          n_v_heads_);  // an undefined bias: none
+  if (observe_kv && shares_) observer->keys_and_values(layer_, torch::Tensor(), v.detach());
   if (cache_v.defined()) {
     cache_v.narrow(2, start, t).copy_(v);
     v = cache_v.narrow(2, 0, start + t).to(x.scalar_type());
@@ -131,25 +134,25 @@ torch::Tensor AttentionImpl::forward(const torch::Tensor& x, const Rope& rope, i
   if (shares_) {
     if (!probabilities.defined() || probabilities.size(2) != t || probabilities.size(3) != v.size(2))
       fail("attention: a layer that shares attention got no matching probabilities from its source layer");
-    if (capture_probabilities) captured_probabilities = probabilities.detach();
+    if (observe_p) observer->probabilities(layer_, probabilities.detach());
     return output(apply_attention_probabilities(probabilities, v, v_map));
   }
 
-  const torch::Tensor k_weight = k_weight_override.defined() ? k_weight_override : k_proj->weight;
-  const torch::Tensor k_bias = k_bias_override.defined() ? k_bias_override : k_proj->bias;
+  const bool k_given = given && given->k_weight.defined();
   torch::Tensor q = rope->apply(heads(q_proj(x), n_heads_), start);
-  torch::Tensor k = heads(project(x, k_weight, k_bias), n_k_heads_);
-  if (capture) captured_keys = k.detach();
+  torch::Tensor k =
+      heads(project(x, k_given ? given->k_weight : k_proj->weight, k_given ? given->k_bias : k_proj->bias), n_k_heads_);
+  if (observe_kv) observer->keys_and_values(layer_, k.detach(), v.detach());
   k = rope->apply(k, start);
   if (cache_k.defined()) {
     cache_k.narrow(2, start, t).copy_(k);
     k = cache_k.narrow(2, 0, start + t).to(q.scalar_type());
   }
-  if (emits_probabilities || capture_probabilities) {
-    // Materialised: P goes on to the sharing layers (or to the analysis).
+  if (emits_ || observe_p) {
+    // Materialised: P goes on to the sharing layers (or to the observer).
     const torch::Tensor p = attention_probabilities(q, k, k_map, /*causal=*/true);
-    if (capture_probabilities) captured_probabilities = p.detach();
-    if (emits_probabilities) probabilities = p;
+    if (observe_p) observer->probabilities(layer_, p.detach());
+    if (emits_) probabilities = p;
     return output(apply_attention_probabilities(p, v, v_map).to(q.scalar_type()));
   }
   return output(grouped_attention(q, k, v, k_map, v_map, /*causal=*/true));
@@ -172,9 +175,10 @@ DecoderLayerImpl::DecoderLayerImpl(const ModelConfig& c, int64_t layer, bool all
   mlp = register_module("mlp", Mlp(c.dim, c.hidden_dim, allocate));
 }
 
-torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start,
-                                        torch::Tensor cache_k, torch::Tensor cache_v, torch::Tensor& probabilities) {
-  const torch::Tensor h = x + self_attn->forward(input_layernorm(x), rope, start, cache_k, cache_v, probabilities);
+torch::Tensor DecoderLayerImpl::forward(const torch::Tensor& x, const Rope& rope, int64_t start, torch::Tensor cache_k,
+                                        torch::Tensor cache_v, torch::Tensor& probabilities, const LayerForward& extras) {
+  const torch::Tensor h =
+      x + self_attn->forward(input_layernorm(x), rope, start, cache_k, cache_v, probabilities, extras);
   return h + mlp(post_attention_layernorm(h));
 }
 
@@ -195,12 +199,18 @@ LlamaImpl::LlamaImpl(const ModelConfig& config, bool allocate) : config_(config)
     for (auto& p : parameters()) p.zero_();
   }
   rope_ = register_module("rotary", Rope(config_.head_dim, config_.max_seq_len, config_.rope_theta, config_.rope_scaling));
-  for (int64_t l = 0; l + 1 < config_.n_layers; ++l)
-    if (config_.layout.shares_attention(l + 1) && !config_.layout.shares_attention(l))
-      model->layers[l]->as<DecoderLayer>()->self_attn->emits_probabilities = true;
 }
 
 torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
+  ForwardOptions options;
+  options.cache = cache;
+  return forward(tokens, options);
+}
+
+torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens, const ForwardOptions& options) {
+  KVCache* cache = options.cache;
+  if (options.kv_weights && static_cast<int64_t>(options.kv_weights->size()) != config_.n_layers)
+    fail("forward: K/V weights for ", options.kv_weights->size(), " layers, the model has ", config_.n_layers);
   if (tokens.dim() != 2) fail("forward: tokens must be [B, T], got ", tokens.dim(), " dims");
   const int64_t b = tokens.size(0), t = tokens.size(1);
   const int64_t start = cache ? cache->length : 0;
@@ -223,14 +233,15 @@ torch::Tensor LlamaImpl::forward(const torch::Tensor& tokens, KVCache* cache) {
     fail("forward: gathered layer weights (ZeRO-3) need activation checkpointing to train");
   for (int64_t l = 0; l < config_.n_layers; ++l) {
     DecoderLayerImpl& layer = *model->layers[l]->as<DecoderLayer>();
+    const LayerForward extras{options.kv_weights ? &(*options.kv_weights)[l] : nullptr, options.observer};
     if (recompute) {
-      h = checkpointed_layer_forward(layer, h, rope_, probabilities, layer_weights, l);
+      h = recomputed_layer_forward(layer, h, rope_, probabilities, extras, layer_weights, l);
       continue;
     }
     torch::Tensor ck, cv;
     if (cache) ck = cache->k[l], cv = cache->v[l];
     if (layer_weights) layer_weights->gather(l, /*backward=*/false);
-    h = layer.forward(h, rope_, start, ck, cv, probabilities);
+    h = layer.forward(h, rope_, start, ck, cv, probabilities, extras);
     if (layer_weights) layer_weights->release(l);
   }
   if (layer_weights) layer_weights->gather(config_.n_layers, /*backward=*/false);
@@ -266,14 +277,6 @@ TensorMap LlamaImpl::state() const {
   return out;
 }
 
-Checkpoint LlamaImpl::to_checkpoint(torch::ScalarType storage_dtype) const {
-  Checkpoint checkpoint;
-  checkpoint.config = config_;
-  checkpoint.storage_dtype = storage_dtype;
-  for (const auto& [name, tensor] : state()) checkpoint.tensors[name] = tensor.to(torch::kCPU).clone();
-  return checkpoint;
-}
-
 Checkpoint LlamaImpl::shared_checkpoint(torch::ScalarType storage_dtype) const {
   Checkpoint checkpoint;
   checkpoint.config = config_;
@@ -303,7 +306,7 @@ Llama make_random_model(const ModelConfig& config, uint64_t seed) {
   return model;
 }
 
-Llama make_model_sharing(const Checkpoint& checkpoint, const std::string& source,
+Llama make_model_over(const Checkpoint& checkpoint, const std::string& source,
                          const std::function<bool(const std::string& name)>& trains) {
   check_tensors(checkpoint.config, checkpoint.tensors, source);
   Llama model(checkpoint.config, /*allocate=*/false);
@@ -324,7 +327,7 @@ Llama make_model_sharing(const Checkpoint& checkpoint, const std::string& source
 }
 
 Llama make_model(const Checkpoint& checkpoint, const std::string& source) {
-  return make_model_sharing(checkpoint, source, [](const std::string&) { return true; });
+  return make_model_over(checkpoint, source, [](const std::string&) { return true; });
 }
 
 }  // namespace dha

@@ -11,7 +11,7 @@ namespace dha {
 namespace {
 
 torch::Tensor placeholder_or(bool allocate, std::vector<int64_t> shape) {
-  // A placeholder holds no memory: make_model_sharing puts the real tensor in its place.
+  // A placeholder holds no memory: make_model_over puts the real tensor in its place.
   return allocate ? torch::zeros(shape) : torch::empty({0});
 }
 

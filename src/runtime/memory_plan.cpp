@@ -37,16 +37,20 @@ int64_t layer_trainable(const ModelConfig& c, int64_t l, TrainWeights weights) {
 
 }  // namespace
 
-TrainWeights parse_train_weights(const std::string& name) {
-  if (name == "all") return TrainWeights::kAll;
-  if (name == "attention") return TrainWeights::kAttention;
-  if (name == "none") return TrainWeights::kNone;
-  fail("--train-weights \"", name, "\" is not one of all, attention, none");
+const std::vector<Named<TrainWeights>>& train_weights_choices() {
+  static const std::vector<Named<TrainWeights>> choices = {
+      {TrainWeights::kAll, "all", "theta jointly with Omega"},
+      {TrainWeights::kAttention, "attention", "only the K/V projections being fused"},
+      {TrainWeights::kNone, "none", "only Omega and lambda; weights stay frozen in the source dtype"},
+  };
+  return choices;
 }
 
-const char* train_weights_name(TrainWeights weights) {
-  return weights == TrainWeights::kAll ? "all" : weights == TrainWeights::kAttention ? "attention" : "none";
+TrainWeights parse_train_weights(const std::string& name) {
+  return parse_named(train_weights_choices(), name, "--train-weights");
 }
+
+const char* train_weights_name(TrainWeights weights) { return name_of(train_weights_choices(), weights).c_str(); }
 
 bool weight_trains(TrainWeights weights, const std::string& name) {
   if (weights == TrainWeights::kAll) return true;
@@ -155,16 +159,21 @@ MemoryPlan plan_memory(const MemoryPlanInputs& in) {
   const int64_t whole = std::min(in.kept_whole_elements, trained);
   const int64_t trained_weights =
       in.zero == 3 ? per_rank((trained - whole) * kFp32) + whole * kFp32 + gathered * kFp32 : trained * kFp32;
-  add("weights", trained_weights + frozen * frozen_bytes + tables,
+  const int64_t frozen_fp32 = std::min(in.frozen_fp32_elements, frozen);
+  add("weights", trained_weights + frozen * frozen_bytes + frozen_fp32 * (kFp32 - frozen_bytes) + tables,
       std::string("trained in fp32") +
           (in.zero == 3 ? zero_note + " + one part whole with its gradient" + (in.cuda ? " (and the next: prefetch)" : "") +
                               (whole > 0 ? " + the fused K/V projections, whole" : "")
                         : "") +
-          (frozen > 0 ? ", frozen in the storage dtype" : "") + "; RoPE tables");
+          (frozen > 0 ? ", frozen in the storage dtype" : "") + (frozen_fp32 > 0 ? " (aligned ones in fp32)" : "") +
+          "; RoPE tables");
   if (in.cuda)
     add("autocast copies", (in.zero == 3 ? largest_layer_part * 2 : trained) * 2,
         "bf16 copies of the trained weights, forward to backward");
-  if (in.keeps_source) add("source weights", trained * frozen_bytes, "the source's copy of the trained weights");
+  if (in.source_copy_elements > 0)
+    add("source weights", in.source_copy_elements * frozen_bytes,
+        in.teacher ? "the teacher's own: the source's tensors it does not share with the fusion model"
+                   : "the source's copy of the trained weights");
   if (in.zero == 0) add("gradients", trained * kFp32, "fp32, trained weights only");
   else if (in.zero == 1)
     add("gradients", trained * kFp32 + per_rank(largest_param * kFp32),

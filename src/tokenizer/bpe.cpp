@@ -733,12 +733,6 @@ constexpr PreName kPreNames[] = {
 
 }  // namespace
 
-std::vector<std::string> ByteLevelBpeTokenizer::known_pre_names() {
-  std::vector<std::string> names;
-  for (const PreName& p : kPreNames) names.emplace_back(p.name);
-  return names;
-}
-
 std::unique_ptr<ByteLevelBpeTokenizer> ByteLevelBpeTokenizer::from_vocab(const BpeVocabSpec& spec,
                                                                          const std::string& source) {
   std::unique_ptr<ByteLevelBpeTokenizer> tok(new ByteLevelBpeTokenizer());

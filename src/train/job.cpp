@@ -158,7 +158,7 @@ TrainJobResult run_train_job(const TrainJob& job) {
       fail(job.teacher_path, ": the teacher's vocab (", t.config.vocab_size, ") differs from the student's (",
            model_config.vocab_size, ")");
     teacher_dtype = t.storage_dtype;
-    teacher = make_model_sharing(t, job.teacher_path);
+    teacher = make_model_over(t, job.teacher_path);
     (*teacher)->to(device);
   }
   model->to(device);

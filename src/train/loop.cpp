@@ -198,7 +198,7 @@ EvalPoint evaluate(TrainTask& task, const std::vector<std::vector<int32_t>>& doc
     task.before_eval();
     const bool was_training = task.model()->is_training();
     task.model()->eval();
-    const EvalResult r = evaluate_token_docs(task.model(), mine, 0, false);
+    const EvalResult r = evaluate_token_docs(task.model(), mine, 0, false, 0, task.forward_options());
     if (was_training) task.model()->train();
     nll = r.mean_nll * r.tokens;
     count = static_cast<double>(r.tokens);

@@ -19,7 +19,6 @@ spdlog::logger& logger() {
 
 spdlog::level::level_enum to_spdlog(Level level) {
   switch (level) {
-    case Level::kDebug: return spdlog::level::debug;
     case Level::kInfo: return spdlog::level::info;
     case Level::kWarn: return spdlog::level::warn;
     case Level::kError: return spdlog::level::err;
@@ -30,7 +29,5 @@ spdlog::level::level_enum to_spdlog(Level level) {
 }  // namespace
 
 void write(Level level, const std::string& message) { logger().log(to_spdlog(level), message); }
-
-void set_level(Level level) { logger().set_level(to_spdlog(level)); }
 
 }  // namespace dha::log
