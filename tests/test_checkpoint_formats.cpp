@@ -33,7 +33,8 @@ const std::map<std::string, Writer>& fixtures() {
        [](const std::string& path, const dha::Checkpoint& ck) {
          dha::io::save_gguf_checkpoint(path, ck, torch::kFloat16, "");
        }},
-      {"llama2c", [](const std::string& path, const dha::Checkpoint& ck) { dha::io::save_llama2c(path, ck); }},
+      {"llama2c",
+       [](const std::string& path, const dha::Checkpoint& ck) { dha::io::save_llama2c(path, ck); }},
   };
   return writers;
 }
@@ -46,7 +47,8 @@ TEST(CheckpointFormats, EveryFormatIsDetectedAndItsCheapReadsAgreeWithItsLoad) {
   for (const dha::io::CheckpointFormat& format : dha::io::checkpoint_formats()) {
     SCOPED_TRACE(format.name);
     const auto writer = fixtures().find(format.name);
-    ASSERT_NE(writer, fixtures().end()) << "a new format row needs its fixture in tests/test_checkpoint_formats.cpp";
+    ASSERT_NE(writer, fixtures().end())
+        << "a new format row needs its fixture in tests/test_checkpoint_formats.cpp";
     // No extension: each format is told by what the path is or holds.
     const std::string path = tmp.file(format.name + "-model");
     writer->second(path, ck);
@@ -64,6 +66,19 @@ TEST(CheckpointFormats, EveryFormatIsDetectedAndItsCheapReadsAgreeWithItsLoad) {
     for (const auto& [name, t] : ck.tensors)
       EXPECT_TRUE(torch::allclose(loaded.tensors.at(name).to(torch::kFloat32), t, 1e-2, 1e-2)) << name;
   }
+}
+
+// The tools' --model help lists the rows, in detection order.
+TEST(CheckpointFormats, HelpListsEveryFormat) {
+  const std::string help = dha::io::checkpoint_formats_help();
+  size_t at = 0;
+  for (const dha::io::CheckpointFormat& format : dha::io::checkpoint_formats()) {
+    at = help.find(format.help, at);
+    ASSERT_NE(at, std::string::npos) << format.name << " in \"" << help << "\"";
+  }
+  const std::string last = ", or " + dha::io::checkpoint_formats().back().help;
+  ASSERT_GE(help.size(), last.size());
+  EXPECT_EQ(help.substr(help.size() - last.size()), last);
 }
 
 TEST(CheckpointFormats, WhatNoFormatReadsIsOneClearLine) {

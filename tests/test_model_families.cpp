@@ -275,8 +275,10 @@ TEST_F(ModelFamilies, RemoteCodeReadsEveryWrittenFamilyAsTheTableSays) {
 // tests/model_families.py writes with that model_type.
 TEST_F(ModelFamilies, EveryFamilyHasACheckpointToRead) {
   std::set<std::string> cases;
-  for (const Family& family : kFamilies)
-    cases.insert(json::parse(dha::io::read_file(path(family.name) + "/config.json")).at("model_type").get<std::string>());
+  for (const Family& family : kFamilies) {
+    const json config = json::parse(dha::io::read_file(path(family.name) + "/config.json"));
+    cases.insert(config.at("model_type").get<std::string>());
+  }
   for (const dha::io::CheckpointFamily& family : dha::io::checkpoint_families())
     EXPECT_TRUE(family.writes || cases.count(family.name))
         << family.name << ": add a case to tests/model_families.py and to kFamilies";
@@ -331,7 +333,8 @@ TEST(ModelFamilyTable, EveryRowHoldsWhatItsRolesNeed) {
 
 TEST(ModelFamilyTable, TensorRenamesMapWholeNamePiecesBothWays) {
   dha::io::CheckpointFamily family;
-  family.tensor_renames = {{"transformer.h", "model.layers"}, {"attn", "self_attn"}, {"wte", "model.embed_tokens"}};
+  family.tensor_renames = {
+      {"transformer.h", "model.layers"}, {"attn", "self_attn"}, {"wte", "model.embed_tokens"}};
   const std::vector<std::pair<std::string, std::string>> names = {
       {"transformer.h.3.attn.q_proj.weight", "model.layers.3.self_attn.q_proj.weight"},
       {"wte.weight", "model.embed_tokens.weight"},
@@ -440,7 +443,8 @@ TEST(ModelFamilyConfigs, WhatCannotBeRunIsOneClearLine) {
       {"mlp bias", [](json& j) { j["mlp_bias"] = true; }, "mlp_bias is not supported"},
       // The supported list is the family table's.
       {"unknown family", [](json& j) { j["model_type"] = "gemma2"; },
-       "model_type \"gemma2\" is not supported (supported: " + dha::row_names(dha::io::checkpoint_families()) + ")"},
+       "model_type \"gemma2\" is not supported (supported: " + dha::row_names(dha::io::checkpoint_families()) +
+           ")"},
       {"mistral default window",  // MistralConfig's window is 4096 when the key is absent
        [](json& j) { j["model_type"] = "mistral"; j["max_position_embeddings"] = 32768; },
        "sliding_window 4096 (every layer) is below max_position_embeddings 32768"},

@@ -48,7 +48,8 @@ bool qkv_bias_as_written(const json& j, const std::string& where) {
 // further than the window from a key: refused unless the window covers the
 // whole context the model accepts (its max_position_embeddings, which dha's
 // forward enforces). `window` < 0: none.
-void check_sliding_window(int64_t window, int64_t context, const std::string& layers, const std::string& where) {
+void check_sliding_window(int64_t window, int64_t context, const std::string& layers,
+                          const std::string& where) {
   if (window < 0 || window >= context) return;
   fail(where, ": sliding_window ", window, " (", layers, ") is below max_position_embeddings ", context,
        ": dha attends over the whole context and would differ beyond ", window,
@@ -78,7 +79,8 @@ void qwen2_windows(const json& j, const ModelConfig& c, const std::string& where
     const auto types = required<std::vector<std::string>>(j, "layer_types", where);
     for (size_t l = 0; l < types.size(); ++l) {
       if (types[l] != "full_attention" && types[l] != "sliding_attention")
-        fail(where, ": layer_types[", l, "] = \"", types[l], "\" is not supported (full_attention, sliding_attention)");
+        fail(where, ": layer_types[", l, "] = \"", types[l],
+             "\" is not supported (full_attention, sliding_attention)");
       if (types[l] == "sliding_attention") sliding.push_back(static_cast<int64_t>(l));
     }
   } else {
@@ -87,7 +89,8 @@ void qwen2_windows(const json& j, const ModelConfig& c, const std::string& where
   }
   if (!sliding.empty())
     check_sliding_window(window, c.max_seq_len,
-                         "layers " + std::to_string(sliding.front()) + ".." + std::to_string(sliding.back()), where);
+                         "layers " + std::to_string(sliding.front()) + ".." + std::to_string(sliding.back()),
+                         where);
 }
 
 // ---- what the writer emits --------------------------------------------------------
@@ -185,8 +188,8 @@ std::string CheckpointFamily::checkpoint_name(const std::string& canonical_name)
 const CheckpointFamily& config_family(const json& config, const std::string& where) {
   const std::string model_type = optional_field<std::string>(config, "model_type", "llama", where);
   if (const CheckpointFamily* family = find_row_or_null(checkpoint_families(), model_type)) return *family;
-  fail(where, ": model_type \"", model_type, "\" is not supported (supported: ", row_names(checkpoint_families()),
-       ")");
+  fail(where, ": model_type \"", model_type,
+       "\" is not supported (supported: ", row_names(checkpoint_families()), ")");
 }
 
 const CheckpointFamily& written_family(const ModelConfig& config) {

@@ -156,7 +156,8 @@ ModelConfig gguf_model_config(const GgufFile& file) {
   const std::string& path = file.path();
   const std::string arch = file.get_string("general.architecture");
   if (!find_gguf_family(arch))
-    fail(path, ": general.architecture is '", arch.substr(0, 40), "' (supported: ", gguf_architectures(), ")");
+    fail(path, ": general.architecture is '", arch.substr(0, 40), "' (supported: ", gguf_architectures(),
+         ")");
   const ConfigReader r(file, arch);
 
   if (const auto experts = file.find_int(r.key("expert_count")); experts && *experts > 0)

@@ -91,7 +91,8 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   c.vocab_size = required<int64_t>(j, "vocab_size", where);
   if (c.n_heads <= 0) fail(where, ": num_attention_heads must be positive");
   c.head_dim = optional_field<int64_t>(j, "head_dim", c.dim / c.n_heads, where);
-  c.max_seq_len = optional_field<int64_t>(j, "max_position_embeddings", family.default_max_position_embeddings, where);
+  c.max_seq_len =
+      optional_field<int64_t>(j, "max_position_embeddings", family.default_max_position_embeddings, where);
   c.norm_eps = optional_field<double>(j, "rms_norm_eps", 1e-6, where);
   c.tied_embeddings = optional_field<bool>(j, "tie_word_embeddings", false, where);
   c.bos_id = token_id(j, "bos_token_id", 1, where);
@@ -179,8 +180,10 @@ ModelConfig load_hf_dir_config(const std::string& dir) {
 torch::ScalarType hf_dir_storage_dtype(const std::string& dir) {
   const std::string config_path = dir + "/config.json";
   const json config = read_config(dir);
-  const std::string embedding = config_family(config, config_path).checkpoint_name("model.embed_tokens.weight");
-  if (fs::exists(dir + "/" + kSingleFile)) return SafetensorsFile(dir + "/" + kSingleFile).entry(embedding).dtype;
+  const std::string embedding =
+      config_family(config, config_path).checkpoint_name("model.embed_tokens.weight");
+  if (fs::exists(dir + "/" + kSingleFile))
+    return SafetensorsFile(dir + "/" + kSingleFile).entry(embedding).dtype;
   if (fs::exists(dir + "/" + kIndexFile)) {  // sharded: the shard that holds the embedding
     const auto files = shard_map(dir);
     const auto it = files.find(embedding);

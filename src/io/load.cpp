@@ -9,11 +9,11 @@
 
 #include "dha/error.h"
 #include "dha/io/atomic_file.h"
-#include "dha/lookup.h"
 #include "dha/io/gguf_checkpoint.h"
 #include "dha/io/hf_dir.h"
 #include "dha/io/llama2c.h"
 #include "dha/io/safetensors.h"
+#include "dha/lookup.h"
 
 namespace dha::io {
 namespace fs = std::filesystem;
@@ -21,7 +21,8 @@ namespace fs = std::filesystem;
 namespace {
 
 bool has_suffix(const std::string& path, const std::string& suffix) {
-  return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return path.size() >= suffix.size() &&
+         path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 // An HF or dha directory; its weights file given instead is refused here.
@@ -47,10 +48,11 @@ bool is_other_file(const std::string&, bool is_directory) { return !is_directory
 
 std::vector<CheckpointFormat> make_formats() {
   return {
-      {"directory", is_model_directory, load_hf_dir, load_hf_dir_config, hf_dir_storage_dtype, true},
-      {"gguf", is_gguf_file, load_gguf_checkpoint, [](const std::string& path) { return gguf_model_config(GgufFile(path)); },
-       gguf_storage_dtype, false},
-      {"llama2c", is_other_file, load_llama2c, load_llama2c_config,
+      {"directory", "HF LLaMA or dha directory", is_model_directory, load_hf_dir, load_hf_dir_config,
+       hf_dir_storage_dtype, true},
+      {"gguf", "llama.cpp .gguf", is_gguf_file, load_gguf_checkpoint,
+       [](const std::string& path) { return gguf_model_config(GgufFile(path)); }, gguf_storage_dtype, false},
+      {"llama2c", "llama2.c .bin", is_other_file, load_llama2c, load_llama2c_config,
        [](const std::string&) { return torch::kFloat32; }, false},
   };
 }
@@ -60,6 +62,16 @@ std::vector<CheckpointFormat> make_formats() {
 const std::vector<CheckpointFormat>& checkpoint_formats() {
   static const std::vector<CheckpointFormat> formats = make_formats();
   return formats;
+}
+
+std::string checkpoint_formats_help() {
+  const auto& formats = checkpoint_formats();
+  std::string help;
+  for (size_t i = 0; i < formats.size(); ++i) {  // "a, b, or c"
+    if (i > 0) help += i + 1 < formats.size() ? ", " : formats.size() > 2 ? ", or " : " or ";
+    help += formats[i].help;
+  }
+  return help;
 }
 
 const CheckpointFormat& checkpoint_format(const std::string& path) {
@@ -77,7 +89,9 @@ bool loads_file_pages(const std::string& path) { return checkpoint_format(path).
 
 ModelConfig load_model_config(const std::string& path) { return checkpoint_format(path).load_config(path); }
 
-torch::ScalarType load_storage_dtype(const std::string& path) { return checkpoint_format(path).storage_dtype(path); }
+torch::ScalarType load_storage_dtype(const std::string& path) {
+  return checkpoint_format(path).storage_dtype(path);
+}
 
 std::unique_ptr<Tokenizer> load_model_tokenizer(const std::string& model_path, const std::string& tokenizer_path,
                                                 int64_t vocab) {
