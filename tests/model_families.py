@@ -138,8 +138,8 @@ def check(manifest_path):
         diff = (logits - expected["logits"]).abs().max().item()
         report(diff < TOLERANCE, f"{model_dir}: {type(model).__name__} ({config['model_type']}) logits vs dha: "
                                  f"max abs difference {diff:.3e} (< {TOLERANCE:g})")
-        if remote and config["model_type"] in ("llama", "qwen2"):
-            # A GQA layout in a dha directory is also transformers' own model.
+        if remote and config["model_type"] in transformers.CONFIG_MAPPING:
+            # A GQA layout in a dha directory is written as transformers' own model.
             plain = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=False, **kwargs).eval()
             with torch.no_grad():
                 diff = (plain(expected["tokens"].to(torch.int64)).logits - expected["logits"]).abs().max().item()

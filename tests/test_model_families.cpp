@@ -12,12 +12,16 @@
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "dha/error.h"
 #include "dha/io/atomic_file.h"
+#include "dha/io/checkpoint_family.h"
+#include "dha/io/gguf_export.h"
 #include "dha/io/hf_dir.h"
 #include "dha/io/llama2c.h"
 #include "dha/io/safetensors.h"
+#include "dha/lookup.h"
 #include "dha/model.h"
 #include "model_fixtures.h"
 #include "test_util.h"
@@ -254,6 +258,111 @@ TEST_F(ModelFamilies, ConvertAndExportReloadToTheReportedModel) {
   EXPECT_EQ(run_logged(python(*dir_, "check \"" + path("manifest.json") + "\"")), 0);
 }
 
+// The remote code reads a dha directory written as each family as the table says.
+TEST_F(ModelFamilies, RemoteCodeReadsEveryWrittenFamilyAsTheTableSays) {
+  const std::string out = path("written_as.json");
+  ASSERT_EQ(run_logged(std::string("\"") + DHA_PYTHON + "\" -c 'import json, sys; sys.path.insert(0, \"" +
+                       DHA_SOURCE_DIR + "/python/dha_hf\"); import configuration_dha as c; "
+                       "open(\"" + out + "\", \"w\").write(json.dumps(c.WRITTEN_AS))'"),
+            0);
+  json table = json::object();
+  for (const dha::io::CheckpointFamily& family : dha::io::checkpoint_families())
+    if (!family.remote_code_fields.empty()) table[family.name] = json::parse(family.remote_code_fields);
+  EXPECT_EQ(json::parse(dha::io::read_file(out)), table);
+}
+
+// A family the writer never emits is exercised only by a checkpoint that
+// tests/model_families.py writes with that model_type.
+TEST_F(ModelFamilies, EveryFamilyHasACheckpointToRead) {
+  std::set<std::string> cases;
+  for (const Family& family : kFamilies) {
+    const json config = json::parse(dha::io::read_file(path(family.name) + "/config.json"));
+    cases.insert(config.at("model_type").get<std::string>());
+  }
+  for (const dha::io::CheckpointFamily& family : dha::io::checkpoint_families())
+    EXPECT_TRUE(family.writes || cases.count(family.name))
+        << family.name << ": add a case to tests/model_families.py and to kFamilies";
+}
+
+// ---- without Python: the family table -------------------------------------------------
+
+TEST(ModelFamilyTable, EveryConfigIsWrittenAsExactlyOneFamilyAndReadBackAsIt) {
+  const std::vector<std::pair<dha::ModelConfig, std::string>> cases = {
+      {dha::test::tiny_config(), "llama"},
+      {dha::test::tiny_config(false, true), "qwen2"},
+      {dha::test::tiny_dha_config(), "dha_llama"},
+      {dha::test::tiny_dha_config(false, true), "dha_llama"},
+  };
+  for (const auto& [config, model_type] : cases) {
+    SCOPED_TRACE(model_type + " " + dha::describe_layout(config));
+    int writers = 0;
+    for (const dha::io::CheckpointFamily& family : dha::io::checkpoint_families())
+      writers += family.writes && family.writes(config);
+    EXPECT_EQ(writers, 1);
+    const dha::io::CheckpointFamily& family = dha::io::written_family(config);
+    EXPECT_EQ(family.name, model_type);
+    const json written = dha::io::config_to_hf_json(config, dha::io::DirFormat::kDha, torch::kFloat32);
+    EXPECT_EQ(written["model_type"], family.name);
+    EXPECT_EQ(written["architectures"], json::array({family.architecture}));
+    EXPECT_EQ(&dha::io::config_family(written, "config.json"), &family);
+    EXPECT_EQ(dha::io::config_from_hf_json(written, "config.json").attention_bias, config.attention_bias);
+  }
+}
+
+TEST(ModelFamilyTable, EveryRowHoldsWhatItsRolesNeed) {
+  for (const char* model_type : {"llama", "mistral", "qwen2", "dha_llama"})
+    EXPECT_NE(dha::find_row_or_null(dha::io::checkpoint_families(), model_type), nullptr) << model_type;
+  std::set<std::string> names;
+  const dha::ModelConfig config = dha::test::tiny_config(false, true);
+  for (const dha::io::CheckpointFamily& family : dha::io::checkpoint_families()) {
+    SCOPED_TRACE(family.name);
+    EXPECT_TRUE(names.insert(family.name).second) << "model_type listed twice";
+    EXPECT_GT(family.default_max_position_embeddings, 0);
+    EXPECT_TRUE(family.attention_bias);
+    // What the writer emits, it names, and the remote code reads.
+    const bool written = static_cast<bool>(family.writes);
+    EXPECT_EQ(!family.architecture.empty(), written);
+    EXPECT_EQ(!family.remote_code_fields.empty(), written);
+    if (written) {
+      EXPECT_TRUE(json::parse(family.remote_code_fields).is_object());
+    }
+    for (const auto& [name, shape] : dha::expected_tensors(config))
+      EXPECT_EQ(family.canonical_name(family.checkpoint_name(name)), name);
+  }
+}
+
+TEST(ModelFamilyTable, TensorRenamesMapWholeNamePiecesBothWays) {
+  dha::io::CheckpointFamily family;
+  family.tensor_renames = {
+      {"transformer.h", "model.layers"}, {"attn", "self_attn"}, {"wte", "model.embed_tokens"}};
+  const std::vector<std::pair<std::string, std::string>> names = {
+      {"transformer.h.3.attn.q_proj.weight", "model.layers.3.self_attn.q_proj.weight"},
+      {"wte.weight", "model.embed_tokens.weight"},
+      {"lm_head.weight", "lm_head.weight"},
+      {"transformer.hx.attn_norm.weight", "transformer.hx.attn_norm.weight"},  // no whole piece matches
+  };
+  for (const auto& [checkpoint, canonical] : names) {
+    EXPECT_EQ(family.canonical_name(checkpoint), canonical);
+    EXPECT_EQ(family.checkpoint_name(canonical), checkpoint);
+  }
+}
+
+TEST(ModelFamilyTable, GgufArchitecturesComeFromTheTable) {
+  EXPECT_EQ(dha::io::gguf_architectures(), "llama, deci");
+  EXPECT_EQ(dha::io::find_gguf_family("llama")->name, "llama");
+  EXPECT_EQ(dha::io::find_gguf_family("deci")->name, "dha_llama");
+  EXPECT_EQ(dha::io::find_gguf_family("qwen2"), nullptr);
+  EXPECT_EQ(dha::io::find_gguf_family(""), nullptr);
+  EXPECT_EQ(dha::io::gguf_architecture(dha::test::tiny_config()), "llama");
+  dha::ModelConfig per_layer = dha::test::tiny_config();
+  per_layer.layout = dha::HeadLayout::gqa(1, 4, 2);
+  per_layer.layout.k_map.push_back(dha::HeadLayout::gqa(1, 4, 1).k_map[0]);
+  per_layer.layout.v_map.push_back(dha::HeadLayout::gqa(1, 4, 1).v_map[0]);
+  EXPECT_EQ(dha::io::gguf_architecture(per_layer), "deci");
+  dha::test::expect_one_line_error([] { dha::io::gguf_architecture(dha::test::tiny_config(false, true)); },
+                                   "model_type \"qwen2\" has no GGUF architecture");
+}
+
 // ---- without Python: the config.json fields of each family ---------------------------
 
 namespace {
@@ -332,8 +441,10 @@ TEST(ModelFamilyConfigs, WhatCannotBeRunIsOneClearLine) {
        "RoPE parameters per layer type (\"full_attention\") are not supported"},
       {"llama o_proj bias", [](json& j) { j["attention_bias"] = true; }, "o_proj biases are not supported"},
       {"mlp bias", [](json& j) { j["mlp_bias"] = true; }, "mlp_bias is not supported"},
+      // The supported list is the family table's.
       {"unknown family", [](json& j) { j["model_type"] = "gemma2"; },
-       "model_type \"gemma2\" is not supported (supported: llama, mistral, qwen2, dha_llama)"},
+       "model_type \"gemma2\" is not supported (supported: " + dha::row_names(dha::io::checkpoint_families()) +
+           ")"},
       {"mistral default window",  // MistralConfig's window is 4096 when the key is absent
        [](json& j) { j["model_type"] = "mistral"; j["max_position_embeddings"] = 32768; },
        "sliding_window 4096 (every layer) is below max_position_embeddings 32768"},

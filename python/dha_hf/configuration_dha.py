@@ -15,6 +15,12 @@ from transformers import PretrainedConfig
 
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
+# The model types dha writes a dha directory as, each with the fields it implies when read
+# here as a dha config: a GQA layout is written as "llama" (or "qwen2" with q/k/v biases) so
+# that plain transformers reads it too. The remote-code column of dha's checkpoint family
+# table (src/io/checkpoint_families.cpp); tests/test_model_families.cpp checks they agree.
+WRITTEN_AS = {"llama": {}, "qwen2": {"attention_bias": True}, "dha_llama": {}}
+
 # transformers 5 keeps all RoPE settings in `rope_parameters` (with `rope_theta`) and
 # turns `rope_scaling` into an alias of it; transformers 4 has `rope_theta` + `rope_scaling`.
 _ROPE_SCALING_IS_ALIAS = isinstance(getattr(PretrainedConfig, "rope_scaling", None), property)
@@ -164,12 +170,8 @@ class DhaConfig(PretrainedConfig):
     def get_config_dict(cls, *args, **kwargs):
         config_dict, kwargs = super().get_config_dict(*args, **kwargs)
         written_as = config_dict.get("model_type")
-        if written_as in ("llama", "qwen2") and "dha" in config_dict:
-            # A GQA layout is written as "llama" (or "qwen2" with q/k/v biases) so that plain
-            # transformers reads it too; read here, it is a dha config like any other.
-            config_dict = dict(config_dict, model_type=cls.model_type)
-            if written_as == "qwen2":
-                config_dict["attention_bias"] = True  # Qwen2 always has q/k/v biases
+        if written_as in WRITTEN_AS and "dha" in config_dict:
+            config_dict = dict(config_dict, model_type=cls.model_type, **WRITTEN_AS[written_as])
         return config_dict, kwargs
 
     # ---- the head layout -------------------------------------------------------------

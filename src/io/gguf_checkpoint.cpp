@@ -1,16 +1,20 @@
-// GGUF -> Checkpoint for llama.cpp's "llama" and "deci" architectures: config
-// from metadata (scalars or per-layer arrays, as llama.cpp's get_key_or_arr
-// reads them), HF tensor names, and q/k rows un-permuted to rotate-half order.
+// GGUF -> Checkpoint for the GGUF architectures of the checkpoint families
+// (llama, deci): config from metadata (scalars or per-layer arrays, as
+// llama.cpp's get_key_or_arr reads them), canonical tensor names, and q/k rows
+// un-permuted to rotate-half order.
 #include "dha/io/gguf_checkpoint.h"
 
 #include <sstream>
 
 #include "dha/error.h"
+#include "dha/io/checkpoint_family.h"
 #include "dha/io/llama2c.h"
 
 namespace dha::io {
 namespace {
 
+// llama.cpp's tensor names, the same in every architecture it shares with
+// LLaMA: the GGUF format's own, mapped to the canonical (HF LLaMA) names.
 struct NamePair {
   const char* gguf;
   const char* hf;
@@ -151,8 +155,9 @@ std::optional<std::string> gguf_name_from_hf(const std::string& name) {
 ModelConfig gguf_model_config(const GgufFile& file) {
   const std::string& path = file.path();
   const std::string arch = file.get_string("general.architecture");
-  if (arch != "llama" && arch != "deci")
-    fail(path, ": general.architecture is '", arch.substr(0, 40), "' (supported: llama, deci)");
+  if (!find_gguf_family(arch))
+    fail(path, ": general.architecture is '", arch.substr(0, 40), "' (supported: ", gguf_architectures(),
+         ")");
   const ConfigReader r(file, arch);
 
   if (const auto experts = file.find_int(r.key("expert_count")); experts && *experts > 0)
@@ -294,6 +299,12 @@ Checkpoint gguf_to_checkpoint(const GgufFile& file) {
 Checkpoint load_gguf_checkpoint(const std::string& path) {
   const GgufFile file(path);
   return gguf_to_checkpoint(file);
+}
+
+torch::ScalarType gguf_storage_dtype(const std::string& path) {
+  const GgufFile file(path);
+  const uint32_t type = file.tensor_info("token_embd.weight").type;
+  return type == kGgmlF16 ? torch::kFloat16 : type == kGgmlBF16 ? torch::kBFloat16 : torch::kFloat32;
 }
 
 }  // namespace dha::io

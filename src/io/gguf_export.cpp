@@ -6,6 +6,7 @@
 #include <algorithm>
 
 #include "dha/error.h"
+#include "dha/io/checkpoint_family.h"
 #include "dha/io/gguf_checkpoint.h"
 #include "dha/io/llama2c.h"
 #include "dha/tokenizer_vocab.h"
@@ -89,8 +90,10 @@ void add_tokenizer(GgufMetadata& m, const ModelConfig& c, const std::string& tok
 }  // namespace
 
 std::string gguf_architecture(const ModelConfig& c) {
-  const std::vector<int64_t> kv = kv_heads_per_layer(c);
-  return std::all_of(kv.begin(), kv.end(), [&](int64_t n) { return n == kv.at(0); }) ? "llama" : "deci";
+  const CheckpointFamily& family = written_family(c);
+  if (family.gguf_architecture.empty())
+    fail("a model written as model_type \"", family.name, "\" has no GGUF architecture (export hf or dha)");
+  return family.gguf_architecture;
 }
 
 GgufMetadata gguf_export_metadata(const ModelConfig& c, const std::string& tokenizer,
@@ -111,7 +114,7 @@ GgufMetadata gguf_export_metadata(const ModelConfig& c, const std::string& token
   const std::vector<int64_t> kv = kv_heads_per_layer(c);
   // One value per layer where they differ (llama.cpp's get_key_or_arr reads
   // either; the llama architecture sizes every layer by layer 0's count).
-  if (arch == "deci")
+  if (!std::all_of(kv.begin(), kv.end(), [&](int64_t n) { return n == kv.at(0); }))
     m.set(key("attention.head_count_kv"), GgufValue::signed_array(GgufValueType::kInt32, kv));
   else
     m.set(key("attention.head_count_kv"), GgufValue::uint32(u32(kv.at(0))));

@@ -8,11 +8,15 @@
 
 #include "dha/error.h"
 #include "dha/io/atomic_file.h"
+#include "dha/io/checkpoint_family.h"
 #include "dha/io/safetensors.h"
 #include "hf_remote_code.h"
+#include "json_fields.h"
 
 namespace dha::io {
 namespace fs = std::filesystem;
+using detail::optional_field;
+using detail::required;
 using nlohmann::json;
 
 namespace {
@@ -27,22 +31,6 @@ std::string dtype_name(torch::ScalarType dtype) {
     case torch::kBFloat16: return "bfloat16";
     default: fail("unsupported weight dtype ", c10::toString(dtype), " (use float32, float16 or bfloat16)");
   }
-}
-
-template <typename T>
-T required(const json& j, const char* key, const std::string& where) {
-  if (!j.contains(key)) fail(where, ": field \"", key, "\" is missing");
-  try {
-    return j.at(key).get<T>();
-  } catch (const json::exception&) {
-    fail(where, ": field \"", key, "\" has the wrong type (", j.at(key).dump(), ")");
-  }
-}
-
-template <typename T>
-T optional_field(const json& j, const char* key, T fallback, const std::string& where) {
-  if (!j.contains(key) || j.at(key).is_null()) return fallback;
-  return required<T>(j, key, where);
 }
 
 // eos_token_id may be a list in newer configs; the first one ends generation.
@@ -60,6 +48,12 @@ json read_json_file(const std::string& path) {
   } catch (const json::exception& e) {
     fail(path, ": not valid JSON (", e.what(), ")");
   }
+}
+
+json read_config(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  if (!fs::exists(config_path)) fail(dir, ": no config.json (expected an HF LLaMA or dha model directory)");
+  return read_json_file(config_path);
 }
 
 std::map<std::string, std::string> shard_map(const std::string& dir) {
@@ -80,63 +74,16 @@ std::map<std::string, std::string> shard_map(const std::string& dir) {
 
 }  // namespace
 
-namespace {
-
-// The model types whose checkpoints are LLaMA's with at most q/k/v biases, and
-// the defaults transformers uses for the fields a config.json may leave out.
-struct FamilyDefaults {
-  const char* model_type;
-  int64_t max_position_embeddings;
-};
-constexpr FamilyDefaults kFamilies[] = {
-    {"llama", 2048}, {"dha_llama", 2048}, {"qwen2", 32768}, {"mistral", 4096 * 32}};
-
-// Sliding-window attention is exact full attention as long as no query is
-// further than the window from a key: refused unless the window covers the
-// whole context the model accepts (its max_position_embeddings, which dha's
-// forward enforces). `window` < 0: none.
-void check_sliding_window(int64_t window, int64_t context, const std::string& layers, const std::string& where) {
-  if (window < 0 || window >= context) return;
-  fail(where, ": sliding_window ", window, " (", layers, ") is below max_position_embeddings ", context,
-       ": dha attends over the whole context and would differ beyond ", window,
-       " positions; not supported (a config.json with max_position_embeddings <= ", window,
-       " uses the model over that context)");
-}
-
-int64_t window_field(const json& j, const char* key, int64_t fallback, const std::string& where) {
-  if (!j.contains(key)) return fallback;
-  if (j.at(key).is_null()) return -1;
-  return required<int64_t>(j, key, where);
-}
-
-}  // namespace
-
 ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   if (!j.is_object()) fail(where, ": expected a JSON object");
-  const std::string model_type = optional_field<std::string>(j, "model_type", "llama", where);
-  const FamilyDefaults* family = nullptr;
-  for (const auto& f : kFamilies)
-    if (model_type == f.model_type) family = &f;
-  if (!family)
-    fail(where, ": model_type \"", model_type, "\" is not supported (supported: llama, mistral, qwen2, dha_llama)");
+  const CheckpointFamily& family = config_family(j, where);
   if (optional_field<bool>(j, "mlp_bias", false, where))
     fail(where, ": mlp_bias is not supported (the MLP projections have no biases)");
   const std::string act = optional_field<std::string>(j, "hidden_act", "silu", where);
   if (act != "silu") fail(where, ": hidden_act \"", act, "\" is not supported (expected \"silu\")");
 
   ModelConfig c;
-  // Attention biases: Qwen2 has them on q/k/v always; in a dha config
-  // attention_bias means q/k/v (modeling_dha.py); transformers' LLaMA puts one
-  // on o_proj too, which dha does not have.
-  const bool attention_bias = optional_field<bool>(j, "attention_bias", false, where);
-  if (model_type == "qwen2") {
-    c.attention_bias = true;
-  } else if (model_type == "dha_llama") {
-    c.attention_bias = attention_bias;
-  } else if (attention_bias) {
-    fail(where, ": attention_bias true means biases on q/k/v and o_proj for model_type \"", model_type,
-         "\"; o_proj biases are not supported (q/k/v biases are, as in qwen2)");
-  }
+  c.attention_bias = family.attention_bias(j, where);
   c.dim = required<int64_t>(j, "hidden_size", where);
   c.hidden_dim = required<int64_t>(j, "intermediate_size", where);
   c.n_layers = required<int64_t>(j, "num_hidden_layers", where);
@@ -144,36 +91,16 @@ ModelConfig config_from_hf_json(const json& j, const std::string& where) {
   c.vocab_size = required<int64_t>(j, "vocab_size", where);
   if (c.n_heads <= 0) fail(where, ": num_attention_heads must be positive");
   c.head_dim = optional_field<int64_t>(j, "head_dim", c.dim / c.n_heads, where);
-  c.max_seq_len = optional_field<int64_t>(j, "max_position_embeddings", family->max_position_embeddings, where);
+  c.max_seq_len =
+      optional_field<int64_t>(j, "max_position_embeddings", family.default_max_position_embeddings, where);
   c.norm_eps = optional_field<double>(j, "rms_norm_eps", 1e-6, where);
   c.tied_embeddings = optional_field<bool>(j, "tie_word_embeddings", false, where);
   c.bos_id = token_id(j, "bos_token_id", 1, where);
   c.eos_id = token_id(j, "eos_token_id", 2, where);
 
-  // Sliding windows (docs/architecture.md, "Checkpoint families"): Mistral's
-  // applies to every layer (4096 when the key is absent, as MistralConfig);
-  // Qwen2's only with use_sliding_window, to the layers layer_types marks
-  // "sliding_attention" (default: those from max_window_layers on).
-  if (model_type == "mistral") {
-    check_sliding_window(window_field(j, "sliding_window", 4096, where), c.max_seq_len, "every layer", where);
-  } else if (model_type == "qwen2" && optional_field<bool>(j, "use_sliding_window", false, where)) {
-    const int64_t window = window_field(j, "sliding_window", 4096, where);
-    std::vector<int64_t> sliding;
-    if (j.contains("layer_types") && !j.at("layer_types").is_null()) {
-      const auto types = required<std::vector<std::string>>(j, "layer_types", where);
-      for (size_t l = 0; l < types.size(); ++l) {
-        if (types[l] != "full_attention" && types[l] != "sliding_attention")
-          fail(where, ": layer_types[", l, "] = \"", types[l], "\" is not supported (full_attention, sliding_attention)");
-        if (types[l] == "sliding_attention") sliding.push_back(static_cast<int64_t>(l));
-      }
-    } else {
-      const int64_t first = optional_field<int64_t>(j, "max_window_layers", 28, where);
-      for (int64_t l = std::max<int64_t>(first, 0); l < c.n_layers; ++l) sliding.push_back(l);
-    }
-    if (!sliding.empty())
-      check_sliding_window(window, c.max_seq_len,
-                           "layers " + std::to_string(sliding.front()) + ".." + std::to_string(sliding.back()), where);
-  }
+  // Sliding windows are never represented (docs/architecture.md, "Checkpoint
+  // families"): the family refuses one that could mask a position.
+  if (family.check_sliding_windows) family.check_sliding_windows(j, c, where);
 
   // RoPE: "rope_theta" + "rope_scaling" (transformers 4) or "rope_parameters"
   // (transformers 5, with rope_theta inside); rope_parameters wins, as in
@@ -210,16 +137,11 @@ json config_to_hf_json(const ModelConfig& c, DirFormat format, torch::ScalarType
   if (format == DirFormat::kHf && n_kv == 0)
     fail("an HF LLaMA directory holds only MHA/GQA layouts; this one (", describe_layout(c),
          ") needs the dha format or a gqa/mha export");
-  // A non-GQA layout is marked with its own model_type so that transformers
-  // refuses it with a clear message rather than a shape error. A GQA layout
-  // with q/k/v biases is Qwen2's architecture (LLaMA's attention_bias would
-  // add an o_proj bias).
+  const CheckpointFamily& family = written_family(c);
   const bool standard = n_kv != 0;
-  const char* model_type = !standard ? "dha_llama" : c.attention_bias ? "qwen2" : "llama";
-  const char* architecture = !standard ? "DhaLlamaForCausalLM" : c.attention_bias ? "Qwen2ForCausalLM" : "LlamaForCausalLM";
   json j = {
-      {"architectures", {architecture}},
-      {"model_type", model_type},
+      {"architectures", {family.architecture}},
+      {"model_type", family.name},
       {"hidden_size", c.dim},
       {"intermediate_size", c.hidden_dim},
       {"num_hidden_layers", c.n_layers},
@@ -239,7 +161,7 @@ json config_to_hf_json(const ModelConfig& c, DirFormat format, torch::ScalarType
       {"torch_dtype", dtype_name(dtype)},
   };
   if (c.rope_scaling.scaled()) j["rope_scaling"] = rope_scaling_to_json(c.rope_scaling);  // rope_theta beside it
-  if (c.attention_bias) {
+  if (c.attention_bias) {  // biases are Qwen2's: say that no layer has its sliding window
     j["use_sliding_window"] = false;
     j["sliding_window"] = nullptr;
   }
@@ -252,24 +174,24 @@ json config_to_hf_json(const ModelConfig& c, DirFormat format, torch::ScalarType
 }
 
 ModelConfig load_hf_dir_config(const std::string& dir) {
-  const std::string config_path = dir + "/config.json";
-  if (!fs::exists(config_path)) fail(dir, ": no config.json (expected an HF LLaMA or dha model directory)");
-  return config_from_hf_json(read_json_file(config_path), config_path);
+  return config_from_hf_json(read_config(dir), dir + "/config.json");
 }
 
 torch::ScalarType hf_dir_storage_dtype(const std::string& dir) {
+  const std::string config_path = dir + "/config.json";
+  const json config = read_config(dir);
+  const std::string embedding =
+      config_family(config, config_path).checkpoint_name("model.embed_tokens.weight");
   if (fs::exists(dir + "/" + kSingleFile))
-    return SafetensorsFile(dir + "/" + kSingleFile).entry("model.embed_tokens.weight").dtype;
+    return SafetensorsFile(dir + "/" + kSingleFile).entry(embedding).dtype;
   if (fs::exists(dir + "/" + kIndexFile)) {  // sharded: the shard that holds the embedding
     const auto files = shard_map(dir);
-    const auto it = files.find("model.embed_tokens.weight");
-    if (it == files.end()) fail(dir, "/", kIndexFile, ": weight_map has no entry for model.embed_tokens.weight");
-    return SafetensorsFile(dir + "/" + it->second).entry("model.embed_tokens.weight").dtype;
+    const auto it = files.find(embedding);
+    if (it == files.end()) fail(dir, "/", kIndexFile, ": weight_map has no entry for ", embedding);
+    return SafetensorsFile(dir + "/" + it->second).entry(embedding).dtype;
   }
   // Only config.json (planning before the weights are downloaded): the dtype
   // the weights are published in.
-  const std::string config_path = dir + "/config.json";
-  const json config = read_json_file(config_path);
   for (const char* key : {"torch_dtype", "dtype"}) {
     const auto it = config.find(key);
     if (it == config.end() || !it->is_string()) continue;
@@ -283,8 +205,10 @@ torch::ScalarType hf_dir_storage_dtype(const std::string& dir) {
 }
 
 Checkpoint load_hf_dir(const std::string& dir) {
+  const json config = read_config(dir);
+  const CheckpointFamily& family = config_family(config, dir + "/config.json");
   Checkpoint checkpoint;
-  checkpoint.config = load_hf_dir_config(dir);
+  checkpoint.config = config_from_hf_json(config, dir + "/config.json");
 
   std::map<std::string, std::string> files;  // tensor -> file
   if (fs::exists(dir + "/" + kIndexFile)) {
@@ -310,7 +234,7 @@ Checkpoint load_hf_dir(const std::string& dir) {
       // pages of weights a stage copies to fp32 can be handed back.
       torch::Tensor t = st.mapped_tensor(name);
       if (!have_dtype) checkpoint.storage_dtype = t.scalar_type(), have_dtype = true;
-      checkpoint.tensors[name] = std::move(t);
+      checkpoint.tensors[family.canonical_name(name)] = std::move(t);
     }
   }
   check_tensors(checkpoint.config, checkpoint.tensors, dir);
@@ -331,6 +255,7 @@ void write_hf_files(const std::string& dir, const Checkpoint& checkpoint, const 
   const torch::ScalarType dtype = options.dtype.value_or(checkpoint.storage_dtype);
   json config = config_to_hf_json(c, options.format, dtype);
   check_tensors(c, checkpoint.tensors, dir);
+  const CheckpointFamily& family = written_family(c);
   auto file = [&](const std::string& name) { return dir + "/" + name; };
   if (options.format == DirFormat::kDha) {
     // transformers loads the directory with the code beside it (trust_remote_code=True).
@@ -351,7 +276,7 @@ void write_hf_files(const std::string& dir, const Checkpoint& checkpoint, const 
       shards.emplace_back();
       shard_bytes = 0;
     }
-    shards.back().emplace_back(name, std::move(t));
+    shards.back().emplace_back(family.checkpoint_name(name), std::move(t));
     shard_bytes += bytes;
     total_bytes += bytes;
   }

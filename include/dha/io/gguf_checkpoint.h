@@ -1,6 +1,7 @@
-// LLaMA-family GGUF files (general.architecture "llama" or "deci") as dha
-// checkpoints: config from the {arch}.* metadata, tensors renamed to the HF
-// names and q/k rows turned back from llama.cpp's interleaved order into HF's
+// LLaMA-family GGUF files (a GGUF architecture of the checkpoint families,
+// dha/io/checkpoint_family.h: "llama" or "deci") as dha checkpoints: config
+// from the {arch}.* metadata, tensors renamed to the canonical (HF) names and
+// q/k rows turned back from llama.cpp's interleaved order into HF's
 // rotate-half order, per layer with that layer's KV head count.
 #pragma once
 
@@ -19,6 +20,9 @@ namespace dha::io {
 // anything the toolkit's LLaMA cannot represent.
 Checkpoint load_gguf_checkpoint(const std::string& path);
 Checkpoint gguf_to_checkpoint(const GgufFile& file);
+// The storage dtype of a .gguf file, from the token embedding's tensor type
+// (the header only).
+torch::ScalarType gguf_storage_dtype(const std::string& path);
 
 // The config a GGUF file's metadata describes (architecture llama or deci),
 // with a per-layer GQA layout (contiguous groups) when head_count_kv is a

@@ -14,7 +14,9 @@
 
 namespace dha::io {
 
-// "llama" when every layer has the same KV head count, else "deci".
+// The GGUF architecture of the family the writer writes `config` as
+// (io::written_family): "llama" for a GQA layout, "deci" for per-layer KV head
+// counts. A family without one (qwen2: biases) is a dha::Error.
 std::string gguf_architecture(const ModelConfig& config);
 
 // The metadata of the file save_gguf_checkpoint writes. `tokenizer` (a

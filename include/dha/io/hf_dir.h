@@ -36,8 +36,9 @@ struct DirSaveOptions {
 Checkpoint load_hf_dir(const std::string& dir);
 // Only the config (config.json), without reading any weights.
 ModelConfig load_hf_dir_config(const std::string& dir);
-// The dtype load_hf_dir gives the weights (the token embedding's, from the
-// safetensors header); for a directory with only config.json, its torch_dtype.
+// The dtype load_hf_dir gives the weights (the token embedding's, under its
+// family's name, from the safetensors header); for a directory with only
+// config.json, its torch_dtype.
 torch::ScalarType hf_dir_storage_dtype(const std::string& dir);
 // Writes the directory atomically (staged, then renamed into place).
 void save_hf_dir(const std::string& dir, const Checkpoint& checkpoint, const DirSaveOptions& options);

@@ -2,14 +2,39 @@
 // file, a llama.cpp .gguf file, an HF LLaMA directory, or a toolkit directory.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "dha/checkpoint.h"
 #include "dha/model.h"
 #include "dha/tokenizer.h"
 
 namespace dha::io {
+
+// A checkpoint file format as load_checkpoint detects it. The rows are tried
+// in order and the first that claims the path reads it; docs/architecture.md,
+// "How to add a file format".
+struct CheckpointFormat {
+  std::string name;
+  std::string help;  // what a --model path of this format is ("llama.cpp .gguf")
+  // Whether `path` (a directory or not) is this format's, by its kind, name or
+  // first bytes; may refuse a path that is this format's in the wrong form.
+  std::function<bool(const std::string& path, bool is_directory)> claims;
+  std::function<Checkpoint(const std::string& path)> load;
+  std::function<ModelConfig(const std::string& path)> load_config;          // without the weights
+  std::function<torch::ScalarType(const std::string& path)> storage_dtype;  // from headers only
+  bool loads_file_pages = false;  // the weights are views of the file's pages (see loads_file_pages)
+};
+
+// Every format, in detection order: model directory, gguf, llama2c.
+const std::vector<CheckpointFormat>& checkpoint_formats();
+// "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin": the rows'
+// help, for the tools' --model.
+std::string checkpoint_formats_help();
+// The format that reads `path`; a missing path is a dha::Error.
+const CheckpointFormat& checkpoint_format(const std::string& path);
 
 Checkpoint load_checkpoint(const std::string& path);
 // Only the config of any checkpoint load_checkpoint reads (cheap: no weights).
