@@ -124,3 +124,50 @@ TEST(Model, CheckpointWithUnexpectedTensorIsRefused) {
   ck.tensors["lm_head.weight"] = torch::zeros({61, 32});
   EXPECT_THROW(dha::make_model(ck, "ckpt"), dha::Error);
 }
+
+// The converter's instruments are given per forward and kept by no one: K/V
+// weights equal to a layer's own reproduce its logits (others change them, in
+// that layer only), and an observer sees each layer's keys before RoPE and
+// values as the projections compute them.
+TEST(Model, ForwardOptionsAreUsedForThatForwardOnly) {
+  const dha::Checkpoint ck = random_checkpoint(dha::test::tiny_dha_config(), 31);
+  dha::Llama model = dha::make_model(ck, "model");
+  torch::NoGradGuard no_grad;
+  const torch::Tensor tokens = random_tokens(2, 9, ck.config.vocab_size, 3);
+  const torch::Tensor plain = model->forward(tokens);
+
+  std::vector<dha::KVWeights> own(ck.config.n_layers);
+  for (int64_t l = 0; l < ck.config.n_layers; ++l) {
+    own[l].k_weight = ck.tensors.at(dha::projection_name(l, "k_proj"));
+    own[l].v_weight = ck.tensors.at(dha::projection_name(l, "v_proj"));
+  }
+  dha::ForwardOptions with_own;
+  with_own.kv_weights = &own;
+  EXPECT_TRUE(torch::allclose(model->forward(tokens, with_own), plain, 1e-6, 1e-6));
+
+  std::vector<dha::KVWeights> scaled = own;
+  scaled[1].v_weight = own[1].v_weight * 2.0;
+  dha::ForwardOptions with_scaled;
+  with_scaled.kv_weights = &scaled;
+  EXPECT_FALSE(torch::allclose(model->forward(tokens, with_scaled), plain, 1e-4, 1e-4));
+  EXPECT_TRUE(torch::equal(model->forward(tokens), plain)) << "nothing stays with the model";
+
+  struct Seen : dha::AttentionObserver {
+    std::vector<torch::Tensor> keys, values;
+    bool wants_keys_and_values(int64_t) const override { return true; }
+    void keys_and_values(int64_t, const torch::Tensor& k, const torch::Tensor& v) override {
+      keys.push_back(k), values.push_back(v);
+    }
+  } seen;
+  dha::ForwardOptions observed;
+  observed.observer = &seen;
+  EXPECT_TRUE(torch::equal(model->forward(tokens, observed), plain));
+  ASSERT_EQ(seen.keys.size(), static_cast<size_t>(ck.config.n_layers));
+  // Layer 0's keys: its k_proj of the normed embedding, [B, H_K, T, d_h].
+  auto& layer0 = *model->model->layers[0]->as<dha::DecoderLayer>();
+  const torch::Tensor x = layer0.input_layernorm(model->model->embed_tokens(tokens));
+  const int64_t hk = ck.config.layout.n_k_heads(0), d_h = ck.config.head_dim;
+  const torch::Tensor want = layer0.self_attn->k_proj(x).view({2, 9, hk, d_h}).transpose(1, 2);
+  EXPECT_TRUE(torch::allclose(seen.keys[0], want, 1e-6, 1e-6));
+  EXPECT_EQ(seen.values[1].size(1), ck.config.layout.n_v_heads(1));
+}

@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Convert a LLaMA checkpoint to Decoupled-Head Attention at a KV head budget", "dha-convert"};
   std::string model_path, tokenizer_path, out_dir, recipe_path;
   bool force = false;
-  app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
+  app.add_option("--model", model_path, dha::io::checkpoint_formats_help())->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
   app.add_option("--out", out_dir, "output directory: the model, tokenizer, recipe.json, report.json, SVGs");
   app.add_option("--config", recipe_path, "JSON recipe (configs/*.json); command-line options override it");

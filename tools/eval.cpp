@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   int64_t stride = 0;
   std::string ids_path;
   bool as_json = false;
-  app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
+  app.add_option("--model", model_path, dha::io::checkpoint_formats_help())->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
   app.add_option("--text", text_path, "UTF-8 text; documents separated by blank lines")->required();
   app.add_option("--max-docs", max_docs, "score only the first N documents (0: all)")

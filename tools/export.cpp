@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
   CLI::App app{"Write a model in another layout or format; the function is unchanged", "dha-export"};
   std::string model_path, tokenizer_path, out, format_name = "dha", dtype = "keep";
   bool force = false;
-  app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
+  app.add_option("--model", model_path, dha::io::checkpoint_formats_help())->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer copied along (default: the one in or beside the model)");
   app.add_option("--out", out, "output directory (a file for single-file formats)")->required();
   app.add_option("--format", format_name, dha::export_formats_help())->capture_default_str();

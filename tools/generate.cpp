@@ -12,7 +12,7 @@ int main(int argc, char** argv) {
   std::string model_path, tokenizer_path, prompt;
   dha::GenerateOptions options;
   options.seed = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
-  app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
+  app.add_option("--model", model_path, dha::io::checkpoint_formats_help())->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
   app.add_option("--prompt", prompt, "text to continue (default: empty)");
   app.add_option("--max-new-tokens", options.max_new_tokens, "tokens to generate")

@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
                "dha-inspect"};
   std::string model_path;
   bool as_json = false;
-  app.add_option("--model", model_path, "HF LLaMA or dha directory, llama.cpp .gguf, or llama2.c .bin")->required();
+  app.add_option("--model", model_path, dha::io::checkpoint_formats_help())->required();
   app.add_flag("--json", as_json, "print one JSON object instead of text");
   return dha::cli::run(app, argc, argv, [&] {
     const dha::Checkpoint ck = dha::io::load_checkpoint(model_path);

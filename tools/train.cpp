@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_common.h"
+#include "dha/io/load.h"
 #include "dha/dtype.h"
 #include "dha/error.h"
 #include "dha/train_job.h"
@@ -15,7 +16,7 @@ int main(int argc, char** argv) {
                "dha-train"};
   dha::TrainJob job;
   std::string recipe_path;
-  app.add_option("--model", job.model_path, "model to continue: HF or dha directory, .gguf, or llama2.c .bin");
+  app.add_option("--model", job.model_path, "model to continue: " + dha::io::checkpoint_formats_help());
   app.add_option("--from-scratch", job.from_scratch_path, "instead: a JSON model description to pre-train");
   app.add_option("--tokenizer", job.tokenizer_path, "tokenizer (default: the model's, else the data's)");
   app.add_option("--data", job.data_dir, "dha-tokenize output directory");
