@@ -1,6 +1,7 @@
 // The training loop: exact resume, NaN guard, checkpoint integrity under
 // SIGKILL, a 2-process Gloo run against one process with the combined batch,
-// dha-tokenize, and dha-train's bad-input errors.
+// dha-tokenize, and dha-train's bad-input errors; the loop's metrics log and
+// MFU table on their own.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -21,7 +22,9 @@
 #include "dha/io/hf_dir.h"
 #include "dha/io/safetensors.h"
 #include "dha/train.h"
-#include "dha/train_checkpoint.h"
+#include "dha/training_state.h"
+#include "../src/train/metrics_log.h"
+#include "../src/train/mfu.h"
 #include "model_fixtures.h"
 #include "test_util.h"
 
@@ -78,7 +81,7 @@ dha::TrainResult run_library(const std::string& out, const std::string& data_dir
 }
 
 dha::TensorMap final_tensors(const std::string& out) {
-  const auto ck = dha::load_latest_train_checkpoint(out + "/checkpoints");
+  const auto ck = dha::load_latest_training_state(out + "/checkpoints");
   return ck ? ck->tensors : dha::TensorMap{};
 }
 
@@ -177,33 +180,77 @@ TEST(Train, NanLossStopsWithAClearErrorAndKeepsTheLastCheckpoint) {
     EXPECT_NE(message.find("non-finite loss at step 6"), std::string::npos) << message;
     EXPECT_NE(message.find("step-000000004"), std::string::npos) << message;
   }
-  const auto ck = dha::load_latest_train_checkpoint(run.out_dir + "/checkpoints");
+  const auto ck = dha::load_latest_training_state(run.out_dir + "/checkpoints");
   ASSERT_TRUE(ck.has_value());
   EXPECT_EQ(ck->step, 4);
   for (const auto& [name, t] : ck->tensors) EXPECT_TRUE(torch::isfinite(t).all().item<bool>()) << name;
 }
 
-TEST(TrainCheckpoint, DamagedNewestIsSkippedForTheLastGoodOne) {
+TEST(TrainingState, DamagedNewestIsSkippedForTheLastGoodOne) {
   TempDir tmp;
-  dha::TrainCheckpoint ck;
+  dha::TrainingState ck;
   ck.tensors["w"] = torch::ones({4});
   ck.optimizer["exp_avg.w"] = torch::zeros({4});
   ck.meta = {{"x", 1}};
   ck.step = 1;
-  dha::save_train_checkpoint(tmp.path(), ck, 3);
+  dha::save_training_state(tmp.path(), ck, 3);
   ck.step = 2;
-  const std::string second = dha::save_train_checkpoint(tmp.path(), ck, 3);
+  const std::string second = dha::save_training_state(tmp.path(), ck, 3);
   std::string bytes = dha::io::read_file(second + "/tensors.safetensors");
   bytes[bytes.size() - 1] ^= 0x40;
   dha::io::write_file_atomic(second + "/tensors.safetensors", bytes);
-  const auto latest = dha::load_latest_train_checkpoint(tmp.path());
+  const auto latest = dha::load_latest_training_state(tmp.path());
   ASSERT_TRUE(latest.has_value());
   EXPECT_EQ(latest->step, 1);
   // keep = 3: older ones are pruned.
-  for (int step = 3; step <= 6; ++step) ck.step = step, dha::save_train_checkpoint(tmp.path(), ck, 3);
+  for (int step = 3; step <= 6; ++step) ck.step = step, dha::save_training_state(tmp.path(), ck, 3);
   int dirs = 0;
   for (const auto& e : fs::directory_iterator(tmp.path())) dirs += e.is_directory();
   EXPECT_EQ(dirs, 3);
+}
+
+TEST(TrainMetricsLog, AResumedRunDropsTheLinesAfterItsCheckpoint) {
+  TempDir tmp;
+  const std::string path = tmp.file("metrics.jsonl");
+  {
+    dha::train_detail::MetricsLog log(path, true, std::nullopt);
+    for (int64_t step = 1; step <= 4; ++step) {
+      dha::train_detail::StepRecord record;
+      record.step = step;
+      record.loss = 1.0 / step;
+      record.task_metrics["lm_loss"] = 2.0;
+      log.write_step(record);
+    }
+    log.write_eval({4, 0, 1.5, 10});
+  }
+  std::ofstream(path, std::ios::app) << "{\"step\": 5, \"lo";  // a torn line of a killed run
+  dha::train_detail::MetricsLog resumed(path, true, int64_t{2});
+  resumed.write_eval({2, 0, 1.25, 10});
+  std::vector<nlohmann::json> lines;
+  std::istringstream in(dha::io::read_file(path));
+  for (std::string line; std::getline(in, line);) lines.push_back(nlohmann::json::parse(line));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[1]["step"], 2);
+  EXPECT_EQ(lines[1]["lm_loss"], 2.0);
+  EXPECT_FALSE(lines[1].contains("mfu")) << "no MFU without a known peak";
+  EXPECT_EQ(lines[2]["event"], "eval");
+  EXPECT_EQ(lines[2]["eval_nll"], 1.25);
+  // Another rank writes nothing, not even the file.
+  dha::train_detail::MetricsLog other(tmp.file("other.jsonl"), false, std::nullopt);
+  other.write_eval({1, 0, 1.0, 1});
+  EXPECT_FALSE(fs::exists(tmp.file("other.jsonl")));
+}
+
+TEST(TrainMfu, KnownGpusByNameAndNoneOnACpu) {
+  EXPECT_EQ(dha::train_detail::peak_flops_of("NVIDIA H100 80GB HBM3"), 989e12);
+  EXPECT_EQ(dha::train_detail::peak_flops_of("NVIDIA A100-SXM4-80GB"), 312e12);
+  EXPECT_EQ(dha::train_detail::peak_flops_of("Some Future GPU"), 0.0);
+  const dha::ModelConfig config = dha::test::tiny_config();
+  const double weights = static_cast<double>(config.parameter_count() - config.vocab_size * config.dim);
+  EXPECT_DOUBLE_EQ(dha::train_detail::training_flops_per_token(config, 16),
+                   6 * weights + 6.0 * config.n_layers * config.n_heads * config.head_dim * 16);
+  const dha::train_detail::MfuMeter cpu(torch::kCPU, config, 16, 1);
+  EXPECT_FALSE(cpu.mfu(1000.0).has_value());
 }
 
 // The CLI-level tests below use stories260K and its tokenizer.
@@ -303,7 +350,7 @@ TEST_F(TrainCli, KillingDuringCheckpointWritesNeverCorruptsTheLastCheckpoint) {
     kill(pid, SIGKILL);
     int status = 0;
     waitpid(pid, &status, 0);
-    const auto ck = dha::load_latest_train_checkpoint(out + "/checkpoints");
+    const auto ck = dha::load_latest_training_state(out + "/checkpoints");
     ASSERT_TRUE(ck.has_value()) << "round " << round;
     EXPECT_GT(ck->step, 0);
     EXPECT_EQ(ck->tensors.count("model.norm.weight"), 1u);
@@ -324,7 +371,7 @@ TEST_F(TrainCli, SigtermSavesACheckpointAndResumeFinishes) {
   waitpid(pid, &status, 0);
   ASSERT_TRUE(WIFEXITED(status));
   EXPECT_EQ(WEXITSTATUS(status), 130);
-  const auto ck = dha::load_latest_train_checkpoint(out + "/checkpoints");
+  const auto ck = dha::load_latest_training_state(out + "/checkpoints");
   ASSERT_TRUE(ck.has_value());
   EXPECT_GT(ck->step, 0);
 }

@@ -24,7 +24,8 @@
 #include "dha/io/hf_dir.h"
 #include "dha/memory_plan.h"
 #include "dha/train.h"
-#include "dha/train_checkpoint.h"
+#include "dha/training_state.h"
+#include "../src/train/reshard_reader.h"
 #include "model_fixtures.h"
 #include "test_util.h"
 
@@ -145,7 +146,7 @@ TEST_F(ZeroCli, EveryStageOnThreeRanksEqualsZeroZeroAndOneProcess) {
                           "zero " + std::to_string(zero) + " vs zero 0");
   }
   // The checkpoint of a sharded run: one file per rank, the manifest last.
-  const auto ck = dha::load_latest_train_checkpoint(tmp_.file("three-zero2/checkpoints"));
+  const auto ck = dha::load_latest_training_state(tmp_.file("three-zero2/checkpoints"));
   ASSERT_TRUE(ck.has_value());
   EXPECT_EQ(ck->shard_files.size(), 3u);
   EXPECT_EQ(ck->zero["stage"], 2);
@@ -179,7 +180,7 @@ TEST_F(ZeroCli, KilledShardedRunResumesBitExactly) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     for (const pid_t pid : pids) kill(pid, SIGKILL);
     for (const pid_t pid : pids) waitpid(pid, nullptr, 0);
-    const auto ck = dha::load_latest_train_checkpoint(out + "/checkpoints");
+    const auto ck = dha::load_latest_training_state(out + "/checkpoints");
     ASSERT_TRUE(ck.has_value()) << tag;
     ASSERT_LT(ck->step, 12) << tag << ": the run finished before it was killed";
     const auto resumed = run_ranks(2, [&](int) { return train_args(out, 3, zero, 12) + " --checkpoint-every 1 --resume"; });
@@ -298,6 +299,17 @@ TEST(Zero, AtWorldSizeOneEveryStageIsBitIdenticalToReplicated) {
       for (const auto& [name, t] : finals[0])
         EXPECT_TRUE(torch::equal(t, finals[zero].at(name))) << "tied " << tied << " zero " << zero << ": " << name;
   }
+}
+
+TEST(Zero, ReshardingReadsOnlyTheOldShardsThatCoverARanksSlice) {
+  // Units of 10 and 3 elements written by 2 ranks (slices of 5 and 2), read by 3 (slices of 4 and 1).
+  const nlohmann::json zero = {{"stage", 2},
+                               {"world_size", 2},
+                               {"units", {{{"name", "a"}, {"numel", 10}}, {{"name", "b"}, {"numel", 3}}}}};
+  EXPECT_EQ(dha::train_detail::shards_to_read(zero, 0, 3), (std::vector<int>{0}));     // a[0, 4), b[0, 1)
+  EXPECT_EQ(dha::train_detail::shards_to_read(zero, 1, 3), (std::vector<int>{0, 1}));  // a[4, 8), b[1, 2)
+  EXPECT_EQ(dha::train_detail::shards_to_read(zero, 2, 3), (std::vector<int>{1}));     // a[8, 10), b[2, 3)
+  EXPECT_EQ(dha::train_detail::shards_to_read(zero, 1, 2), (std::vector<int>{1}));     // the same world: its own
 }
 
 TEST(Zero, PlanShardsTheTrainedStateOverTheRanks) {

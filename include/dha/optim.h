@@ -21,6 +21,9 @@ struct ParamGroup {
   bool clipped = true;         // included in gradient-norm clipping
 };
 
+// Every group's parameter tensors, in group order.
+std::vector<torch::Tensor> parameters_of(const std::vector<ParamGroup>& groups);
+
 // The coefficients of one AdamW update of one tensor.
 struct AdamWUpdate {
   double lr = 0.0, weight_decay = 0.0;

@@ -3,9 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 
 #include <ATen/Parallel.h>
-#include <set>
 
 #include "dha/error.h"
 
@@ -15,6 +15,13 @@ namespace {
 // Elements per slice of the update (64 MiB of fp32): bounds its temporary.
 constexpr int64_t kUpdateChunk = int64_t{1} << 24;
 }  // namespace
+
+std::vector<torch::Tensor> parameters_of(const std::vector<ParamGroup>& groups) {
+  std::vector<torch::Tensor> out;
+  for (const auto& group : groups)
+    for (const auto& [name, p] : group.params) out.push_back(p);
+  return out;
+}
 
 AdamW::AdamW(std::vector<ParamGroup> groups, double beta1, double beta2, double eps)
     : groups_(std::move(groups)), beta1_(beta1), beta2_(beta2), eps_(eps) {

@@ -1,5 +1,8 @@
-// The training recipe: one table of fields (key, flag, help, member).
-#include "dha/train.h"
+// The training recipe: one table of fields (key, flag, help, member), and
+// the length a recipe implies.
+#include "dha/train_config.h"
+
+#include "dha/error.h"
 
 namespace dha {
 namespace {
@@ -65,5 +68,12 @@ TrainConfig train_config_from_json(const nlohmann::json& j, const std::string& w
 }
 
 nlohmann::json train_config_to_json(const TrainConfig& config) { return write_recipe(config, train_recipe_fields()); }
+
+int64_t steps_for_tokens(const TrainConfig& c, int world_size, int64_t seq_len) {
+  if (c.steps > 0) return c.steps;
+  const int64_t per_step = world_size * c.micro_batch * c.grad_accum * seq_len;
+  if (c.tokens <= 0) fail("give a length: steps or tokens");
+  return (c.tokens + per_step - 1) / per_step;
+}
 
 }  // namespace dha

@@ -1,6 +1,5 @@
-// Training checkpoints: staged directories with checksummed safetensors.
-#include "dha/train_checkpoint.h"
-
+// Training state on disk: staged checkpoint directories of checksummed safetensors.
+#include "dha/training_state.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -65,6 +64,19 @@ void verify(const std::string& dir, const nlohmann::json& checksums, const std::
     fail(dir, "/", file, ": checksum ", actual, " does not match state.json's ", expected, " (damaged checkpoint)");
 }
 
+// state.json, the directory's manifest (written last): the position, the checksums, the trainer's records.
+nlohmann::json state_json(const TrainingState& state, int world_size, const nlohmann::json& checksums) {
+  nlohmann::json out = {{"format_version", kFormatVersion},
+                        {"step", state.step},
+                        {"tokens", state.tokens},
+                        {"cursor", {{"epoch", state.cursor.epoch}, {"index", state.cursor.index}}},
+                        {"world_size", world_size},
+                        {"checksums", checksums},
+                        {"meta", state.meta}};
+  if (!state.zero.is_null()) out["zero"] = state.zero;
+  return out;
+}
+
 void prune(const std::string& root, int keep) {
   if (keep <= 0) return;
   std::error_code error;
@@ -73,7 +85,7 @@ void prune(const std::string& root, int keep) {
 }
 
 // state.json and the files every rank reads; the shards are verified by whoever reads them.
-TrainCheckpoint read_checkpoint(const std::string& dir) {
+TrainingState read_checkpoint(const std::string& dir) {
   const std::string state_path = dir + "/state.json";
   nlohmann::json state;
   try {
@@ -87,7 +99,7 @@ TrainCheckpoint read_checkpoint(const std::string& dir) {
   const bool sharded = state.contains("zero") && !state["zero"].is_null();
   verify(dir, checksums, "tensors.safetensors");
   if (!sharded) verify(dir, checksums, "optimizer.safetensors");
-  TrainCheckpoint ck;
+  TrainingState ck;
   ck.path = dir;
   ck.step = state.at("step").get<int64_t>();
   ck.tokens = state.at("tokens").get<int64_t>();
@@ -106,7 +118,7 @@ TrainCheckpoint read_checkpoint(const std::string& dir) {
   return ck;
 }
 
-void verify_shards(const TrainCheckpoint& ck, const std::vector<int>& ranks) {
+void verify_shards(const TrainingState& ck, const std::vector<int>& ranks) {
   const nlohmann::json state = nlohmann::json::parse(io::read_file(ck.path + "/state.json"));
   for (const int r : ranks) {
     if (r < 0 || r >= static_cast<int>(ck.shard_files.size())) fail(ck.path, ": no shard file for rank ", r);
@@ -137,7 +149,7 @@ std::string file_checksum(const std::string& path) {
   return out;
 }
 
-std::string save_train_checkpoint(const std::string& root, const TrainCheckpoint& ck, int keep) {
+std::string save_training_state(const std::string& root, const TrainingState& ck, int keep) {
   std::error_code error;
   fs::create_directories(root, error);
   if (error) fail(root, ": cannot create the checkpoint directory (", error.message(), ")");
@@ -146,24 +158,17 @@ std::string save_train_checkpoint(const std::string& root, const TrainCheckpoint
     io::StagedDirectory staged(target, /*overwrite=*/true);
     io::save_safetensors(staged.file("tensors.safetensors"), named(ck.tensors));
     io::save_safetensors(staged.file("optimizer.safetensors"), named(ck.optimizer));
-    const nlohmann::json state = {
-        {"format_version", kFormatVersion},
-        {"step", ck.step},
-        {"tokens", ck.tokens},
-        {"cursor", {{"epoch", ck.cursor.epoch}, {"index", ck.cursor.index}}},
-        {"world_size", ck.world_size},
-        {"checksums",
-         {{"tensors.safetensors", file_checksum(staged.file("tensors.safetensors"))},
-          {"optimizer.safetensors", file_checksum(staged.file("optimizer.safetensors"))}}},
-        {"meta", ck.meta}};
-    io::write_file_atomic(staged.file("state.json"), state.dump(2) + "\n");
+    const nlohmann::json checksums = {
+        {"tensors.safetensors", file_checksum(staged.file("tensors.safetensors"))},
+        {"optimizer.safetensors", file_checksum(staged.file("optimizer.safetensors"))}};
+    io::write_file_atomic(staged.file("state.json"), state_json(ck, ck.world_size, checksums).dump(2) + "\n");
     staged.commit();
   }
   prune(root, keep);
   return target;
 }
 
-std::string save_sharded_train_checkpoint(const std::string& root, const TrainCheckpoint& ck,
+std::string save_sharded_training_state(const std::string& root, const TrainingState& ck,
                                           const TensorMap& shard_tensors, Distributed& dist, int keep) {
   const int world = dist.world_size(), rank = dist.rank();
   const std::string target = root + "/" + step_name(ck.step);
@@ -195,17 +200,8 @@ std::string save_sharded_train_checkpoint(const std::string& root, const TrainCh
       std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(value));
       checksums[shard_file_name(r, world)] = hex;
     }
-    const nlohmann::json state = {
-        {"format_version", kFormatVersion},
-        {"step", ck.step},
-        {"tokens", ck.tokens},
-        {"cursor", {{"epoch", ck.cursor.epoch}, {"index", ck.cursor.index}}},
-        {"world_size", world},
-        {"zero", ck.zero},
-        {"checksums", checksums},
-        {"meta", ck.meta}};
     // The manifest last: until it exists the directory is not a checkpoint.
-    io::write_file_atomic(staging + "/state.json", state.dump(2) + "\n");
+    io::write_file_atomic(staging + "/state.json", state_json(ck, world, checksums).dump(2) + "\n");
     fs::remove_all(target, error);
     fs::rename(staging, target, error);
     if (error) fail(target, ": cannot move the staged checkpoint into place (", error.message(), ")");
@@ -223,11 +219,11 @@ std::string save_sharded_train_checkpoint(const std::string& root, const TrainCh
   return target;
 }
 
-std::optional<TrainCheckpoint> load_latest_train_checkpoint(const std::string& root) {
+std::optional<TrainingState> load_latest_training_state(const std::string& root) {
   auto dirs = step_dirs(root);
   for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
     try {
-      TrainCheckpoint ck = read_checkpoint(it->second);
+      TrainingState ck = read_checkpoint(it->second);
       std::vector<int> all(ck.shard_files.size());
       for (size_t r = 0; r < all.size(); ++r) all[r] = static_cast<int>(r);
       verify_shards(ck, all);
@@ -239,12 +235,12 @@ std::optional<TrainCheckpoint> load_latest_train_checkpoint(const std::string& r
   return std::nullopt;
 }
 
-std::optional<TrainCheckpoint> load_latest_train_checkpoint(
+std::optional<TrainingState> load_latest_training_state(
     const std::string& root, Distributed& dist,
-    const std::function<std::vector<int>(const TrainCheckpoint&)>& shards_needed) {
+    const std::function<std::vector<int>(const TrainingState&)>& shards_needed) {
   auto dirs = step_dirs(root);
   for (auto it = dirs.rbegin(); it != dirs.rend(); ++it) {
-    std::optional<TrainCheckpoint> ck;
+    std::optional<TrainingState> ck;
     std::string problem;
     try {
       ck = read_checkpoint(it->second);

@@ -1,11 +1,9 @@
-// Private to the training loop: what a run carries besides the model and the
-// optimizer — stop signals, bf16 autocast on CUDA, and the RNG state a
-// checkpoint records so that a resumed run continues exactly.
+// Private to the training loop: the scoped guards of a run — stop-signal
+// handlers for its duration, and bf16 autocast on CUDA around its forward passes.
 #pragma once
 
 #include <csignal>
 
-#include <nlohmann/json.hpp>
 #include <torch/types.h>
 
 namespace dha::train_detail {
@@ -35,8 +33,5 @@ class Autocast {
  private:
   bool enabled_;
 };
-
-nlohmann::json rng_state();
-void restore_rng_state(const nlohmann::json& j);
 
 }  // namespace dha::train_detail

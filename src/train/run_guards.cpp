@@ -1,12 +1,7 @@
-// Stop signals, autocast and RNG state of a training run.
-#include "run_state.h"
-
-#include <cstring>
-#include <mutex>
+// Stop signals and autocast of a training run.
+#include "run_guards.h"
 
 #include <ATen/autocast_mode.h>
-#include <ATen/core/Generator.h>
-#include <ATen/CPUGeneratorImpl.h>
 
 namespace dha::train_detail {
 namespace {
@@ -39,23 +34,6 @@ Autocast::~Autocast() {
   if (!enabled_) return;
   at::autocast::set_autocast_enabled(at::kCUDA, false);
   at::autocast::clear_cache();
-}
-
-nlohmann::json rng_state() {
-  auto generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  const torch::Tensor state = generator.get_state();
-  const uint8_t* p = state.data_ptr<uint8_t>();
-  return nlohmann::json{{"cpu", std::vector<uint8_t>(p, p + state.numel())}};
-}
-
-void restore_rng_state(const nlohmann::json& j) {
-  const auto bytes = j.at("cpu").get<std::vector<uint8_t>>();
-  torch::Tensor state = torch::empty({static_cast<int64_t>(bytes.size())}, torch::kUInt8);
-  std::memcpy(state.data_ptr<uint8_t>(), bytes.data(), bytes.size());
-  auto generator = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(generator.mutex());
-  generator.set_state(state);
 }
 
 }  // namespace dha::train_detail

@@ -1,0 +1,100 @@
+// Loading dha-train's model, tokenizer, teacher and held-out documents.
+#include "job_inputs.h"
+
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "dha/error.h"
+#include "dha/eval.h"
+#include "dha/io/atomic_file.h"
+#include "dha/io/load.h"
+
+namespace dha::train_detail {
+namespace {
+
+// The model, its source dtype and the tokenizer path it implies.
+void load_model(const TrainJob& job, const TokenDataset& data, JobInputs& in) {
+  in.tokenizer_path = job.tokenizer_path;
+  if (!job.from_scratch_path.empty()) {
+    in.model =
+        make_random_model(from_scratch_config(job.from_scratch_path, data.vocab_size()), job.config.seed);
+    if (in.tokenizer_path.empty()) in.tokenizer_path = find_tokenizer_in_dir(job.data_dir);
+    return;
+  }
+  io::LoadedModel loaded = io::load_model(job.model_path, job.tokenizer_path, /*need_tokenizer=*/false);
+  in.model = loaded.model;
+  in.source_dtype = loaded.checkpoint.storage_dtype;
+  if (in.tokenizer_path.empty())
+    in.tokenizer_path = find_tokenizer_for_model(job.model_path, in.model->config().vocab_size);
+  if (in.tokenizer_path.empty()) in.tokenizer_path = find_tokenizer_in_dir(job.data_dir);
+}
+
+// Shards that begin documents otherwise than the model does (BOS, its
+// pre-training separator, nothing) would train and evaluate it out of protocol.
+void check_document_protocol(const TrainJob& job, const TokenDataset& data, const JobInputs& in) {
+  if (!in.tokenizer || data.version() < 2) return;
+  const DocumentProtocol expected = document_protocol(*in.tokenizer), found = data.protocol();
+  if (expected.first_token != found.first_token || expected.token_id != found.token_id)
+    fail(job.data_dir, ": documents begin with ", first_token_name(found.first_token), " (id ",
+         found.token_id, ") but the model's tokenizer ", in.tokenizer_path, " begins them with ",
+         first_token_name(expected.first_token), " (id ", expected.token_id,
+         "); tokenize with the model's tokenizer");
+}
+
+// Frozen, in its stored dtype: a bf16 teacher costs 2 bytes per parameter.
+void load_teacher(const TrainJob& job, const torch::Device& device, JobInputs& in) {
+  if (job.teacher_path.empty()) return;
+  const Checkpoint t = io::load_checkpoint(job.teacher_path);
+  if (t.config.vocab_size != in.model->config().vocab_size)
+    fail(job.teacher_path, ": the teacher's vocab (", t.config.vocab_size, ") differs from the student's (",
+         in.model->config().vocab_size, ")");
+  in.teacher_dtype = t.storage_dtype;
+  in.teacher = make_model_over(t, job.teacher_path);
+  (*in.teacher)->to(device);
+}
+
+}  // namespace
+
+ModelConfig from_scratch_config(const std::string& path, int64_t default_vocab) {
+  nlohmann::json description;
+  try {
+    description = nlohmann::json::parse(io::read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": not valid JSON (", e.what(), ")");
+  }
+  return model_config_from_json(description, default_vocab, path);
+}
+
+JobInputs load_job_inputs(const TrainJob& job, const TokenDataset& data, const torch::Device& device) {
+  JobInputs in;
+  load_model(job, data, in);
+  const ModelConfig& model = in.model->config();
+  if (data.vocab_size() > model.vocab_size)
+    fail(job.data_dir, ": the shards' vocab (", data.vocab_size(), ") is larger than the model's (",
+         model.vocab_size, "); tokenize with the model's tokenizer");
+  in.seq_len = job.config.seq_len > 0 ? job.config.seq_len : model.max_seq_len;
+  if (in.seq_len > model.max_seq_len)
+    fail("--seq-len ", in.seq_len, " exceeds the model's context of ", model.max_seq_len);
+  if (!in.tokenizer_path.empty()) in.tokenizer = load_tokenizer(in.tokenizer_path, model.vocab_size);
+  check_document_protocol(job, data, in);
+  load_teacher(job, device, in);
+  in.model->to(device);
+  return in;
+}
+
+std::vector<std::vector<int32_t>> held_out_documents(const TrainJob& job, const JobInputs& in,
+                                                     int64_t max_docs) {
+  std::vector<std::vector<int32_t>> docs;
+  if (!job.eval_text.empty()) {
+    if (!in.tokenizer) fail("--eval-text needs a tokenizer (pass --tokenizer)");
+    for (const auto& doc : split_documents(io::read_file(job.eval_text)))
+      docs.push_back(encode_document(*in.tokenizer, doc));
+  } else if (std::filesystem::exists(job.data_dir) &&
+             !TokenDataset::shard_paths(job.data_dir, "heldout").empty()) {
+    docs = TokenDataset(job.data_dir, "heldout").documents(in.model->config().bos_id, max_docs);
+  }
+  return docs;
+}
+
+}  // namespace dha::train_detail
