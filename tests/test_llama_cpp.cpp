@@ -395,8 +395,15 @@ TEST(GgufExport, RefusesWhatLlamaCppCannotRunWithOneLine) {
   expect_one_line_error(
       [&] { dha::io::save_gguf_checkpoint(tmp.file("c.gguf"), ck, std::nullopt, tmp.file("junk.txt")); },
       {"junk.txt", "neither a sentencepiece model nor a llama2.c tokenizer.bin"});
+  // RoPE scaling (Llama 3.1's llama3, or linear): llama.cpp would run the file with plain RoPE.
+  dha::Checkpoint scaled = ck;
+  scaled.config.rope_scaling.type = dha::RopeScaling::Type::kLinear;
+  scaled.config.rope_scaling.factor = 2.0;
+  expect_one_line_error([&] { dha::io::save_gguf_checkpoint(tmp.file("e.gguf"), scaled, std::nullopt, ""); },
+                        {"e.gguf", "RoPE scaling \"linear\"", "export hf or dha"});
   EXPECT_FALSE(fs::exists(tmp.file("b.gguf")));
   EXPECT_FALSE(fs::exists(tmp.file("c.gguf")));
+  EXPECT_FALSE(fs::exists(tmp.file("e.gguf")));
   // dha-convert writes directories only.
   dha::io::write_file_atomic(tmp.file("calib.txt"), "In the beginning.\n");
   dha::test::expect_one_error_line("dha-convert --model " + demo_mha() + " --calib " + tmp.file("calib.txt") +

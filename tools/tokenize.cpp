@@ -20,7 +20,9 @@ int main(int argc, char** argv) {
   int64_t train_vocab = 0;
   uint64_t seed = 1234;
   bool force = false;
-  app.add_option("--tokenizer", tokenizer_path, "sentencepiece .model, llama2.c tokenizer.bin, tokenizer.json, or a .gguf model (its vocabulary)");
+  app.add_option("--tokenizer", tokenizer_path,
+                 "sentencepiece .model, llama2.c tokenizer.bin, tokenizer.json, a .gguf model (its vocabulary), "
+                 "or a model directory (the tokenizer in it)");
   app.add_option("--train-vocab", train_vocab,
                  "instead: train a sentencepiece BPE vocab of this size on the (training part of the) files");
   app.add_option("--out", out_dir, "output directory (must not exist unless --force)")->required();
@@ -35,6 +37,12 @@ int main(int argc, char** argv) {
       dha::fail("give exactly one of --tokenizer PATH and --train-vocab N");
     for (const auto& file : files)
       if (!std::filesystem::is_regular_file(file)) dha::fail(file, ": no such file");
+    if (!tokenizer_path.empty() && std::filesystem::is_directory(tokenizer_path)) {
+      const std::string found = dha::find_tokenizer_in_dir(tokenizer_path);
+      if (found.empty())
+        dha::fail(tokenizer_path, ": no tokenizer.model, tokenizer.bin or tokenizer.json in this directory");
+      tokenizer_path = found;
+    }
     dha::io::StagedDirectory staged(out_dir, force);
     // The tokenizer goes into the output, so that dha-train finds it there.
     if (train_vocab > 0)

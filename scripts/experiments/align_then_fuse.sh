@@ -4,7 +4,7 @@
 # dha --no-align (the paper's recipe) and aligned-gqa, on stories260K (its GQA
 # form and its MHA twin; default recipe, held-out NLL on the first 200
 # TinyStories valid documents) and on models/demo-mha (scripts/demo's
-# conversion recipe as it was when the README's table was measured, fusion at lr
+# conversion recipe as it was when docs/results/align-then-fuse.md's table was measured, fusion at lr
 # 1e-4 where scripts/demo_recipe.sh now has 5e-4; dha-eval on corpus/heldout).
 # Prints one Markdown table.
 # About 8 minutes per budget on the 2-core machine.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Held-out NLL against TOTAL tokens (conversion + continued pre-training) for
-# every conversion method at equal KV budget: the curves behind the README's
-# "DHA against the baselines at equal tokens" section (issue 13).
+# every conversion method at equal KV budget: the curves behind
+# docs/results/equal-token-curves.md.
 #
 # For each model (models/demo-mha; stories260K, its GQA form and its MHA twin)
 # and each budget (0.5, 0.25, 0.125) it converts with

@@ -50,7 +50,7 @@ run() {  # name convert-args...
   local name=$1
   shift
   step "$name: dha-convert --budget $BUDGET $*"
-  # scripts/demo's conversion recipe as it was when the README's layouts table was
+  # scripts/demo's conversion recipe as it was when docs/results/layouts-and-runtimes.md's table was
   # measured: fusion at lr 1e-4 (scripts/demo_recipe.sh now has 5e-4).
   logged "$WORK/$name-convert.log" "$BIN/dha-convert" --model "$MODEL" --budget "$BUDGET" --calib "${TRAIN_TEXT[@]}" \
     --eval-text "$HELDOUT" --eval-docs 40 --seq-len 256 --batch 8 --search-steps 20 \

@@ -106,6 +106,8 @@ bool standard_layout(const ModelConfig& c) { return c.layout.uniform_gqa_kv_head
 CheckpointFamily llama() {
   CheckpointFamily f;
   f.name = "llama";
+  f.summary = "Llama 2 / 3.x, Sheared-LLaMA, SmolLM2 and other LLaMA-architecture checkpoints; "
+              "attention_bias (biases on q/k/v and o_proj) refused";
   f.default_max_position_embeddings = 2048;
   f.attention_bias = refuse_o_proj_bias(f.name);
   f.writes = [](const ModelConfig& c) { return standard_layout(c) && !c.attention_bias; };
@@ -120,6 +122,8 @@ CheckpointFamily llama() {
 CheckpointFamily mistral() {
   CheckpointFamily f;
   f.name = "mistral";
+  f.summary = "Mistral: LLaMA with a sliding window, read when the window covers the whole context "
+              "(max_position_embeddings); written back as llama";
   f.default_max_position_embeddings = 4096 * 32;
   f.attention_bias = refuse_o_proj_bias(f.name);
   f.check_sliding_windows = mistral_window;
@@ -131,6 +135,8 @@ CheckpointFamily mistral() {
 CheckpointFamily qwen2() {
   CheckpointFamily f;
   f.name = "qwen2";
+  f.summary = "Qwen2 / 2.5: q/k/v biases (kept through conversion); sliding windows (use_sliding_window) read when "
+              "they cover the whole context";
   f.default_max_position_embeddings = 32768;
   f.attention_bias = always_qkv_bias;
   f.check_sliding_windows = qwen2_windows;
@@ -146,6 +152,8 @@ CheckpointFamily qwen2() {
 CheckpointFamily dha_llama() {
   CheckpointFamily f;
   f.name = "dha_llama";
+  f.summary = "dha's own: any per-layer K/V head layout (the maps under \"dha\" in config.json), written for every "
+              "layout that is not one GQA count for all layers";
   f.default_max_position_embeddings = 2048;
   f.attention_bias = qkv_bias_as_written;
   f.writes = [](const ModelConfig& c) { return !standard_layout(c); };

@@ -137,6 +137,10 @@ void save_gguf_checkpoint(const std::string& path, const Checkpoint& checkpoint,
   check_llama_cpp_layout(c, path);
   if (c.attention_bias)
     fail(path, ": this model has q/k/v biases, which the GGUF export does not write yet (export hf or dha)");
+  // llama.cpp would run such a file with plain RoPE: a different function beyond the short context.
+  if (c.rope_scaling.scaled())
+    fail(path, ": this model has RoPE scaling \"", rope_type_name(c.rope_scaling.type),
+         "\", which the GGUF export does not write yet (export hf or dha)");
   check_tensors(c, checkpoint.tensors, path);
   const GgufMetadata metadata = gguf_export_metadata(c, tokenizer, weights);
 

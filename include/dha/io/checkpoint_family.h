@@ -27,6 +27,9 @@ struct TensorRename {
 
 struct CheckpointFamily {
   std::string name;  // config.json "model_type"
+  // What its checkpoints are and what the reader accepts of them, in a
+  // sentence: the supported-models table of the docs (scripts/docs_generate).
+  std::string summary;
 
   // ---- config.json -> ModelConfig (io::config_from_hf_json)
   // transformers' default for a config.json without max_position_embeddings.
