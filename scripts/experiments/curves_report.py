@@ -9,8 +9,12 @@ tokens; nothing is extrapolated past a curve's ends.
 usage: curves_report.py --work WORK_DIR [--plot path/to/dha-plot]
 """
 import argparse
+import datetime
 import json
 import os
+import platform
+import shlex
+import shutil
 import subprocess
 import sys
 
@@ -26,6 +30,47 @@ LABELS = {"dha": "dha (default: even head counts, align, then fuse, distilling)"
           "source": "source itself (not converted: full KV cache)"}
 MODEL_NAMES = {"demo": "demo-mha", "stories260k": "stories260K (GQA form)", "stories260k-mha": "stories260K (MHA twin)"}
 DEMO_POINT = 614400  # the demo's 150 steps of 16 x 256 tokens: where the 5x target is read
+
+
+# The variables of curves.sh (and endpoints.sh) that change what is run; the header lists those set.
+SETTINGS = ["MODELS", "BUDGETS", "METHODS", "TOKENS", "LONG_TOKENS", "JOBS", "DISTILL_WEIGHT", "SHORT_FUSION_STEPS",
+            "FUSION_LR", "LR", "WARMUP", "SCHEDULE", "TEACH", "BUDGET", "TOTALS"]
+
+
+def provenance(title, script, work, data):
+    """The header of a results file: when it was written, from which commit, on which machine, by which command.
+
+    Written into the file itself, so that it survives regeneration (docs/results/ holds copies of these files)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+
+    def run(*cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+    commit = run("git", "-C", root, "rev-parse", "--short", "HEAD") or "unknown (not a git checkout)"
+    if run("git", "-C", root, "status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    memory = ""
+    if os.path.exists("/proc/meminfo"):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                memory = ", %.0f GiB" % (int(line.split()[1]) / 2**20)
+    gpus = run("nvidia-smi", "--query-gpu=name", "--format=csv,noheader") if shutil.which("nvidia-smi") else ""
+    machine = "%d-core %s CPU%s, %s" % (os.cpu_count() or 0, platform.machine(), memory,
+                                       "GPU: " + ", ".join(gpus.splitlines()) if gpus else "no GPU")
+    if "OMP_NUM_THREADS" in os.environ:
+        machine += ", OMP_NUM_THREADS=%s per process" % os.environ["OMP_NUM_THREADS"]
+    settings = ["%s=%s" % (k, shlex.quote(os.environ[k])) for k in SETTINGS if k in os.environ]
+    work = os.path.realpath(work)  # named relative to the checkout: no machine's paths in a document
+    work = os.path.relpath(work, root) if work.startswith(root + os.sep) else "WORK_DIR"
+    return ("# %s\n\n| | |\n|---|---|\n| measured | %s (UTC: when this file was written; the runs it reads had "
+            "finished), commit %s |\n"
+            "| recipe | the defaults of that commit (the script's header lists them)%s |\n"
+            "| machine | %s |\n| command | `%s` |\n| data | %s |\n\n" % (
+                title, datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"), commit,
+                ", changed by the environment: " + " ".join(settings) if settings else "", machine,
+                " ".join(settings + [script, work]), data))
 
 
 def load_run(run_dir):
@@ -195,7 +240,14 @@ def main():
 
     with open(os.path.join(args.work, "tokens_to_match.json"), "w") as f:
         json.dump(match, f, indent=1)
-    text = ("### Every model and budget\n\nHeld-out NLL right after conversion → at the end of the curves "
+    text = (provenance(
+        "DHA against the baselines at equal total tokens: every table",
+        "scripts/experiments/curves.sh", args.work,
+        "models/demo-mha (in the repository) on the corpus of scripts/corpus (the King James Bible and the Jargon "
+        "File from Debian packages; every 20th document held out); stories260K (llama2.c's release) with "
+        "tinystories_train_sample.txt / tinystories_valid_sample.txt (TinyStories samples), which the script "
+        "looks for in ../shared/models and ../shared/data next to the checkout") +
+            "### Every model and budget\n\nHeld-out NLL right after conversion → at the end of the curves "
             "(every method at the same total tokens).\n\n" + "\n".join(summary) + "\n\n" +
             "\n".join(md) + "\n### Targets\n\n" + "\n".join("- " + v for v in verdicts) + "\n")
     with open(os.path.join(args.work, "results.md"), "w") as f:

@@ -77,9 +77,15 @@ print([json.loads(l) for l in open('$RUNS/$method/train/metrics.jsonl') if '\"ev
 done
 while [ "$running" -gt 0 ]; do wait_one; done
 
-python3 - "$OUT" "$RUNS" "$METHODS" "$TOTALS" <<'EOF' | tee "$OUT/endpoints.md"
+python3 - "$OUT" "$RUNS" "$METHODS" "$TOTALS" "$ROOT" "$CURVES" "$BUDGET" <<'EOF' | tee "$OUT/endpoints.md"
 import json, os, sys
 out, runs, methods, totals = sys.argv[1], sys.argv[2], sys.argv[3].split(), [int(t) for t in sys.argv[4].split()]
+sys.path.insert(0, os.path.join(sys.argv[5], "scripts", "experiments"))
+from curves_report import provenance  # the header that says when, which commit, which machine, which command
+print(provenance("Each total its own schedule: demo-mha, budget %s" % sys.argv[7], "scripts/experiments/endpoints.sh",
+                 sys.argv[6], "models/demo-mha (in the repository) and the converted models of the curves.sh run "
+                 "named in the command, on the corpus of scripts/corpus (the King James Bible and the Jargon File "
+                 "from Debian packages; every 20th document held out)"), end="")
 def final(method, total):
     d = os.path.join(out, method, str(total))
     path = os.path.join(d, "curve.jsonl") if os.path.exists(os.path.join(d, "curve.jsonl")) \
