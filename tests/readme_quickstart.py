@@ -6,8 +6,8 @@ The reader's own model is a Llama-2-style HF directory that transformers writes
 (save_pretrained of the embedded demo model, with its sentencepiece
 tokenizer.model), their text is this repository's documentation, and the
 quickstart's documented variables make the runs tiny: CONVERT_ARGS and
-TRAIN_ARGS, TOKENS, NGPU=2 ranks on Gloo, and DHA_DEMO_FUSION_STEPS /
-DHA_DEMO_TRAIN_STEPS / DHA_DEMO_OUT for scripts/demo.
+TRAIN_ARGS, TOKENS, NGPU=2 ranks on Gloo, and DHA_DEMO_QUICK / DHA_DEMO_OUT for
+scripts/demo.
 
 usage: readme_quickstart.py SOURCE_DIR TOOLS_DIR WORK_DIR
 Exits 0 when every block ran and the outputs the quickstart names exist.
@@ -62,7 +62,7 @@ def main():
     os.makedirs(WORK)
     write_hf_llama2(os.path.join(WORK, "Llama-2-tiny-hf"))
     write_text(os.path.join(WORK, "train.txt"), os.path.join(WORK, "heldout.txt"))
-    script = "set -eo pipefail -x\n" + "\n".join(quickstart_blocks())
+    script = "PS4='+ [${SECONDS}s] '\nset -eo pipefail -x\n" + "\n".join(quickstart_blocks())
     # The commands name build/ and .venv/ of the checkout; point them at this build.
     script = script.replace("build/dha-", TOOLS + "/dha-").replace(".venv/bin/python", PYTHON)
     env = dict(os.environ,
@@ -74,8 +74,7 @@ def main():
                TOKENS="16384",
                CONVERT_ARGS="--fusion-steps 2 --search-steps 2 --batch 2 --seq-len 64 --eval-docs 8",
                TRAIN_ARGS="--eval-docs 8",
-               DHA_DEMO_FUSION_STEPS="2",
-               DHA_DEMO_TRAIN_STEPS="2",
+               DHA_DEMO_QUICK="1",
                DHA_DEMO_OUT=os.path.join(WORK, "demo"),
                DHA_BUILD_DIR=TOOLS,
                HF_MODULES_CACHE=os.path.join(WORK, "hf_modules"),
@@ -92,6 +91,15 @@ def main():
         if not os.path.exists(os.path.join(run, path)):
             sys.exit(f"quickstart: ran, but {path} is missing under WORK")
     print("quickstart: every output is there")
+    # The llama.cpp step (llama-cli) is shown, not run; its file must load and run in llama.cpp.
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("quickstart: llama-cpp-python is not installed; the GGUF file was not run")
+        return
+    llm = Llama(model_path=os.path.join(run, "model.gguf"), n_ctx=64, verbose=False)
+    out = llm("Once upon a time", max_tokens=4, temperature=0)
+    print("quickstart: llama.cpp continues the prompt:", repr(out["choices"][0]["text"]))
 
 
 if __name__ == "__main__":

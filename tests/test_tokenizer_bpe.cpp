@@ -23,6 +23,7 @@
 #include "dha/error.h"
 #include "dha/eval.h"
 #include "dha/io/atomic_file.h"
+#include "dha/tokenizer_vocab.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -519,6 +520,15 @@ TEST(BpeTokenizer, LongInputsStayFast) {
     const Ids ids = tok->encode(s, false, false);
     EXPECT_EQ(tok->decode(ids), s);
   }
+}
+
+// The GGUF export's sentencepiece-style vocabulary cannot spell byte-level BPE:
+// one line saying so and what to do instead, not "could not be read back".
+TEST(BpeTokenizer, AsASentencepieceVocabularyIsRefusedWithWhatToDo) {
+  TempDir tmp;
+  dha::io::write_file_atomic(tmp.file("tokenizer.json"), tiny_json().dump());
+  expect_one_line_error([&] { dha::read_tokenizer_vocab(tmp.file("tokenizer.json")); },
+                        {"tokenizer.json", "byte-level BPE", "not written as a GGUF vocabulary yet", "export hf or dha"});
 }
 
 TEST(BpeTokenizer, BosEosFromTokenizerConfig) {

@@ -60,7 +60,11 @@ std::string markdown_reference(CLI::App& app) {
     // A switch's default is not giving it; its recipe key's default goes beside the key.
     std::string default_value;
     if (key && key->sets.empty()) default_value = key->default_value;
-    else if (!is_flag) default_value = option->capture_default_str()->get_default_str();
+    else if (!is_flag) {
+      // The tool's own default text if it set one (dha-generate's seed: the clock), else the variable's value.
+      default_value = option->get_default_str();
+      if (default_value.empty()) default_value = option->capture_default_str()->get_default_str();
+    }
     if (option->get_required()) default_value = "required";
     std::string recipe;
     if (key) {

@@ -22,11 +22,11 @@ std::string or_dash(const std::string& s) { return s.empty() ? "-" : s; }
 
 std::string families_table() {
   std::string out =
-      "| `model_type` | what it is | written as (`architectures`) | GGUF architecture | default context |\n"
-      "|---|---|---|---|---:|\n";
+      "| `model_type` | what it is | written as (`architectures`) | GGUF architecture |\n"
+      "|---|---|---|---|\n";
   for (const auto& f : dha::io::checkpoint_families())
     out += "| `" + f.name + "` | " + f.summary + " | " + (f.writes ? "`" + f.architecture + "`" : "read only") +
-           " | " + or_dash(f.gguf_architecture) + " | " + std::to_string(f.default_max_position_embeddings) + " |\n";
+           " | " + or_dash(f.gguf_architecture) + " |\n";
   return out;
 }
 

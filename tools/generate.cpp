@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
       ->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--top-p", options.top_p, "nucleus sampling mass; 1 disables")
       ->capture_default_str()->check(CLI::Range(0.0, 1.0));
-  app.add_option("--seed", options.seed, "random seed (default: from the clock)");
+  app.add_option("--seed", options.seed, "random seed")->default_str("the clock");
   return dha::cli::run(app, argc, argv, [&] {
     dha::io::LoadedModel loaded = dha::io::load_model(model_path, tokenizer_path);
     dha::generate(loaded.model, *loaded.tokenizer, prompt, options, [](const std::string& piece) {

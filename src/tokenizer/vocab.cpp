@@ -152,6 +152,9 @@ std::optional<TokenizerVocab> llama2c_vocab(const std::string& bytes) {
 TokenizerVocab read_tokenizer_vocab(const std::string& path, int64_t expected_vocab) {
   // load_tokenizer gives the errors (missing file, neither format, vocab size).
   load_tokenizer(path, expected_vocab);
+  if (std::filesystem::path(path).extension() == ".json")
+    fail(path, ": a Hugging Face tokenizer.json (byte-level BPE) is not written as a GGUF vocabulary yet "
+               "(sentencepiece and llama2.c ones are); export hf or dha for transformers");
   const std::string bytes = io::read_file(path);
   // The order load_tokenizer tries the formats in, so the same one is found.
   const bool llama2c_first = std::filesystem::path(path).extension() == ".bin";
