@@ -26,13 +26,11 @@ std::map<const CLI::App*, std::vector<RecipeKeyDoc>>& recipe_key_docs() {
 }
 
 // A table cell: one line, no column breaks.
-std::string cell(std::string text) {
-  for (char& c : text)
-    if (c == '\n') c = ' ';
+std::string cell(const std::string& text) {
   std::string out;
   for (char c : text) {
     if (c == '|') out += '\\';
-    out += c;
+    out += c == '\n' ? ' ' : c;
   }
   return out;
 }

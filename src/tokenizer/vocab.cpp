@@ -152,12 +152,13 @@ std::optional<TokenizerVocab> llama2c_vocab(const std::string& bytes) {
 TokenizerVocab read_tokenizer_vocab(const std::string& path, int64_t expected_vocab) {
   // load_tokenizer gives the errors (missing file, neither format, vocab size).
   load_tokenizer(path, expected_vocab);
-  if (std::filesystem::path(path).extension() == ".json")
+  const std::filesystem::path extension = std::filesystem::path(path).extension();
+  if (extension == ".json")
     fail(path, ": a Hugging Face tokenizer.json (byte-level BPE) is not written as a GGUF vocabulary yet "
                "(sentencepiece and llama2.c ones are); export hf or dha for transformers");
   const std::string bytes = io::read_file(path);
   // The order load_tokenizer tries the formats in, so the same one is found.
-  const bool llama2c_first = std::filesystem::path(path).extension() == ".bin";
+  const bool llama2c_first = extension == ".bin";
   std::optional<TokenizerVocab> v = llama2c_first ? llama2c_vocab(bytes) : sentencepiece_vocab(bytes);
   if (!v) v = llama2c_first ? sentencepiece_vocab(bytes) : llama2c_vocab(bytes);
   if (!v) fail(path, ": the tokenizer loads but its vocabulary could not be read back");
