@@ -59,6 +59,45 @@ pkg_check_modules(UTF8PROC REQUIRED libutf8proc)
 add_library(dha_unicode INTERFACE)
 target_include_directories(dha_unicode INTERFACE ${PCRE2_INCLUDE_DIRS} ${UTF8PROC_INCLUDE_DIRS})
 target_link_libraries(dha_unicode INTERFACE ${PCRE2_LINK_LIBRARIES} ${UTF8PROC_LINK_LIBRARIES})
+# Compressed corpora (.gz, .zst), read as they stream (src/data/byte_stream.cpp).
+find_package(ZLIB REQUIRED)
+pkg_check_modules(ZSTD REQUIRED libzstd)
+add_library(dha_compression INTERFACE)
+target_include_directories(dha_compression INTERFACE ${ZSTD_INCLUDE_DIRS})
+target_link_libraries(dha_compression INTERFACE ZLIB::ZLIB ${ZSTD_LINK_LIBRARIES})
+
+# --- Apache Arrow, for Parquet corpora (src/data/parquet/) -------------------------
+# Debian 12 packages no Arrow; the pyarrow wheel ships libarrow, libparquet and
+# their headers, used from .venv the way the torch wheel's LibTorch is
+# (scripts/setup installs it). Without it the build reads no Parquet, and a
+# Parquet input gets an error saying how to get a build that does.
+set(DHA_HAVE_PARQUET OFF)
+if(EXISTS "${DHA_PYTHON}")
+  execute_process(
+    COMMAND "${DHA_PYTHON}" -c "import pyarrow as pa; print(pa.get_include()); print(pa.get_library_dirs()[0]); print(pa.__version__)"
+    OUTPUT_VARIABLE _dha_pyarrow OUTPUT_STRIP_TRAILING_WHITESPACE RESULT_VARIABLE _dha_rc ERROR_QUIET)
+  if(_dha_rc EQUAL 0)
+    string(REPLACE "\n" ";" _dha_pyarrow "${_dha_pyarrow}")
+    list(GET _dha_pyarrow 0 DHA_ARROW_INCLUDE_DIR)
+    list(GET _dha_pyarrow 1 DHA_ARROW_LIBRARY_DIR)
+    list(GET _dha_pyarrow 2 _dha_pyarrow_version)
+    # The wheel has only versioned names (libarrow.so.2600), no libarrow.so link.
+    file(GLOB _dha_arrow_libs "${DHA_ARROW_LIBRARY_DIR}/libarrow.so.[0-9]*")
+    file(GLOB _dha_parquet_libs "${DHA_ARROW_LIBRARY_DIR}/libparquet.so.[0-9]*")
+    if(_dha_arrow_libs AND _dha_parquet_libs AND EXISTS "${DHA_ARROW_INCLUDE_DIR}/parquet/arrow/reader.h")
+      list(SORT _dha_arrow_libs)
+      list(SORT _dha_parquet_libs)
+      list(GET _dha_arrow_libs 0 DHA_ARROW_LIBRARY)
+      list(GET _dha_parquet_libs 0 DHA_PARQUET_LIBRARY)
+      set(DHA_HAVE_PARQUET ON)
+    endif()
+  endif()
+endif()
+if(DHA_HAVE_PARQUET)
+  message(STATUS "dha: Parquet via pyarrow ${_dha_pyarrow_version} at ${DHA_ARROW_LIBRARY_DIR}")
+else()
+  message(STATUS "dha: no pyarrow in ${DHA_PYTHON}: this build reads no Parquet (scripts/setup installs it)")
+endif()
 
 set(DHA_WARNINGS -Wall -Wextra -Wno-unused-parameter)
 if(DHA_WERROR)

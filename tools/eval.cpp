@@ -1,10 +1,13 @@
-// dha-eval: mean NLL per token, perplexity and KV bytes per token on a text file.
+// dha-eval: mean NLL per token, perplexity and KV bytes per token on a text file;
+// or multiple-choice accuracy (acc, acc_norm) on task files, as lm-eval scores them.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
 #include "cli_common.h"
+#include "dha/choice_eval.h"
 #include "dha/error.h"
 #include "dha/eval.h"
 #include "dha/io/atomic_file.h"
@@ -16,7 +19,8 @@ int main(int argc, char** argv) {
                "BOS + tokens when its tokenizer adds BOS; else its pre-training document separator + tokens\n"
                "when it declares one (<|endoftext|>, else EOS); else the tokens alone. Every token after the\n"
                "first is predicted; the JSON records which (first_token: bos | separator | given). A document\n"
-               "longer than the model's context is truncated to it, unless --stride scores it whole.",
+               "longer than the model's context is truncated to it, unless --stride scores it whole.\n"
+               "With --task instead: zero-shot multiple-choice accuracy as lm-evaluation-harness scores it.",
                "dha-eval"};
   std::string model_path, tokenizer_path, text_path;
   int64_t max_docs = 0;
@@ -25,7 +29,27 @@ int main(int argc, char** argv) {
   bool as_json = false;
   app.add_option("--model", model_path, dha::io::checkpoint_formats_help())->required();
   app.add_option("--tokenizer", tokenizer_path, "tokenizer (default: the one in or beside the model)");
-  app.add_option("--text", text_path, "UTF-8 text; documents separated by blank lines")->required();
+  std::vector<std::string> task_paths;
+  std::string first_token_name = "tokenizer", requests_path;
+  int64_t batch = 16, max_items = 0;
+  auto* text_option = app.add_option("--text", text_path, "UTF-8 text; documents separated by blank lines");
+  auto* task_option = app.add_option(
+      "--task", task_paths,
+      "instead: a multiple-choice task, JSONL of {\"context\": str, \"choices\": [str], \"gold\": int} (each "
+      "choice scored as the continuation of the context, exactly as written); repeat for a table of tasks");
+  text_option->excludes(task_option);
+  app.add_option("--first-token", first_token_name,
+                 "--task: what leads each context: 'tokenizer' (what the tokenizer adds by default, BOS for "
+                 "Llama: lm-eval's hf model as it encodes by default), 'document' (as --text reads documents: "
+                 "a separator-led model's separator too) or 'none' (lm-eval's add_bos_token=False)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tokenizer", "document", "none"}));
+  app.add_option("--batch", batch, "--task: requests per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-items", max_items, "--task: score only the first N items of each task (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--save-requests", requests_path,
+                 "--task: also write every request as JSONL (task, item, choice, loglikelihood, is_greedy, "
+                 "context_ids, continuation_ids), to compare with another harness");
   app.add_option("--max-docs", max_docs, "score only the first N documents (0: all)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--stride", stride,
@@ -38,6 +62,45 @@ int main(int argc, char** argv) {
                  "unless --stride is given), "
                  "so that another runtime can score the same ids");
   return dha::cli::run(app, argc, argv, [&] {
+    if (!task_paths.empty()) {
+      dha::io::LoadedModel loaded = dha::io::load_model(model_path, tokenizer_path);
+      const auto first = first_token_name == "none"       ? dha::ChoiceFirstToken::kNone
+                         : first_token_name == "document" ? dha::ChoiceFirstToken::kDocument
+                                                          : dha::ChoiceFirstToken::kTokenizer;
+      nlohmann::json tasks = nlohmann::json::object();
+      std::string requests;
+      std::printf("model: %s (first token: %s)\n%-24s %8s %8s %8s %9s %8s\n", model_path.c_str(),
+                  first_token_name.c_str(), "task", "items", "acc", "stderr", "acc_norm", "stderr");
+      for (const auto& path : task_paths) {
+        std::vector<dha::ChoiceItem> items = dha::read_choice_task(path);
+        if (max_items > 0 && static_cast<int64_t>(items.size()) > max_items) items.resize(max_items);
+        const std::string name = std::filesystem::path(path).stem().string();
+        if (tasks.contains(name)) dha::fail(path, ": a second task named ", name, " (tasks are named by file stem)");
+        const dha::ChoiceTaskResult r =
+            dha::evaluate_choice_task(loaded.model, *loaded.tokenizer, items, first, batch, /*show_progress=*/true);
+        std::printf("%-24s %8lld %8.4f %8.4f %9.4f %8.4f\n", name.c_str(), static_cast<long long>(r.items), r.acc,
+                    r.acc_stderr, r.acc_norm, r.acc_norm_stderr);
+        tasks[name] = {{"file", path},          {"items", r.items},       {"acc", r.acc},
+                       {"acc_stderr", r.acc_stderr}, {"acc_norm", r.acc_norm}, {"acc_norm_stderr", r.acc_norm_stderr}};
+        for (const auto& q : r.requests)
+          requests += nlohmann::json{{"task", name},
+                                     {"item", q.item},
+                                     {"choice", q.choice},
+                                     {"loglikelihood", q.loglikelihood},
+                                     {"is_greedy", q.is_greedy},
+                                     {"context_ids", q.context_ids},
+                                     {"continuation_ids", q.continuation_ids}}
+                          .dump() +
+                      "\n";
+      }
+      if (!requests_path.empty()) dha::io::write_file_atomic(requests_path, requests);
+      if (as_json)
+        std::printf("%s\n", nlohmann::json{{"model", model_path}, {"first_token", first_token_name}, {"tasks", tasks}}
+                                .dump()
+                                .c_str());
+      return 0;
+    }
+    if (text_path.empty()) dha::fail("give --text FILE (held-out NLL) or --task FILE.jsonl (multiple choice)");
     const std::vector<std::string> docs = dha::split_documents(dha::io::read_file(text_path));
     if (docs.empty()) dha::fail(text_path, ": holds no document (no non-blank text)");
     dha::io::LoadedModel loaded = dha::io::load_model(model_path, tokenizer_path);

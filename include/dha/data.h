@@ -13,6 +13,13 @@
 // occurs inside a text (a literal "<|endoftext|>"), or when there is none.
 // Version 1 (still read): the same header with those 8 bytes zero and no index;
 // every document starts with BOS and is found by splitting at BOS.
+//
+// Pre-tokenized data of other tools is read in place too, detected by content
+// (src/data/foreign_shards.h): llm.c / nanoGPT .bin shards (no index: split at
+// BOS like version 1; files named *val* are the held-out split) and Megatron-LM
+// indexed datasets (PREFIX.bin + PREFIX.idx; documents from the index). They
+// record no vocabulary: theirs is their largest id + 1, found on open, so a
+// model too small for the data is refused before training starts.
 #pragma once
 
 #include <cstdint>
@@ -37,7 +44,8 @@ void write_token_shard(const std::string& path, const std::vector<int32_t>& toke
 
 class TokenShard {
  public:
-  // Maps the file and validates the header against the file size.
+  // Maps the file and validates the header against the file size (a foreign
+  // format: its layout, and every token read once for the vocabulary).
   explicit TokenShard(const std::string& path);
   ~TokenShard();
   TokenShard(const TokenShard&) = delete;
@@ -48,47 +56,62 @@ class TokenShard {
   int64_t vocab_size() const { return vocab_; }
   int64_t documents() const { return documents_; }
   int64_t bytes_per_token() const { return width_; }
+  // dha's format version; 0 for a foreign format.
   uint32_t version() const { return version_; }
-  // How its documents begin; version 1: {kBos, -1} (BOS, whose id it does not record).
+  // "dha", "llm.c" or "megatron".
+  const std::string& format() const { return format_; }
+  // Whether it indexes its documents (dha version 2, Megatron).
+  bool indexed() const { return indexed_; }
+  // How its documents begin; version 1: {kBos, -1} (BOS, whose id it does not
+  // record); a foreign format: {kGiven, -1} (it records none).
   const DocumentProtocol& protocol() const { return protocol_; }
-  // Document d's first position (version 2 only: version 1 has no index).
+  // Document d's first position (indexed shards only).
   int64_t document_start(int64_t d) const;
   int64_t at(int64_t i) const;
   // Copies tokens [begin, begin + n) into out.
   void read(int64_t begin, int64_t n, int64_t* out) const;
 
  private:
-  std::string path_;
+  void open_foreign();
+  int64_t read_foreign_token(const uint8_t* p) const;
+  std::string path_, format_ = "dha";
   const uint8_t* map_ = nullptr;
   size_t map_size_ = 0;
+  int64_t data_offset_ = kShardHeaderBytes;
   int64_t width_ = 0, count_ = 0, vocab_ = 0, documents_ = 0;
+  bool is_signed_ = false, indexed_ = false;
+  std::vector<int64_t> starts_;  // a foreign format's document index
   uint32_t version_ = 0;
   DocumentProtocol protocol_;
 };
 
-// All shards of one split ("train" or "heldout") of a dha-tokenize directory,
-// read as one token stream.
+// All shards of one split ("train" or "heldout") of a dha-tokenize directory
+// (or of a directory of llm.c or Megatron-LM files), read as one token stream.
 class TokenDataset {
  public:
   TokenDataset(const std::string& dir, const std::string& split);
   // An in-memory stream (e.g. calibration text tokenized on the fly); `name`
   // stands in for the directory in messages.
   TokenDataset(std::vector<int32_t> tokens, int64_t vocab_size, std::string name);
-  // The split's shard files in a directory, sorted (empty if none).
+  // The split's shard files in a directory, sorted (empty if none): dha's
+  // SPLIT-*.tok, else the foreign shards of that split.
   static std::vector<std::string> shard_paths(const std::string& dir, const std::string& split);
   int64_t size() const { return total_; }
   int64_t vocab_size() const { return vocab_; }
   const std::string& dir() const { return dir_; }
   void read(int64_t begin, int64_t n, int64_t* out) const;
   // The documents, each as encode_document gave it, at most `max_docs` (<= 0:
-  // all): by the shards' index (version 2); version-1 shards and an in-memory
-  // stream are split at `bos_id` (each document starts with BOS).
+  // all): by the shards' index (version 2, Megatron); version-1 and llm.c
+  // shards and an in-memory stream are split at `bos_id` (each document starts
+  // with it: BOS, or llm.c's <|endoftext|> for GPT-2 data).
   std::vector<std::vector<int32_t>> documents(int32_t bos_id, int64_t max_docs) const;
   // How the documents begin (every shard of the split agrees); version-1 shards
   // and an in-memory stream: {kBos, -1}.
   const DocumentProtocol& protocol() const { return protocol_; }
-  // The shards' format version (0 for an in-memory stream).
+  // The shards' format version (0 for an in-memory stream or foreign shards).
   uint32_t version() const { return version_; }
+  // The shards' format ("dha", "llm.c", "megatron"; "memory" for an in-memory stream).
+  const std::string& format() const { return format_; }
   // Identifies the data for checkpoint compatibility checks.
   std::string fingerprint() const;
 
@@ -99,6 +122,8 @@ class TokenDataset {
   std::vector<int32_t> memory_;   // the in-memory stream, when there are no shards
   int64_t total_ = 0, vocab_ = 0;
   uint32_t version_ = 0;
+  std::string format_ = "memory";
+  bool indexed_ = false;
   DocumentProtocol protocol_;
 };
 

@@ -13,6 +13,7 @@
 
 #include "dha/error.h"
 #include "dha/io/atomic_file.h"
+#include "foreign_shards.h"
 
 namespace dha {
 namespace fs = std::filesystem;
@@ -109,19 +110,26 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
     fail(path, ": not a regular file");
   }
   map_size_ = static_cast<size_t>(st.st_size);
-  if (map_size_ < static_cast<size_t>(kShardHeaderBytes)) {
+  if (map_size_ < static_cast<size_t>(kShardHeaderBytes) && foreign_shard_format(path).empty()) {
     ::close(fd);
     fail(path, ": ", map_size_, " bytes, shorter than the 64-byte token shard header");
+  }
+  if (map_size_ == 0) {  // an empty Megatron .bin: nothing to map
+    ::close(fd);
+    open_foreign();
+    return;
   }
   void* map = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
   ::close(fd);
   if (map == MAP_FAILED) fail(path, ": mmap failed (", std::strerror(errno), ")");
   map_ = static_cast<const uint8_t*>(map);
-  RawHeader h;
-  std::memcpy(&h, map_, sizeof(h));
+  RawHeader h{};
+  std::memcpy(&h, map_, std::min(sizeof(h), map_size_));
+  if (std::memcmp(h.magic, kMagic, 8) != 0) {
+    open_foreign();
+    return;
+  }
   try {
-    if (std::memcmp(h.magic, kMagic, 8) != 0)
-      fail(path, ": not a dha token shard (bad magic; make shards with dha-tokenize)");
     if (h.version != 1 && h.version != kShardVersion)
       fail(path, ": token shard version ", h.version, " is not supported (expected 1 or ", kShardVersion, ")");
     if (h.width != 2 && h.width != 4)
@@ -161,6 +169,7 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   vocab_ = static_cast<int64_t>(h.vocab);
   documents_ = static_cast<int64_t>(h.documents);
   version_ = h.version;
+  indexed_ = version_ >= 2;
   if (version_ == 1) return;
   // The index must describe the tokens: bad input is refused on open, not
   // when the held-out documents are first read.
@@ -180,9 +189,48 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
   }
 }
 
+void TokenShard::open_foreign() {
+  ForeignShardLayout layout;
+  try {
+    if (!parse_foreign_shard(path_, map_, map_size_, layout))
+      fail(path_, ": not a token shard (bad magic: expected a dha .tok with magic DHATOK, an llm.c .bin with "
+           "magic 20240520, or a Megatron-LM .bin beside its .idx; make shards with dha-tokenize)");
+  } catch (...) {
+    if (map_) ::munmap(const_cast<uint8_t*>(map_), map_size_);
+    map_ = nullptr;
+    throw;
+  }
+  format_ = layout.format;
+  data_offset_ = layout.data_offset;
+  width_ = layout.width;
+  is_signed_ = layout.is_signed;
+  count_ = layout.count;
+  indexed_ = layout.indexed;
+  starts_ = std::move(layout.starts);
+  documents_ = static_cast<int64_t>(starts_.size());
+  version_ = 0;
+  protocol_ = {FirstToken::kGiven, -1};
+  // No vocabulary in the file: the largest id decides, read once now (a bad id
+  // is refused here, not when the sampler first meets it).
+  vocab_ = int64_t{1} << 62;
+  int64_t largest = -1;
+  std::vector<int64_t> buffer(1 << 16);
+  for (int64_t at = 0; at < count_; at += static_cast<int64_t>(buffer.size())) {
+    const int64_t n = std::min<int64_t>(buffer.size(), count_ - at);
+    read(at, n, buffer.data());
+    for (int64_t i = 0; i < n; ++i) {
+      if (buffer[i] < 0 || buffer[i] >= (int64_t{1} << 31))
+        fail(path_, ": token ", buffer[i], " at position ", at + i, " is not a token id");
+      largest = std::max(largest, buffer[i]);
+    }
+  }
+  vocab_ = largest + 1;
+}
+
 int64_t TokenShard::document_start(int64_t d) const {
-  if (version_ == 1) fail(path_, ": a version-1 shard has no document index");
+  if (!indexed_) fail(path_, ": a ", format_ == "dha" ? "version-1" : format_.c_str(), " shard has no document index");
   if (d < 0 || d >= documents_) fail(path_, ": document ", d, " is outside the shard's ", documents_);
+  if (format_ != "dha") return starts_[d];
   uint64_t start;
   std::memcpy(&start, map_ + kShardHeaderBytes + count_ * width_ + 8 * d, 8);
   return static_cast<int64_t>(start);
@@ -198,19 +246,31 @@ int64_t TokenShard::at(int64_t i) const {
   return out;
 }
 
+int64_t TokenShard::read_foreign_token(const uint8_t* p) const {
+  switch (width_ * (is_signed_ ? -1 : 1)) {
+    case 1: return *p;
+    case -1: return static_cast<int8_t>(*p);
+    case -2: { int16_t t; std::memcpy(&t, p, 2); return t; }
+    case -4: { int32_t t; std::memcpy(&t, p, 4); return t; }
+    default: { int64_t t; std::memcpy(&t, p, 8); return t; }
+  }
+}
+
 void TokenShard::read(int64_t begin, int64_t n, int64_t* out) const {
   if (begin < 0 || n < 0 || begin + n > count_)
     fail(path_, ": read of tokens [", begin, ", ", begin + n, ") beyond ", count_);
-  const uint8_t* p = map_ + kShardHeaderBytes + begin * width_;
+  const uint8_t* p = map_ + data_offset_ + begin * width_;
   for (int64_t i = 0; i < n; ++i) {
-    if (width_ == 2) {
+    if (width_ == 2 && !is_signed_) {
       uint16_t t;
       std::memcpy(&t, p + 2 * i, 2);
       out[i] = t;
-    } else {
+    } else if (width_ == 4 && !is_signed_) {
       uint32_t t;
       std::memcpy(&t, p + 4 * i, 4);
       out[i] = t;
+    } else {
+      out[i] = read_foreign_token(p + width_ * i);
     }
     if (out[i] >= vocab_)
       fail(path_, ": token ", out[i], " at position ", begin + i, " is outside the shard's vocab of ", vocab_);
@@ -224,22 +284,32 @@ std::vector<std::string> TokenDataset::shard_paths(const std::string& dir, const
     if (name.rfind(split + "-", 0) == 0 && entry.path().extension() == ".tok") paths.push_back(entry.path().string());
   }
   std::sort(paths.begin(), paths.end());
-  return paths;
+  return paths.empty() ? foreign_shard_paths(dir, split) : paths;
 }
 
 TokenDataset::TokenDataset(const std::string& dir, const std::string& split) : dir_(dir) {
   if (!fs::is_directory(dir)) fail(dir, ": not a directory (expected the output of dha-tokenize)");
   const std::vector<std::string> paths = shard_paths(dir, split);
-  if (paths.empty()) fail(dir, ": no ", split, "-*.tok shards (make them with dha-tokenize)");
+  if (paths.empty())
+    fail(dir, ": no ", split, "-*.tok shards (make them with dha-tokenize), nor llm.c or Megatron-LM .bin files",
+         split == "heldout" ? " held out (llm.c: named *val*)" : "");
   for (const auto& path : paths) {
     auto shard = std::make_unique<TokenShard>(path);
-    if (vocab_ && shard->vocab_size() != vocab_)
-      fail(path, ": vocab ", shard->vocab_size(), " differs from the other shards' ", vocab_);
-    vocab_ = shard->vocab_size();
+    if (!shards_.empty() && shard->format() != format_)
+      fail(path, ": a ", shard->format(), " shard among ", format_, " shards (one format per directory)");
+    format_ = shard->format();
+    if (format_ != "dha") {
+      vocab_ = std::max(vocab_, shard->vocab_size());  // their largest id + 1
+    } else {
+      if (vocab_ && shard->vocab_size() != vocab_)
+        fail(path, ": vocab ", shard->vocab_size(), " differs from the other shards' ", vocab_);
+      vocab_ = shard->vocab_size();
+    }
     if (!shards_.empty() && (shard->version() != version_ || !same_protocol(shard->protocol(), protocol_)))
       fail(path, ": version ", shard->version(), " shard whose documents begin with ", describe(shard->protocol()),
            ", but the other shards are version ", version_, " with ", describe(protocol_), " (tokenize again)");
     version_ = shard->version();
+    indexed_ = shard->indexed();
     protocol_ = shard->protocol();
     offsets_.push_back(total_);
     total_ += shard->size();
@@ -274,7 +344,7 @@ void TokenDataset::read(int64_t begin, int64_t n, int64_t* out) const {
 
 std::vector<std::vector<int32_t>> TokenDataset::documents(int32_t bos_id, int64_t max_docs) const {
   std::vector<std::vector<int32_t>> docs;
-  if (version_ >= 2) {
+  if (indexed_) {
     std::vector<int64_t> buffer;
     for (size_t s = 0; s < shards_.size(); ++s) {
       const TokenShard& shard = *shards_[s];

@@ -2,9 +2,11 @@
 // own; streaming decode maps "▁" to a space and byte pieces to their byte.
 #include <sentencepiece_processor.h>
 
+#include <filesystem>
 #include <string_view>
 #include <vector>
 
+#include "dha/io/atomic_file.h"
 #include "tokenizer_impl.h"
 
 namespace dha::detail {
@@ -55,6 +57,19 @@ class SentencepieceTokenizer : public Tokenizer {
     // The dummy-prefix space of the first word is not part of the text.
     if (prev == bos_id() && !piece.empty() && piece[0] == ' ') piece.erase(0, 1);
     return piece;
+  }
+
+  // tokenizer.model, and beside it the tokenizer_config.json that makes
+  // transformers add BOS as sentencepiece models are read here (without one,
+  // transformers 5 loads a bare tokenizer.model with add_bos_token false, and
+  // lm-eval would score without BOS). No tokenizer_class: LlamaTokenizer's
+  // legacy rules tokenize spaces and newlines otherwise than sentencepiece.
+  void write_files(const std::string& dir) const override {
+    Tokenizer::write_files(dir);
+    const std::string config = (std::filesystem::path(dir) / "tokenizer_config.json").string();
+    if (!std::filesystem::exists(config))
+      io::write_file_atomic(config, "{\n  \"add_bos_token\": " + std::string(bos_id() >= 0 ? "true" : "false") +
+                                        ",\n  \"add_eos_token\": false\n}\n");
   }
 
   int64_t vocab_size() const override { return sp_->GetPieceSize(); }

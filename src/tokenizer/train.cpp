@@ -1,26 +1,26 @@
 // Training a sentencepiece BPE vocabulary (libsentencepiece_train).
 #include <sentencepiece_trainer.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 
 #include "dha/corpus.h"
 #include "dha/error.h"
-#include "dha/eval.h"
 #include "dha/io/atomic_file.h"
 
 namespace dha {
 
 void train_sentencepiece(const std::vector<std::string>& files, int64_t vocab_size, double heldout,
-                         const std::string& model_path, uint64_t seed) {
+                         const std::string& model_path, uint64_t seed, const DocumentInputOptions& input_options) {
   if (vocab_size < 260) fail("--train-vocab ", vocab_size, " is too small (byte fallback alone needs 259 pieces)");
   // One sentence per line: the training documents only, so held-out text stays unseen.
   std::string text;
   for (const auto& file : files) {
-    const std::vector<std::string> docs = split_documents(io::read_file(file));
-    const size_t end = heldout_start(docs.size(), heldout);
-    for (size_t d = 0; d < end; ++d) {
-      std::string doc = docs[d];
+    const size_t end = heldout > 0 ? heldout_start(count_documents(file, input_options), heldout) : SIZE_MAX;
+    const auto reader = open_documents(file, input_options);
+    std::string doc;
+    for (size_t d = 0; d < end && reader->next(doc); ++d) {
       for (char& c : doc)
         if (c == '\n') c = ' ';
       text += doc + "\n";

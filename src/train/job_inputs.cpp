@@ -70,6 +70,9 @@ JobInputs load_job_inputs(const TrainJob& job, const TokenDataset& data, const t
   JobInputs in;
   load_model(job, data, in);
   const ModelConfig& model = in.model->config();
+  if (data.vocab_size() > model.vocab_size && data.format() != "dha")
+    fail(job.data_dir, ": the ", data.format(), " data holds token id ", data.vocab_size() - 1,
+         ", outside the model's vocab of ", model.vocab_size, " (tokenized for another model?)");
   if (data.vocab_size() > model.vocab_size)
     fail(job.data_dir, ": the shards' vocab (", data.vocab_size(), ") is larger than the model's (",
          model.vocab_size, "); tokenize with the model's tokenizer");
@@ -92,7 +95,12 @@ std::vector<std::vector<int32_t>> held_out_documents(const TrainJob& job, const 
       docs.push_back(encode_document(*in.tokenizer, doc));
   } else if (std::filesystem::exists(job.data_dir) &&
              !TokenDataset::shard_paths(job.data_dir, "heldout").empty()) {
-    docs = TokenDataset(job.data_dir, "heldout").documents(in.model->config().bos_id, max_docs);
+    // Unindexed shards split where documents begin: BOS, or the model's
+    // pre-training separator (llm.c's GPT-2 shards begin documents with <|endoftext|>).
+    const int32_t split_at = in.tokenizer && document_protocol(*in.tokenizer).token_id >= 0
+                                 ? document_protocol(*in.tokenizer).token_id
+                                 : static_cast<int32_t>(in.model->config().bos_id);
+    docs = TokenDataset(job.data_dir, "heldout").documents(split_at, max_docs);
   }
   return docs;
 }

@@ -1,0 +1,230 @@
+// Multiple-choice log-likelihoods, acc and acc_norm as lm-evaluation-harness
+// computes them (lm_eval/models/huggingface.py _encode_pair and
+// _loglikelihood_tokens; lm_eval/api/task.py process_results).
+#include "dha/choice_eval.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "dha/error.h"
+#include "dha/eval.h"
+#include "dha/io/atomic_file.h"
+#include "dha/progress.h"
+
+namespace dha {
+
+namespace {
+
+// The length of the run of whitespace (Python's str.isspace) ending `text`, in bytes.
+size_t trailing_space_bytes(const std::string& text) {
+  size_t end = text.size();
+  while (end > 0) {
+    size_t begin = end - 1;  // the last code point's first byte
+    while (begin > 0 && (static_cast<unsigned char>(text[begin]) & 0xC0) == 0x80) --begin;
+    uint32_t cp = static_cast<unsigned char>(text[begin]);
+    const size_t n = end - begin;
+    if (n == 2) cp = ((cp & 0x1F) << 6) | (text[begin + 1] & 0x3F);
+    if (n == 3) cp = ((cp & 0x0F) << 12) | ((text[begin + 1] & 0x3F) << 6) | (text[begin + 2] & 0x3F);
+    if (n == 4) cp = 0;  // no whitespace beyond the BMP
+    const bool space = (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
+                       cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
+                       cp == 0x202F || cp == 0x205F || cp == 0x3000;
+    if (!space) break;
+    end = begin;
+  }
+  return text.size() - end;
+}
+
+// Python's len(): code points of UTF-8 text.
+int64_t code_points(const std::string& text) {
+  int64_t n = 0;
+  for (unsigned char c : text) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+std::vector<int32_t> encode_led(const Tokenizer& tokenizer, const std::string& text, ChoiceFirstToken first) {
+  if (first == ChoiceFirstToken::kDocument) return encode_document(tokenizer, text);
+  const bool bos = first == ChoiceFirstToken::kTokenizer && tokenizer.add_bos_by_default();
+  return tokenizer.encode(text, bos, /*eos=*/false);
+}
+
+// lm-eval's prefix_token_id: BOS when the tokenizer has one, else EOS.
+int32_t prefix_token(const Tokenizer& tokenizer) {
+  return tokenizer.bos_id() >= 0 ? tokenizer.bos_id() : tokenizer.eos_id();
+}
+
+double mean_stderr(double p, int64_t n) {
+  return n > 1 ? std::sqrt(p * (1.0 - p) * static_cast<double>(n) / static_cast<double>(n - 1) / static_cast<double>(n))
+               : 0.0;
+}
+
+// Scores requests[order[begin..end)) in one right-padded forward pass.
+void score_batch(Llama& model, std::vector<ChoiceRequest>& requests, const std::vector<size_t>& order, size_t begin,
+                 size_t end, int64_t context, const torch::Device& device) {
+  struct Row {
+    std::vector<int64_t> input;  // what the model reads
+    int64_t first_target = 0;    // the position whose logits predict the first continuation token
+  };
+  std::vector<Row> rows;
+  int64_t width = 1;
+  for (size_t i = begin; i < end; ++i) {
+    const ChoiceRequest& r = requests[order[i]];
+    std::vector<int64_t> whole(r.context_ids.begin(), r.context_ids.end());
+    whole.insert(whole.end(), r.continuation_ids.begin(), r.continuation_ids.end());
+    // lm-eval: (context + continuation)[-(max_length + 1):][:-1]
+    if (static_cast<int64_t>(whole.size()) > context + 1) whole.erase(whole.begin(), whole.end() - (context + 1));
+    whole.pop_back();
+    Row row;
+    row.input = std::move(whole);
+    row.first_target = static_cast<int64_t>(row.input.size()) - static_cast<int64_t>(r.continuation_ids.size());
+    width = std::max<int64_t>(width, static_cast<int64_t>(row.input.size()));
+    rows.push_back(std::move(row));
+  }
+  torch::Tensor tokens = torch::zeros({static_cast<int64_t>(rows.size()), width}, torch::kInt64);
+  for (size_t b = 0; b < rows.size(); ++b)
+    tokens[static_cast<int64_t>(b)].narrow(0, 0, static_cast<int64_t>(rows[b].input.size()))
+        .copy_(torch::tensor(rows[b].input, torch::kInt64));
+  const torch::Tensor log_probs = torch::log_softmax(model->forward(tokens.to(device)).to(torch::kFloat32), -1).cpu();
+  for (size_t b = 0; b < rows.size(); ++b) {
+    ChoiceRequest& r = requests[order[begin + b]];
+    const int64_t n = static_cast<int64_t>(r.continuation_ids.size());
+    const torch::Tensor slice = log_probs[static_cast<int64_t>(b)].narrow(0, rows[b].first_target, n);
+    const torch::Tensor targets = torch::tensor(std::vector<int64_t>(r.continuation_ids.begin(), r.continuation_ids.end()),
+                                                torch::kInt64);
+    r.loglikelihood = slice.gather(-1, targets.unsqueeze(-1)).to(torch::kFloat64).sum().item<double>();
+    r.is_greedy = torch::equal(slice.argmax(-1), targets);
+  }
+}
+
+}  // namespace
+
+std::vector<ChoiceItem> read_choice_task(const std::string& path) {
+  const std::string text = io::read_file(path);
+  std::vector<ChoiceItem> items;
+  size_t pos = 0;
+  int64_t line_number = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string line = text.substr(pos, end - pos);
+    pos = end + 1;
+    line_number += 1;
+    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+    const std::string where = path + ":" + std::to_string(line_number) + ": ";
+    nlohmann::json record;
+    try {
+      record = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& e) {
+      fail(where, "not JSON (", e.what(), ")");
+    }
+    if (!record.is_object()) fail(where, "an item is a JSON object {\"context\", \"choices\", \"gold\"}");
+    ChoiceItem item;
+    const auto context = record.find("context");
+    if (context == record.end() || !context->is_string()) fail(where, "\"context\" must be a string");
+    item.context = context->get<std::string>();
+    const auto choices = record.find("choices");
+    if (choices == record.end() || !choices->is_array() || choices->size() < 2)
+      fail(where, "\"choices\" must be an array of at least two strings");
+    for (const auto& choice : *choices) {
+      if (!choice.is_string() || choice.get<std::string>().empty())
+        fail(where, "every choice must be a non-empty string");
+      item.choices.push_back(choice.get<std::string>());
+    }
+    const auto gold = record.find("gold");
+    if (gold == record.end() || !gold->is_number_integer() || gold->get<int64_t>() < 0 ||
+        gold->get<int64_t>() >= static_cast<int64_t>(item.choices.size()))
+      fail(where, "\"gold\" must be the index of the right choice (0..", item.choices.size() - 1, ")");
+    item.gold = gold->get<int64_t>();
+    items.push_back(std::move(item));
+  }
+  if (items.empty()) fail(path, ": holds no item (one JSON object per line: context, choices, gold)");
+  return items;
+}
+
+ChoiceEncoding encode_choice_pair(const Tokenizer& tokenizer, const std::string& context,
+                                  const std::string& continuation, ChoiceFirstToken first) {
+  ChoiceEncoding encoding;
+  if (context.empty()) {
+    // lm-eval: the prefix token, unless the continuation already begins with it.
+    encoding.continuation = tokenizer.encode(continuation, false, false);
+    const int32_t prefix = prefix_token(tokenizer);
+    if (!encoding.continuation.empty() && encoding.continuation.front() == prefix)
+      encoding.continuation.erase(encoding.continuation.begin());
+    encoding.context = {prefix};
+    if (encoding.continuation.empty()) fail("a choice encodes to no token of its own");
+    return encoding;
+  }
+  const size_t spaces = trailing_space_bytes(context);
+  const std::string head = context.substr(0, context.size() - spaces);
+  const std::string tail = context.substr(context.size() - spaces) + continuation;
+  const std::vector<int32_t> whole = encode_led(tokenizer, head + tail, first);
+  encoding.context = encode_led(tokenizer, head, first);
+  // lm-eval cuts `whole` at the context's length even where the context's last
+  // token and the continuation's first merge (the model then reads
+  // context + that cut, as here).
+  if (encoding.context.size() < whole.size())
+    encoding.continuation.assign(whole.begin() + static_cast<int64_t>(encoding.context.size()), whole.end());
+  if (encoding.continuation.empty()) fail("a choice of this context encodes to no token of its own");
+  return encoding;
+}
+
+ChoiceTaskResult evaluate_choice_task(Llama& model, const Tokenizer& tokenizer, const std::vector<ChoiceItem>& items,
+                                      ChoiceFirstToken first, int64_t batch, bool show_progress) {
+  if (batch < 1) fail("--batch ", batch, " must be at least 1");
+  torch::NoGradGuard no_grad;
+  const int64_t context = model->config().max_seq_len;
+  const auto device = model->model->embed_tokens->weight.device();
+  ChoiceTaskResult result;
+  result.items = static_cast<int64_t>(items.size());
+  for (size_t i = 0; i < items.size(); ++i)
+    for (size_t c = 0; c < items[i].choices.size(); ++c) {
+      ChoiceRequest r;
+      r.item = static_cast<int64_t>(i);
+      r.choice = static_cast<int64_t>(c);
+      ChoiceEncoding e = encode_choice_pair(tokenizer, items[i].context, items[i].choices[c], first);
+      r.context_ids = std::move(e.context);
+      r.continuation_ids = std::move(e.continuation);
+      result.requests.push_back(std::move(r));
+    }
+  // Longest first, so that a batch pads little (the scores do not depend on the order).
+  std::vector<size_t> order(result.requests.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  const auto length = [&](size_t i) {
+    return result.requests[i].context_ids.size() + result.requests[i].continuation_ids.size();
+  };
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return length(a) > length(b); });
+  Progress progress("choices", static_cast<int64_t>(order.size()), "requests");
+  for (size_t begin = 0; begin < order.size(); begin += static_cast<size_t>(batch)) {
+    const size_t end = std::min(order.size(), begin + static_cast<size_t>(batch));
+    score_batch(model, result.requests, order, begin, end, context, device);
+    if (show_progress) progress.update(static_cast<int64_t>(end));
+  }
+  if (show_progress) progress.finish();
+  // np.argmax: the first of equal maxima.
+  size_t at = 0;
+  double correct = 0, correct_norm = 0;
+  for (const ChoiceItem& item : items) {
+    size_t best = 0, best_norm = 0;
+    for (size_t c = 0; c < item.choices.size(); ++c) {
+      const double ll = result.requests[at + c].loglikelihood;
+      if (ll > result.requests[at + best].loglikelihood) best = c;
+      const auto norm = [&](size_t k) {
+        return result.requests[at + k].loglikelihood / static_cast<double>(code_points(item.choices[k]));
+      };
+      if (norm(c) > norm(best_norm)) best_norm = c;
+    }
+    correct += static_cast<int64_t>(best) == item.gold;
+    correct_norm += static_cast<int64_t>(best_norm) == item.gold;
+    at += item.choices.size();
+  }
+  result.acc = correct / static_cast<double>(result.items);
+  result.acc_norm = correct_norm / static_cast<double>(result.items);
+  result.acc_stderr = mean_stderr(result.acc, result.items);
+  result.acc_norm_stderr = mean_stderr(result.acc_norm, result.items);
+  return result;
+}
+
+}  // namespace dha
