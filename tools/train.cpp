@@ -19,7 +19,11 @@ int main(int argc, char** argv) {
   app.add_option("--model", job.model_path, "model to continue: " + dha::io::checkpoint_formats_help());
   app.add_option("--from-scratch", job.from_scratch_path, "instead: a JSON model description to pre-train");
   app.add_option("--tokenizer", job.tokenizer_path, "tokenizer (default: the model's, else the data's)");
-  app.add_option("--data", job.data_dir, "dha-tokenize output directory");
+  std::vector<std::string> data_args;
+  app.add_option("--data", data_args,
+                 "token data: a dha-tokenize output directory, or a directory of llm.c .bin shards or Megatron-LM "
+                 ".bin/.idx datasets; repeat as DIR=WEIGHT for a weighted mixture (weights normalised, each "
+                 "source drawn in its share, in its own seeded order)");
   app.add_option("--out", job.out_dir, "output directory: checkpoints/, metrics.jsonl, loss.svg, model/");
   app.add_option("--config", recipe_path, "JSON recipe (keys as the options below, with underscores)");
   app.add_option("--teacher", job.teacher_path, "distil from this model: adds KL(teacher || student)");
@@ -37,6 +41,7 @@ int main(int argc, char** argv) {
     const nlohmann::json recipe = recipe_keys.resolve(recipe_path);
     job.config = dha::train_config_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
     if (!job.plan_only && job.out_dir.empty()) dha::fail("--out DIR is required");
+    for (const auto& arg : data_args) job.data.push_back(dha::parse_data_source(arg));
     const dha::TrainJobResult r = dha::run_train_job(job);
     if (job.plan_only) return 0;
     if (r.train.stopped_early) {

@@ -133,27 +133,66 @@ struct DataCursor {
   int64_t index = 0;
 };
 
+// One source of a mixture and its weight (any positive scale: weights are normalised).
+struct MixtureSource {
+  const TokenDataset* data = nullptr;
+  double weight = 1.0;
+};
+
+// Where one source of a mixture stands at a cursor: the sequences it has given,
+// and the position in its own order they reach (its epoch and index).
+struct SourcePosition {
+  int64_t sequences = 0, epoch = 0, index = 0;
+};
+
+// Sequences of a mixture's period: each source's share of every period is its
+// weight's, rounded by largest remainder (so a share is exact to 1e-4).
+constexpr int64_t kMixturePeriod = 10000;
+
 // Packs the token stream into sequences of seq_len + 1 tokens (inputs and
 // shifted targets), visited in a seeded random order per epoch. Deterministic
 // from (seed, cursor), so a resumed run reads exactly what it would have read.
+//
+// A mixture of sources: every period of kMixturePeriod sequences holds each
+// source's share, interleaved evenly (smooth weighted round robin, fixed for
+// the weights); each source is read in its own seeded order through its own
+// epochs (the first source's seed is the sampler's, so a one-source mixture is
+// the one-source sampler). The cursor then counts periods (epoch) and the
+// position in the period (index); every source's position follows from it.
 class SequenceSampler {
  public:
   SequenceSampler(const TokenDataset& data, int64_t seq_len, uint64_t seed);
+  SequenceSampler(const std::vector<MixtureSource>& sources, int64_t seq_len, uint64_t seed);
+  // Sequences per epoch: the data's, or a mixture's period.
   int64_t sequences_per_epoch() const { return n_sequences_; }
+  int64_t source_count() const { return static_cast<int64_t>(sources_.size()); }
+  // A source's sequences per period (a single source: per epoch).
+  int64_t source_share(int64_t source) const { return sources_.at(source).share; }
 
   // The batch of `count` sequences starting `offset` sequences after the
   // cursor (crossing into the next epoch when needed): int64 [count, seq_len + 1].
   torch::Tensor batch(const DataCursor& cursor, int64_t offset, int64_t count);
   // The cursor `count` sequences later.
   DataCursor advance(DataCursor cursor, int64_t count) const;
+  // Where each source stands at `cursor`.
+  std::vector<SourcePosition> positions(const DataCursor& cursor) const;
 
  private:
-  const std::vector<int64_t>& order(int64_t epoch);
-  const TokenDataset& data_;
+  struct Source {
+    Source(const TokenDataset* data, int64_t n_sequences, uint64_t seed, int64_t share)
+        : data(data), n_sequences(n_sequences), seed(seed), share(share) {}
+    const TokenDataset* data;
+    int64_t n_sequences;
+    uint64_t seed;
+    int64_t share;  // sequences per period
+    int64_t cached_epoch = -1;
+    std::vector<int64_t> order;
+  };
+  const std::vector<int64_t>& order(Source& source, int64_t epoch);
+  std::vector<Source> sources_;
+  std::vector<int32_t> pattern_;  // a mixture's period: the source of each position
+  std::vector<int64_t> rank_;     // ... and how many of that source's sequences precede it in the period
   int64_t seq_len_, n_sequences_;
-  uint64_t seed_;
-  int64_t cached_epoch_ = -1;
-  std::vector<int64_t> order_;
 };
 
 }  // namespace dha

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "dha/memory_plan.h"
 #include "dha/rank_environment.h"
@@ -11,11 +12,22 @@
 
 namespace dha {
 
+// One source of training data: a directory of token shards (dha-tokenize's,
+// or llm.c's / Megatron-LM's) and its weight in a mixture.
+struct DataSource {
+  std::string dir;
+  double weight = 1.0;
+};
+
+// "DIR" or "DIR=WEIGHT" (dha-train --data): the weight after the last '=' when
+// that is a positive number, else the whole is the directory.
+DataSource parse_data_source(const std::string& arg);
+
 struct TrainJob {
   std::string model_path;         // any format load_model reads; or
   std::string from_scratch_path;  // a JSON model description (model_config_from_json)
   std::string tokenizer_path;     // default: in/beside the model, else the data's
-  std::string data_dir;           // dha-tokenize output
+  std::vector<DataSource> data;   // one source, or a weighted mixture
   std::string out_dir;
   std::string teacher_path;       // optional distillation teacher
   std::string eval_text;          // held-out text file (dha-eval protocol); default: the data's heldout split

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <random>
@@ -380,28 +381,94 @@ std::string TokenDataset::fingerprint() const {
   return out;
 }
 
-SequenceSampler::SequenceSampler(const TokenDataset& data, int64_t seq_len, uint64_t seed)
-    : data_(data), seq_len_(seq_len), n_sequences_((data.size() - 1) / seq_len), seed_(seed) {
+namespace {
+
+int64_t sequences_of(const TokenDataset& data, int64_t seq_len) {
   if (seq_len <= 0) fail("sequence length must be positive");
-  if (n_sequences_ < 1)
+  const int64_t n = (data.size() - 1) / seq_len;
+  if (n < 1)
     fail(data.dir(), ": ", data.size(), " tokens are shorter than one sequence of ", seq_len,
          " (+1) tokens; use more data or a shorter --seq-len");
+  return n;
 }
 
-const std::vector<int64_t>& SequenceSampler::order(int64_t epoch) {
-  if (epoch != cached_epoch_) {
+// Each source's sequences per period: weight shares of kMixturePeriod, rounded by largest remainder.
+std::vector<int64_t> period_shares(const std::vector<MixtureSource>& sources) {
+  double total = 0.0;
+  for (const auto& s : sources) {
+    if (!(s.weight > 0.0) || !std::isfinite(s.weight))
+      fail(s.data->dir(), ": mixture weight ", s.weight, " must be a positive number");
+    total += s.weight;
+  }
+  std::vector<int64_t> shares(sources.size());
+  std::vector<std::pair<double, size_t>> remainders;
+  int64_t given = 0;
+  for (size_t i = 0; i < sources.size(); ++i) {
+    const double exact = sources[i].weight / total * static_cast<double>(kMixturePeriod);
+    shares[i] = static_cast<int64_t>(std::floor(exact));
+    given += shares[i];
+    remainders.push_back({exact - std::floor(exact), i});
+  }
+  std::stable_sort(remainders.begin(), remainders.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  for (int64_t k = 0; given < kMixturePeriod; ++k, ++given) shares[remainders[k].second] += 1;
+  for (size_t i = 0; i < sources.size(); ++i)
+    if (shares[i] == 0)
+      fail(sources[i].data->dir(), ": mixture weight ", sources[i].weight, " is below one sequence in ",
+           kMixturePeriod, " of the mixture; raise it or leave the source out");
+  return shares;
+}
+
+}  // namespace
+
+SequenceSampler::SequenceSampler(const TokenDataset& data, int64_t seq_len, uint64_t seed)
+    : seq_len_(seq_len), n_sequences_(sequences_of(data, seq_len)) {
+  sources_.emplace_back(&data, n_sequences_, seed, n_sequences_);
+}
+
+SequenceSampler::SequenceSampler(const std::vector<MixtureSource>& sources, int64_t seq_len, uint64_t seed)
+    : seq_len_(seq_len), n_sequences_(0) {
+  if (sources.empty()) fail("a mixture needs at least one source");
+  if (sources.size() == 1) {
+    n_sequences_ = sequences_of(*sources[0].data, seq_len);
+    sources_.emplace_back(sources[0].data, n_sequences_, seed, n_sequences_);
+    return;
+  }
+  const std::vector<int64_t> shares = period_shares(sources);
+  for (size_t i = 0; i < sources.size(); ++i)
+    sources_.emplace_back(sources[i].data, sequences_of(*sources[i].data, seq_len),
+                          seed + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(i), shares[i]);
+  // Smooth weighted round robin: each source as evenly spread over the period as its share allows.
+  n_sequences_ = kMixturePeriod;
+  pattern_.resize(kMixturePeriod);
+  rank_.resize(kMixturePeriod);
+  std::vector<int64_t> credit(sources.size(), 0), taken(sources.size(), 0);
+  for (int64_t j = 0; j < kMixturePeriod; ++j) {
+    size_t best = 0;
+    for (size_t i = 0; i < sources.size(); ++i) {
+      credit[i] += shares[i];
+      if (credit[i] > credit[best]) best = i;
+    }
+    credit[best] -= kMixturePeriod;
+    pattern_[j] = static_cast<int32_t>(best);
+    rank_[j] = taken[best]++;
+  }
+}
+
+const std::vector<int64_t>& SequenceSampler::order(Source& source, int64_t epoch) {
+  if (epoch != source.cached_epoch) {
     // Own Fisher-Yates on mt19937_64 so the order does not depend on the
     // standard library's distribution implementations.
-    order_.resize(n_sequences_);
-    for (int64_t i = 0; i < n_sequences_; ++i) order_[i] = i;
-    std::mt19937_64 rng(seed_ * 1000003ull + static_cast<uint64_t>(epoch));
-    for (int64_t i = n_sequences_ - 1; i > 0; --i) {
+    source.order.resize(source.n_sequences);
+    for (int64_t i = 0; i < source.n_sequences; ++i) source.order[i] = i;
+    std::mt19937_64 rng(source.seed * 1000003ull + static_cast<uint64_t>(epoch));
+    for (int64_t i = source.n_sequences - 1; i > 0; --i) {
       const int64_t j = static_cast<int64_t>(rng() % static_cast<uint64_t>(i + 1));
-      std::swap(order_[i], order_[j]);
+      std::swap(source.order[i], source.order[j]);
     }
-    cached_epoch_ = epoch;
+    source.cached_epoch = epoch;
   }
-  return order_;
+  return source.order;
 }
 
 DataCursor SequenceSampler::advance(DataCursor cursor, int64_t count) const {
@@ -411,13 +478,31 @@ DataCursor SequenceSampler::advance(DataCursor cursor, int64_t count) const {
   return cursor;
 }
 
+std::vector<SourcePosition> SequenceSampler::positions(const DataCursor& cursor) const {
+  std::vector<SourcePosition> out(sources_.size());
+  for (size_t s = 0; s < sources_.size(); ++s) out[s].sequences = cursor.epoch * sources_[s].share;
+  if (pattern_.empty())
+    out[0].sequences += cursor.index;
+  else
+    for (int64_t j = 0; j < cursor.index; ++j) out[pattern_[j]].sequences += 1;
+  for (size_t s = 0; s < sources_.size(); ++s) {
+    out[s].epoch = out[s].sequences / sources_[s].n_sequences;
+    out[s].index = out[s].sequences % sources_[s].n_sequences;
+  }
+  return out;
+}
+
 torch::Tensor SequenceSampler::batch(const DataCursor& cursor, int64_t offset, int64_t count) {
   torch::Tensor out = torch::empty({count, seq_len_ + 1}, torch::kInt64);
   int64_t* dst = out.data_ptr<int64_t>();
   for (int64_t i = 0; i < count; ++i) {
     const DataCursor at = advance(cursor, offset + i);
-    const int64_t sequence = order(at.epoch)[at.index];
-    data_.read(sequence * seq_len_, seq_len_ + 1, dst + i * (seq_len_ + 1));
+    const size_t s = pattern_.empty() ? 0 : static_cast<size_t>(pattern_[at.index]);
+    Source& source = sources_[s];
+    // The source's own position: its sequences before this one.
+    const int64_t t = pattern_.empty() ? at.epoch * n_sequences_ + at.index : at.epoch * source.share + rank_[at.index];
+    const int64_t sequence = order(source, t / source.n_sequences)[t % source.n_sequences];
+    source.data->read(sequence * seq_len_, seq_len_ + 1, dst + i * (seq_len_ + 1));
   }
   return out;
 }

@@ -50,6 +50,9 @@ void check_resumable(const TrainingState& ck, bool sharded_run, const json& meta
          " (resume with the same world size; checkpoints of --zero 1, 2 and 3 re-shard)");
   if (ck.meta.value("model_config", json()) != meta.value("model_config", json()))
     fail(ck.path, ": the checkpoint is of a different model than the one given");
+  if (ck.meta.value("data_mixture", json()) != meta.value("data_mixture", json()))
+    fail(ck.path, ": the checkpoint's data mixture is ", ck.meta.value("data_mixture", json()).dump(), ", this run's ",
+         meta.value("data_mixture", json()).dump(), "; resume with the same --data sources and weights");
   json saved = ck.meta.value("train_config", json::object()),
        given = meta.value("train_config", json::object());
   auto global_batch = [](const json& c, int world) {
@@ -68,11 +71,13 @@ void check_resumable(const TrainingState& ck, bool sharded_run, const json& meta
          "); resume with the same options");
 }
 
-Checkpointer::Checkpointer(const TrainRun& run, const TrainConfig& config, Distributed& dist)
+Checkpointer::Checkpointer(const TrainRun& run, const TrainConfig& config, Distributed& dist,
+                           const SequenceSampler* sampler)
     : root_(run.out_dir + "/checkpoints"),
       meta_(run.meta),
       keep_(static_cast<int>(config.keep_checkpoints)),
-      dist_(dist) {
+      dist_(dist),
+      sampler_(sampler) {
   meta_["train_config"] = train_config_to_json(config);
 }
 
@@ -107,6 +112,19 @@ void Checkpointer::save(TrainTask& task, TrainingOptimizer& optimizer, TrainResu
   state.meta = meta_;
   state.meta["rng"] = rng_state();
   state.meta["task"] = task.extra_state();
+  if (sampler_ && sampler_->source_count() > 1) {
+    // Each source's own cursor, as the global one places it (a record: resume
+    // recomputes it from the cursor, the seed and the weights).
+    json sources = json::array();
+    const std::vector<SourcePosition> positions = sampler_->positions(cursor);
+    for (size_t s = 0; s < positions.size(); ++s)
+      sources.push_back({{"source", s},
+                         {"sequences_per_period", sampler_->source_share(static_cast<int64_t>(s))},
+                         {"sequences", positions[s].sequences},
+                         {"epoch", positions[s].epoch},
+                         {"index", positions[s].index}});
+    state.meta["data_sources"] = sources;
+  }
   const TensorMap shard = optimizer.save_state(task, state);
   std::string path;
   if (optimizer.sharded()) {

@@ -16,8 +16,10 @@ namespace dha::train_detail {
 
 class Checkpointer {
  public:
-  // Checkpoints under run.out_dir/checkpoints, recording run.meta and the recipe.
-  Checkpointer(const TrainRun& run, const TrainConfig& config, Distributed& dist);
+  // Checkpoints under run.out_dir/checkpoints, recording run.meta and the recipe,
+  // and for a mixture each source's position (meta "data_sources", from `sampler`).
+  Checkpointer(const TrainRun& run, const TrainConfig& config, Distributed& dist,
+               const SequenceSampler* sampler = nullptr);
 
   // Restores task, optimizer, RNG state, the position (result's steps, tokens
   // and last checkpoint) and the data cursor from the newest checkpoint every
@@ -32,11 +34,13 @@ class Checkpointer {
   nlohmann::json meta_;  // run.meta, with the recipe as "train_config"
   int keep_;
   Distributed& dist_;
+  const SequenceSampler* sampler_;
 };
 
 // Refuses, naming the checkpoint and what to change, one this run cannot
 // continue: of another model (meta's "model_config") or other training options
-// (its "train_config", beyond those that do not change what is computed);
+// (its "train_config", beyond those that do not change what is computed) or
+// another data mixture (its "data_mixture": sources and weights);
 // sharded when the run is not, or the reverse; of another global batch; a
 // replicated one also of another world size (a sharded one re-shards).
 void check_resumable(const TrainingState& checkpoint, bool sharded_run, const nlohmann::json& meta,

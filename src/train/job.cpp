@@ -2,7 +2,10 @@
 // and the device and memory plan a job implies.
 #include "dha/train_job.h"
 
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <memory>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -53,22 +56,52 @@ std::string describe(const TrainConfig& config, const TrainRun& run, const Model
 
 // What the loop is told: where it writes, what every checkpoint records, the plan, the held-out documents.
 TrainRun job_run(const TrainJob& job, const TrainConfig& config, const JobInputs& inputs,
-                 const TokenDataset& data, Distributed& dist, const torch::Device& device) {
+                 const std::vector<std::unique_ptr<TokenDataset>>& data, const SequenceSampler& sampler,
+                 Distributed& dist, const torch::Device& device) {
   const ModelConfig& model = inputs.model->config();
   TrainRun run;
   run.out_dir = job.out_dir;
   run.resume = job.resume;
   run.memory_plan = train_memory_plan(model, config, dist.world_size(), device.is_cuda(),
                                       inputs.teacher.has_value(), inputs.teacher_dtype);
+  std::string fingerprint;
+  for (const auto& d : data) fingerprint += (fingerprint.empty() ? "" : " + ") + d->fingerprint();
   run.meta = {{"model_config", io::config_to_hf_json(model, io::DirFormat::kDha, torch::kFloat32)},
-              {"data", data.fingerprint()},
+              {"data", fingerprint},
               {"source", source_of(job)}};
+  if (data.size() > 1) {
+    // The mixture as the sampler draws it; a resume must give the same.
+    nlohmann::json sources = nlohmann::json::array();
+    for (size_t s = 0; s < data.size(); ++s)
+      sources.push_back({{"dir", job.data[s].dir},
+                         {"weight", job.data[s].weight},
+                         {"share", static_cast<double>(sampler.source_share(static_cast<int64_t>(s))) /
+                                       static_cast<double>(kMixturePeriod)},
+                         {"tokens", data[s]->size()},
+                         {"data", data[s]->fingerprint()}});
+    run.meta["data_mixture"] = sources;
+  }
   run.eval_docs = held_out_documents(job, inputs, config.eval_docs);
   run.description = describe(config, run, model, dist, device);
   return run;
 }
 
 }  // namespace
+
+DataSource parse_data_source(const std::string& arg) {
+  const size_t eq = arg.rfind('=');
+  if (eq != std::string::npos && eq > 0 && eq + 1 < arg.size()) {
+    const std::string weight = arg.substr(eq + 1);
+    char* end = nullptr;
+    const double w = std::strtod(weight.c_str(), &end);
+    if (end && *end == '\0') {
+      if (!(w > 0.0) || !std::isfinite(w))
+        fail("--data ", arg, ": the weight ", weight, " must be a positive number");
+      return {arg.substr(0, eq), w};
+    }
+  }
+  return {arg, 1.0};
+}
 
 torch::Device training_device(const TrainConfig& config, const RankEnvironment& ranks,
                               const DeviceInventory& inventory) {
@@ -102,22 +135,31 @@ TrainJobResult run_train_job(const TrainJob& job) {
     print_memory_plan(job, ranks);
     return {};
   }
-  if (job.data_dir.empty()) fail("--data DIR is required");
+  if (job.data.empty()) fail("--data DIR is required");
   MemoryMeter::install();
   const torch::Device device = training_device(job.config, ranks);
-  const TokenDataset data(job.data_dir, "train");  // data first: cheap checks before any heavy loading
+  // Data first: cheap checks before any heavy loading.
+  std::vector<std::unique_ptr<TokenDataset>> data;
+  std::vector<const TokenDataset*> sources;
+  for (const DataSource& source : job.data) {
+    data.push_back(std::make_unique<TokenDataset>(source.dir, "train"));
+    sources.push_back(data.back().get());
+  }
   if (ranks.is_main()) check_output_directory(job);
-  JobInputs inputs = load_job_inputs(job, data, device);
+  JobInputs inputs = load_job_inputs(job, sources, device);
   TrainConfig config = job.config;
   config.seq_len = inputs.seq_len;
   const std::unique_ptr<Distributed> dist =
       Distributed::join(ranks, device, std::chrono::seconds(config.dist_timeout_s));
-  SequenceSampler sampler(data, config.seq_len, config.seed);
-  const TrainRun run = job_run(job, config, inputs, data, *dist, device);
+  std::vector<MixtureSource> mixture;
+  for (size_t s = 0; s < data.size(); ++s) mixture.push_back({data[s].get(), job.data[s].weight});
+  SequenceSampler sampler(mixture, config.seq_len, config.seed);
+  const TrainRun run = job_run(job, config, inputs, data, sampler, *dist, device);
   if (dist->is_main() && !job.resume)
     start_output_directory(job, config,
                            {{"model", source_of(job)},
-                            {"data", job.data_dir},
+                            {"data", job.data.size() == 1 ? nlohmann::json(job.data.front().dir)
+                                                          : run.meta["data_mixture"]},
                             {"world_size", dist->world_size()},
                             {"device", device.str()},
                             {"teacher", job.teacher_path}});

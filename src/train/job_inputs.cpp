@@ -1,6 +1,7 @@
 // Loading dha-train's model, tokenizer, teacher and held-out documents.
 #include "job_inputs.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include <nlohmann/json.hpp>
@@ -14,12 +15,12 @@ namespace dha::train_detail {
 namespace {
 
 // The model, its source dtype and the tokenizer path it implies.
-void load_model(const TrainJob& job, const TokenDataset& data, JobInputs& in) {
+void load_model(const TrainJob& job, int64_t data_vocab, JobInputs& in) {
   in.tokenizer_path = job.tokenizer_path;
+  const std::string data_dir = job.data.empty() ? std::string() : job.data.front().dir;
   if (!job.from_scratch_path.empty()) {
-    in.model =
-        make_random_model(from_scratch_config(job.from_scratch_path, data.vocab_size()), job.config.seed);
-    if (in.tokenizer_path.empty()) in.tokenizer_path = find_tokenizer_in_dir(job.data_dir);
+    in.model = make_random_model(from_scratch_config(job.from_scratch_path, data_vocab), job.config.seed);
+    if (in.tokenizer_path.empty()) in.tokenizer_path = find_tokenizer_in_dir(data_dir);
     return;
   }
   io::LoadedModel loaded = io::load_model(job.model_path, job.tokenizer_path, /*need_tokenizer=*/false);
@@ -27,16 +28,16 @@ void load_model(const TrainJob& job, const TokenDataset& data, JobInputs& in) {
   in.source_dtype = loaded.checkpoint.storage_dtype;
   if (in.tokenizer_path.empty())
     in.tokenizer_path = find_tokenizer_for_model(job.model_path, in.model->config().vocab_size);
-  if (in.tokenizer_path.empty()) in.tokenizer_path = find_tokenizer_in_dir(job.data_dir);
+  if (in.tokenizer_path.empty()) in.tokenizer_path = find_tokenizer_in_dir(data_dir);
 }
 
 // Shards that begin documents otherwise than the model does (BOS, its
 // pre-training separator, nothing) would train and evaluate it out of protocol.
-void check_document_protocol(const TrainJob& job, const TokenDataset& data, const JobInputs& in) {
+void check_document_protocol(const TokenDataset& data, const JobInputs& in) {
   if (!in.tokenizer || data.version() < 2) return;
   const DocumentProtocol expected = document_protocol(*in.tokenizer), found = data.protocol();
   if (expected.first_token != found.first_token || expected.token_id != found.token_id)
-    fail(job.data_dir, ": documents begin with ", first_token_name(found.first_token), " (id ",
+    fail(data.dir(), ": documents begin with ", first_token_name(found.first_token), " (id ",
          found.token_id, ") but the model's tokenizer ", in.tokenizer_path, " begins them with ",
          first_token_name(expected.first_token), " (id ", expected.token_id,
          "); tokenize with the model's tokenizer");
@@ -66,21 +67,26 @@ ModelConfig from_scratch_config(const std::string& path, int64_t default_vocab) 
   return model_config_from_json(description, default_vocab, path);
 }
 
-JobInputs load_job_inputs(const TrainJob& job, const TokenDataset& data, const torch::Device& device) {
+JobInputs load_job_inputs(const TrainJob& job, const std::vector<const TokenDataset*>& data,
+                          const torch::Device& device) {
   JobInputs in;
-  load_model(job, data, in);
+  int64_t data_vocab = 0;
+  for (const TokenDataset* d : data) data_vocab = std::max(data_vocab, d->vocab_size());
+  load_model(job, data_vocab, in);
   const ModelConfig& model = in.model->config();
-  if (data.vocab_size() > model.vocab_size && data.format() != "dha")
-    fail(job.data_dir, ": the ", data.format(), " data holds token id ", data.vocab_size() - 1,
-         ", outside the model's vocab of ", model.vocab_size, " (tokenized for another model?)");
-  if (data.vocab_size() > model.vocab_size)
-    fail(job.data_dir, ": the shards' vocab (", data.vocab_size(), ") is larger than the model's (",
-         model.vocab_size, "); tokenize with the model's tokenizer");
+  for (const TokenDataset* d : data) {
+    if (d->vocab_size() > model.vocab_size && d->format() != "dha")
+      fail(d->dir(), ": the ", d->format(), " data holds token id ", d->vocab_size() - 1,
+           ", outside the model's vocab of ", model.vocab_size, " (tokenized for another model?)");
+    if (d->vocab_size() > model.vocab_size)
+      fail(d->dir(), ": the shards' vocab (", d->vocab_size(), ") is larger than the model's (", model.vocab_size,
+           "); tokenize with the model's tokenizer");
+  }
   in.seq_len = job.config.seq_len > 0 ? job.config.seq_len : model.max_seq_len;
   if (in.seq_len > model.max_seq_len)
     fail("--seq-len ", in.seq_len, " exceeds the model's context of ", model.max_seq_len);
   if (!in.tokenizer_path.empty()) in.tokenizer = load_tokenizer(in.tokenizer_path, model.vocab_size);
-  check_document_protocol(job, data, in);
+  for (const TokenDataset* d : data) check_document_protocol(*d, in);
   load_teacher(job, device, in);
   in.model->to(device);
   return in;
@@ -93,14 +99,18 @@ std::vector<std::vector<int32_t>> held_out_documents(const TrainJob& job, const 
     if (!in.tokenizer) fail("--eval-text needs a tokenizer (pass --tokenizer)");
     for (const auto& doc : split_documents(io::read_file(job.eval_text)))
       docs.push_back(encode_document(*in.tokenizer, doc));
-  } else if (std::filesystem::exists(job.data_dir) &&
-             !TokenDataset::shard_paths(job.data_dir, "heldout").empty()) {
+  } else {
     // Unindexed shards split where documents begin: BOS, or the model's
     // pre-training separator (llm.c's GPT-2 shards begin documents with <|endoftext|>).
     const int32_t split_at = in.tokenizer && document_protocol(*in.tokenizer).token_id >= 0
                                  ? document_protocol(*in.tokenizer).token_id
                                  : static_cast<int32_t>(in.model->config().bos_id);
-    docs = TokenDataset(job.data_dir, "heldout").documents(split_at, max_docs);
+    for (const DataSource& source : job.data) {
+      const int64_t left = max_docs > 0 ? max_docs - static_cast<int64_t>(docs.size()) : 0;
+      if (max_docs > 0 && left <= 0) break;
+      if (!std::filesystem::exists(source.dir) || TokenDataset::shard_paths(source.dir, "heldout").empty()) continue;
+      for (auto& doc : TokenDataset(source.dir, "heldout").documents(split_at, left)) docs.push_back(std::move(doc));
+    }
   }
   return docs;
 }

@@ -29,12 +29,14 @@ struct JobInputs {
 ModelConfig from_scratch_config(const std::string& path, int64_t default_vocab);
 
 // The model and teacher on `device`, the tokenizer; refuses a model whose
-// vocab is smaller than the shards', a sequence longer than its context,
+// vocab is smaller than any source's, a sequence longer than its context,
 // shards that begin documents otherwise than its tokenizer does, and a
-// teacher of another vocab.
-JobInputs load_job_inputs(const TrainJob& job, const TokenDataset& data, const torch::Device& device);
+// teacher of another vocab. `data`: the training split of each source of job.data.
+JobInputs load_job_inputs(const TrainJob& job, const std::vector<const TokenDataset*>& data,
+                          const torch::Device& device);
 
-// --eval-text in the dha-eval protocol, else the data's heldout split, else none.
+// --eval-text in the dha-eval protocol, else the heldout splits of the sources
+// (in order, `max_docs` in all), else none.
 std::vector<std::vector<int32_t>> held_out_documents(const TrainJob& job, const JobInputs& inputs,
                                                      int64_t max_docs);
 

@@ -126,6 +126,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 // The description and the memory plan, logged once the run's inputs (its resume included) are checked.
 void announce(const TrainRun& run, bool main, MetricsLog& metrics, int64_t step) {
   if (main && !run.description.empty()) log::info(run.description);
+  if (run.meta.contains("data_mixture")) metrics.write_data_mixture(run.meta["data_mixture"], step);
   if (!run.memory_plan) return;
   if (main) log::info(run.memory_plan->table());
   metrics.write_memory_plan(*run.memory_plan, step);
@@ -187,7 +188,7 @@ TrainResult train(TrainTask& task, SequenceSampler& sampler, const TrainConfig& 
   if (!run.resume) dist.broadcast(parameters_of(groups));  // every rank starts from rank 0's weights
   const LrSchedule schedule = run_schedule(config, shape);
   const auto optimizer = make_training_optimizer(std::move(groups), config, dist);
-  Checkpointer checkpointer(run, config, dist);
+  Checkpointer checkpointer(run, config, dist, &sampler);
   TrainResult result;
   DataCursor cursor;
   if (run.resume) checkpointer.resume(task, *optimizer, result, cursor);

@@ -58,6 +58,10 @@ void MetricsLog::write_eval(const EvalPoint& point) {
          {"eval_tokens", point.eval_tokens}});
 }
 
+void MetricsLog::write_data_mixture(const nlohmann::json& sources, int64_t step) {
+  write({{"event", "data_mixture"}, {"step", step}, {"sources", sources}});
+}
+
 void MetricsLog::write_memory_plan(const MemoryPlan& plan, int64_t step) {
   json line = plan.to_json();
   line["event"] = "memory_plan";

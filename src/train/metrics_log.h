@@ -32,6 +32,8 @@ class MetricsLog {
   void write_step(const StepRecord& record);
   void write_eval(const EvalPoint& point);
   void write_memory_plan(const MemoryPlan& plan, int64_t step);
+  // A mixture's sources: dir, weight, share of the sequences.
+  void write_data_mixture(const nlohmann::json& sources, int64_t step);
   // The measured peaks beside the plan (the counted CPU tensors when the meter is installed).
   void write_memory_peaks(int64_t step, const torch::Device& device, const std::optional<MemoryPlan>& plan);
 
