@@ -86,14 +86,19 @@ TEST_F(ChoiceEval, EncodePairMovesTrailingSpaceAndCutsTheWholeAtTheContext) {
 
 TEST_F(ChoiceEval, LogLikelihoodsMatchAPlainForwardForEveryBatchSize) {
   for (auto first : {dha::ChoiceFirstToken::kNone, dha::ChoiceFirstToken::kTokenizer}) {
-    const dha::ChoiceTaskResult one = dha::evaluate_choice_task(model_, *tokenizer_, items(), first, 1, false);
-    const dha::ChoiceTaskResult many = dha::evaluate_choice_task(model_, *tokenizer_, items(), first, 5, false);
+    const dha::ChoiceTaskResult one = dha::evaluate_choice_task(model_, *tokenizer_, items(), first, 1, false, false);
+    const dha::ChoiceTaskResult many = dha::evaluate_choice_task(model_, *tokenizer_, items(), first, 5, false, false);
+    // The default: contexts run once, every choice continued from their KV cache.
+    const dha::ChoiceTaskResult shared = dha::evaluate_choice_task(model_, *tokenizer_, items(), first, 5, false);
     ASSERT_EQ(one.requests.size(), 13u);
     for (size_t i = 0; i < one.requests.size(); ++i) {
       const auto& r = one.requests[i];
       EXPECT_NEAR(r.loglikelihood, reference(r), 1e-4) << i;
       EXPECT_NEAR(many.requests[i].loglikelihood, r.loglikelihood, 1e-5) << i;
       EXPECT_EQ(many.requests[i].is_greedy, r.is_greedy);
+      EXPECT_NEAR(shared.requests[i].loglikelihood, r.loglikelihood, 1e-5) << i;
+      EXPECT_EQ(shared.requests[i].is_greedy, r.is_greedy);
+      EXPECT_EQ(shared.requests[i].continuation_ids, r.continuation_ids);
       EXPECT_LT(r.loglikelihood, 0.0);
     }
     // The long context is longer than the model's window: its request was cut on the left.

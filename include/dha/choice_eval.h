@@ -64,10 +64,15 @@ struct ChoiceTaskResult {
   std::vector<ChoiceRequest> requests;             // item-major, choice order
 };
 
-// Scores every (item, choice) with the model in batches of `batch` requests
-// (right-padded; causal attention makes the padding invisible). A request
-// longer than the context + 1 keeps its last tokens, as lm-eval does.
+// Scores every (item, choice) with the model. With `share_context` an item
+// whose choices have the same context ids (and fit the model's window) runs
+// its context once and continues every choice from a copy of its KV cache;
+// the rest are scored whole in batches of `batch` requests (right-padded;
+// causal attention makes the padding invisible). A request longer than the
+// context + 1 keeps its last tokens, as lm-eval does. Both ways give the same
+// log-likelihoods to rounding (tests/test_choice_eval.cpp).
 ChoiceTaskResult evaluate_choice_task(Llama& model, const Tokenizer& tokenizer, const std::vector<ChoiceItem>& items,
-                                      ChoiceFirstToken first, int64_t batch, bool show_progress);
+                                      ChoiceFirstToken first, int64_t batch, bool show_progress,
+                                      bool share_context = true);
 
 }  // namespace dha

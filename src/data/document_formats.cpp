@@ -117,8 +117,9 @@ std::string document_formats_help() {
     if (!help.empty()) help += "; ";
     help += std::string(row.name) + " (";
     for (size_t i = 0; i < row.suffixes.size(); ++i) help += (i ? ", " : "") + row.suffixes[i];
+    // The same text in every build (the docs are generated from it): a build
+    // without Parquet says so when given a Parquet file.
     help += std::string(row.compressible ? ", also .gz/.zst" : "") + "): " + row.holds;
-    if (row.open == open_parquet_documents && !parquet_supported()) help += " [not in this build]";
   }
   return help + "; any other name is read as text";
 }

@@ -99,6 +99,67 @@ void score_batch(Llama& model, std::vector<ChoiceRequest>& requests, const std::
   }
 }
 
+// Whether an item's requests can share one pass over their context: the same
+// context ids for every choice (lm-eval's rule gives that unless the context
+// ends in whitespace, which moves into each continuation the same way) and no
+// request longer than the model's window (those are cut on the left).
+bool shares_context(const std::vector<ChoiceRequest>& requests, size_t begin, size_t end, int64_t context) {
+  for (size_t i = begin; i < end; ++i) {
+    const ChoiceRequest& r = requests[i];
+    if (r.context_ids != requests[begin].context_ids) return false;
+    if (static_cast<int64_t>(r.context_ids.size() + r.continuation_ids.size()) > context + 1) return false;
+  }
+  return true;
+}
+
+// Scores requests[begin, end) (one item's choices) with the context run once:
+// its KV cache is copied for every choice, and the choices continue from it
+// together (right-padded). The same log-likelihoods as scoring each
+// context + continuation whole, to rounding.
+void score_shared_context(Llama& model, std::vector<ChoiceRequest>& requests, size_t begin, size_t end,
+                          const torch::Device& device) {
+  const std::vector<int32_t>& context_ids = requests[begin].context_ids;
+  const int64_t n = static_cast<int64_t>(end - begin), context_length = static_cast<int64_t>(context_ids.size());
+  int64_t longest = 0;
+  for (size_t i = begin; i < end; ++i)
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(requests[i].continuation_ids.size()));
+  const auto dtype = model->model->embed_tokens->weight.scalar_type();
+  KVCache shared = model->make_cache(1, context_length, dtype);
+  const torch::Tensor context_tokens =
+      torch::tensor(std::vector<int64_t>(context_ids.begin(), context_ids.end()), torch::kInt64).unsqueeze(0).to(device);
+  // The last context position predicts every choice's first token.
+  const torch::Tensor first =
+      torch::log_softmax(model->forward(context_tokens, &shared).select(1, context_length - 1).to(torch::kFloat32), -1)
+          .cpu()[0];
+  torch::Tensor rest;  // [n, longest - 1, vocab]: the continuations' own later predictions
+  if (longest > 1) {
+    KVCache cache = model->make_cache(n, context_length + longest - 1, dtype);
+    for (size_t l = 0; l < cache.k.size(); ++l) {
+      cache.k[l].narrow(2, 0, context_length).copy_(shared.k[l].expand({n, -1, -1, -1}));
+      cache.v[l].narrow(2, 0, context_length).copy_(shared.v[l].expand({n, -1, -1, -1}));
+    }
+    cache.length = context_length;
+    torch::Tensor tokens = torch::zeros({n, longest - 1}, torch::kInt64);
+    for (int64_t c = 0; c < n; ++c) {
+      const auto& ids = requests[begin + c].continuation_ids;
+      for (size_t j = 0; j + 1 < ids.size(); ++j) tokens[c][static_cast<int64_t>(j)] = ids[j];
+    }
+    rest = torch::log_softmax(model->forward(tokens.to(device), &cache).to(torch::kFloat32), -1).cpu();
+  }
+  for (int64_t c = 0; c < n; ++c) {
+    ChoiceRequest& r = requests[begin + c];
+    double ll = first[r.continuation_ids[0]].item<double>();
+    bool greedy = first.argmax().item<int64_t>() == r.continuation_ids[0];
+    for (size_t j = 1; j < r.continuation_ids.size(); ++j) {
+      const torch::Tensor row = rest[c][static_cast<int64_t>(j) - 1];
+      ll += row[r.continuation_ids[j]].item<double>();
+      greedy = greedy && row.argmax().item<int64_t>() == r.continuation_ids[j];
+    }
+    r.loglikelihood = ll;
+    r.is_greedy = greedy;
+  }
+}
+
 }  // namespace
 
 std::vector<ChoiceItem> read_choice_task(const std::string& path) {
@@ -172,7 +233,7 @@ ChoiceEncoding encode_choice_pair(const Tokenizer& tokenizer, const std::string&
 }
 
 ChoiceTaskResult evaluate_choice_task(Llama& model, const Tokenizer& tokenizer, const std::vector<ChoiceItem>& items,
-                                      ChoiceFirstToken first, int64_t batch, bool show_progress) {
+                                      ChoiceFirstToken first, int64_t batch, bool show_progress, bool share_context) {
   if (batch < 1) fail("--batch ", batch, " must be at least 1");
   torch::NoGradGuard no_grad;
   const int64_t context = model->config().max_seq_len;
@@ -189,18 +250,31 @@ ChoiceTaskResult evaluate_choice_task(Llama& model, const Tokenizer& tokenizer, 
       r.continuation_ids = std::move(e.continuation);
       result.requests.push_back(std::move(r));
     }
+  // Items whose choices share their context run it once (score_shared_context);
+  // the others are scored whole, in batches.
+  Progress progress("choices", static_cast<int64_t>(result.requests.size()), "requests");
+  std::vector<size_t> order;
+  int64_t done = 0;
+  for (size_t at = 0, i = 0; i < items.size(); at += items[i].choices.size(), ++i) {
+    const size_t end = at + items[i].choices.size();
+    if (!share_context || !shares_context(result.requests, at, end, context)) {
+      for (size_t r = at; r < end; ++r) order.push_back(r);
+      continue;
+    }
+    score_shared_context(model, result.requests, at, end, device);
+    done += static_cast<int64_t>(end - at);
+    if (show_progress) progress.update(done);
+  }
   // Longest first, so that a batch pads little (the scores do not depend on the order).
-  std::vector<size_t> order(result.requests.size());
-  std::iota(order.begin(), order.end(), size_t{0});
   const auto length = [&](size_t i) {
     return result.requests[i].context_ids.size() + result.requests[i].continuation_ids.size();
   };
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return length(a) > length(b); });
-  Progress progress("choices", static_cast<int64_t>(order.size()), "requests");
   for (size_t begin = 0; begin < order.size(); begin += static_cast<size_t>(batch)) {
     const size_t end = std::min(order.size(), begin + static_cast<size_t>(batch));
     score_batch(model, result.requests, order, begin, end, context, device);
-    if (show_progress) progress.update(static_cast<int64_t>(end));
+    done += static_cast<int64_t>(end - begin);
+    if (show_progress) progress.update(done);
   }
   if (show_progress) progress.finish();
   // np.argmax: the first of equal maxima.
