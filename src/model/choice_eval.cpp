@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 
 #include <nlohmann/json.hpp>
@@ -112,52 +113,72 @@ bool shares_context(const std::vector<ChoiceRequest>& requests, size_t begin, si
   return true;
 }
 
-// Scores requests[begin, end) (one item's choices) with the context run once:
-// its KV cache is copied for every choice, and the choices continue from it
-// together (right-padded). The same log-likelihoods as scoring each
-// context + continuation whole, to rounding.
-void score_shared_context(Llama& model, std::vector<ChoiceRequest>& requests, size_t begin, size_t end,
-                          const torch::Device& device) {
-  const std::vector<int32_t>& context_ids = requests[begin].context_ids;
-  const int64_t n = static_cast<int64_t>(end - begin), context_length = static_cast<int64_t>(context_ids.size());
+// log p(targets) and whether each is the argmax, from logits [..., vocab]
+// without a second vocabulary-sized tensor.
+void add_scores(const torch::Tensor& logits, const torch::Tensor& targets, torch::Tensor& ll, torch::Tensor& greedy) {
+  const torch::Tensor scores = logits.to(torch::kFloat32);
+  ll = (scores.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - scores.logsumexp(-1)).to(torch::kFloat64).cpu();
+  greedy = scores.argmax(-1).eq(targets).cpu();
+}
+
+// Scores the choices of items whose contexts are the same length, each given
+// as its [begin, end) of `requests`: the contexts run once, together; every
+// choice continues from a copy of its item's KV cache, all choices together
+// (right-padded). The same log-likelihoods as scoring each context +
+// continuation whole, to rounding.
+void score_shared_contexts(Llama& model, std::vector<ChoiceRequest>& requests,
+                           const std::vector<std::pair<size_t, size_t>>& items, const torch::Device& device) {
+  const int64_t b = static_cast<int64_t>(items.size());
+  const int64_t length = static_cast<int64_t>(requests[items[0].first].context_ids.size());
+  torch::Tensor contexts = torch::empty({b, length}, torch::kInt64);
+  std::vector<int64_t> row_item;  // each choice's item
   int64_t longest = 0;
-  for (size_t i = begin; i < end; ++i)
-    longest = std::max<int64_t>(longest, static_cast<int64_t>(requests[i].continuation_ids.size()));
+  for (int64_t i = 0; i < b; ++i) {
+    const auto& ids = requests[items[i].first].context_ids;
+    contexts[i].copy_(torch::tensor(std::vector<int64_t>(ids.begin(), ids.end()), torch::kInt64));
+    for (size_t r = items[i].first; r < items[i].second; ++r) {
+      row_item.push_back(i);
+      longest = std::max<int64_t>(longest, static_cast<int64_t>(requests[r].continuation_ids.size()));
+    }
+  }
+  const int64_t rows = static_cast<int64_t>(row_item.size());
   const auto dtype = model->model->embed_tokens->weight.scalar_type();
-  KVCache shared = model->make_cache(1, context_length, dtype);
-  const torch::Tensor context_tokens =
-      torch::tensor(std::vector<int64_t>(context_ids.begin(), context_ids.end()), torch::kInt64).unsqueeze(0).to(device);
-  // The last context position predicts every choice's first token.
-  const torch::Tensor first =
-      torch::log_softmax(model->forward(context_tokens, &shared).select(1, context_length - 1).to(torch::kFloat32), -1)
-          .cpu()[0];
-  torch::Tensor rest;  // [n, longest - 1, vocab]: the continuations' own later predictions
+  KVCache shared = model->make_cache(b, length, dtype);
+  const torch::Tensor last = model->forward(contexts.to(device), &shared).select(1, length - 1);  // [b, vocab]
+  const torch::Tensor item_of_row = torch::tensor(row_item, torch::kInt64).to(device);
+  // Every choice's first token is predicted by its context's last position.
+  torch::Tensor targets = torch::zeros({rows, longest}, torch::kInt64);
+  int64_t row = 0;
+  for (const auto& [begin, end] : items)
+    for (size_t r = begin; r < end; ++r, ++row)
+      for (size_t j = 0; j < requests[r].continuation_ids.size(); ++j)
+        targets[row][static_cast<int64_t>(j)] = requests[r].continuation_ids[j];
+  torch::Tensor first_ll, first_greedy, rest_ll, rest_greedy;
+  add_scores(last.index_select(0, item_of_row), targets.select(1, 0).to(device), first_ll, first_greedy);
   if (longest > 1) {
-    KVCache cache = model->make_cache(n, context_length + longest - 1, dtype);
+    KVCache cache = model->make_cache(rows, length + longest - 1, dtype);
     for (size_t l = 0; l < cache.k.size(); ++l) {
-      cache.k[l].narrow(2, 0, context_length).copy_(shared.k[l].expand({n, -1, -1, -1}));
-      cache.v[l].narrow(2, 0, context_length).copy_(shared.v[l].expand({n, -1, -1, -1}));
+      cache.k[l].narrow(2, 0, length).copy_(shared.k[l].index_select(0, item_of_row));
+      cache.v[l].narrow(2, 0, length).copy_(shared.v[l].index_select(0, item_of_row));
     }
-    cache.length = context_length;
-    torch::Tensor tokens = torch::zeros({n, longest - 1}, torch::kInt64);
-    for (int64_t c = 0; c < n; ++c) {
-      const auto& ids = requests[begin + c].continuation_ids;
-      for (size_t j = 0; j + 1 < ids.size(); ++j) tokens[c][static_cast<int64_t>(j)] = ids[j];
-    }
-    rest = torch::log_softmax(model->forward(tokens.to(device), &cache).to(torch::kFloat32), -1).cpu();
+    cache.length = length;
+    // Inputs: each continuation but its last token; targets: from its second.
+    const torch::Tensor inputs = targets.narrow(1, 0, longest - 1).to(device);
+    add_scores(model->forward(inputs, &cache), targets.narrow(1, 1, longest - 1).to(device), rest_ll, rest_greedy);
   }
-  for (int64_t c = 0; c < n; ++c) {
-    ChoiceRequest& r = requests[begin + c];
-    double ll = first[r.continuation_ids[0]].item<double>();
-    bool greedy = first.argmax().item<int64_t>() == r.continuation_ids[0];
-    for (size_t j = 1; j < r.continuation_ids.size(); ++j) {
-      const torch::Tensor row = rest[c][static_cast<int64_t>(j) - 1];
-      ll += row[r.continuation_ids[j]].item<double>();
-      greedy = greedy && row.argmax().item<int64_t>() == r.continuation_ids[j];
+  row = 0;
+  for (const auto& [begin, end] : items)
+    for (size_t r = begin; r < end; ++r, ++row) {
+      ChoiceRequest& q = requests[r];
+      double ll = first_ll[row].item<double>();
+      bool greedy = first_greedy[row].item<bool>();
+      for (size_t j = 1; j < q.continuation_ids.size(); ++j) {
+        ll += rest_ll[row][static_cast<int64_t>(j) - 1].item<double>();
+        greedy = greedy && rest_greedy[row][static_cast<int64_t>(j) - 1].item<bool>();
+      }
+      q.loglikelihood = ll;
+      q.is_greedy = greedy;
     }
-    r.loglikelihood = ll;
-    r.is_greedy = greedy;
-  }
 }
 
 }  // namespace
@@ -250,21 +271,28 @@ ChoiceTaskResult evaluate_choice_task(Llama& model, const Tokenizer& tokenizer, 
       r.continuation_ids = std::move(e.continuation);
       result.requests.push_back(std::move(r));
     }
-  // Items whose choices share their context run it once (score_shared_context);
-  // the others are scored whole, in batches.
+  // Items whose choices share their context run it once (score_shared_contexts),
+  // `batch` items of one context length at a time; the others are scored
+  // whole, `batch` requests at a time.
   Progress progress("choices", static_cast<int64_t>(result.requests.size()), "requests");
   std::vector<size_t> order;
-  int64_t done = 0;
+  std::map<size_t, std::vector<std::pair<size_t, size_t>>> by_length;  // context length -> items
   for (size_t at = 0, i = 0; i < items.size(); at += items[i].choices.size(), ++i) {
     const size_t end = at + items[i].choices.size();
-    if (!share_context || !shares_context(result.requests, at, end, context)) {
+    if (share_context && shares_context(result.requests, at, end, context))
+      by_length[result.requests[at].context_ids.size()].push_back({at, end});
+    else
       for (size_t r = at; r < end; ++r) order.push_back(r);
-      continue;
-    }
-    score_shared_context(model, result.requests, at, end, device);
-    done += static_cast<int64_t>(end - at);
-    if (show_progress) progress.update(done);
   }
+  int64_t done = 0;
+  for (const auto& [length, group] : by_length)
+    for (size_t g = 0; g < group.size(); g += static_cast<size_t>(batch)) {
+      const std::vector<std::pair<size_t, size_t>> chunk(
+          group.begin() + static_cast<int64_t>(g), group.begin() + static_cast<int64_t>(std::min(group.size(), g + batch)));
+      score_shared_contexts(model, result.requests, chunk, device);
+      for (const auto& [begin, end] : chunk) done += static_cast<int64_t>(end - begin);
+      if (show_progress) progress.update(done);
+    }
   // Longest first, so that a batch pads little (the scores do not depend on the order).
   const auto length = [&](size_t i) {
     return result.requests[i].context_ids.size() + result.requests[i].continuation_ids.size();
