@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
                  "a separator-led model's separator too) or 'none' (lm-eval's add_bos_token=False)")
       ->capture_default_str()
       ->check(CLI::IsMember({"tokenizer", "document", "none"}));
-  app.add_option("--batch", batch, "--task: requests per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "--task: items of one context length run together (requests, for those scored whole)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--max-items", max_items, "--task: score only the first N items of each task (0: all)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--save-requests", requests_path,
