@@ -12,6 +12,7 @@
 #include "dha/corpus.h"
 #include "dha/eval.h"
 #include "dha/io/atomic_file.h"
+#include "dha/io/hf_dir.h"
 #include "model_fixtures.h"
 #include "test_util.h"
 
@@ -148,4 +149,33 @@ TEST(ChoiceTaskFile, BadItemsNameFileLineAndField) {
   ASSERT_EQ(items.size(), 1u);
   EXPECT_EQ(items[0].choices[1], " y");
   EXPECT_EQ(items[0].gold, 1);
+}
+
+TEST_F(ChoiceEval, ToolPrintsOneTableAndJsonAndRefusesABadTaskBeforeLoading) {
+  dha::io::DirSaveOptions options;
+  options.tokenizer = tokenizer_.get();
+  options.dtype = torch::kFloat32;
+  dha::io::save_hf_dir(tmp_.file("model"), model_->shared_checkpoint(torch::kFloat32), options);
+  std::string task;
+  for (const auto& item : items())
+    task += nlohmann::json{{"context", item.context}, {"choices", item.choices}, {"gold", item.gold}}.dump() + "\n";
+  dha::io::write_file_atomic(tmp_.file("first.jsonl"), task);
+  dha::io::write_file_atomic(tmp_.file("second.jsonl"), task);
+  const dha::test::ToolRun r =
+      dha::test::run_tool("dha-eval --model " + tmp_.file("model") + " --task " + tmp_.file("first.jsonl") +
+                              " --task " + tmp_.file("second.jsonl") + " --max-items 3 --json --save-requests " +
+                              tmp_.file("requests.jsonl"),
+                          false);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto json = nlohmann::json::parse(r.out.substr(r.out.rfind("\n", r.out.size() - 2) + 1));
+  ASSERT_TRUE(json["tasks"].contains("first") && json["tasks"].contains("second")) << r.out;
+  EXPECT_EQ(json["tasks"]["first"]["items"], 3);
+  EXPECT_EQ(json["tasks"]["first"]["acc"], json["tasks"]["second"]["acc"]);
+  EXPECT_EQ(json["first_token"], "tokenizer");
+  const std::string requests = dha::io::read_file(tmp_.file("requests.jsonl"));
+  EXPECT_EQ(std::count(requests.begin(), requests.end(), '\n'), 2 * (3 + 2 + 4));
+  dha::io::write_file_atomic(tmp_.file("bad.jsonl"), "{\"context\": \"a\"}\n");
+  dha::test::expect_one_error_line("dha-eval --model " + tmp_.file("missing-model") + " --task " +
+                                       tmp_.file("bad.jsonl"),
+                                   "bad.jsonl:1:");
 }

@@ -13,6 +13,58 @@
 #include "dha/io/atomic_file.h"
 #include "dha/io/load.h"
 
+namespace {
+
+// dha-eval --task: every task file read (and refused) before the model loads,
+// then one table, the requests file and the JSON line.
+int run_choice_tasks(const std::string& model_path, const std::string& tokenizer_path,
+                     const std::vector<std::string>& task_paths, const std::string& first_token_name, int64_t batch,
+                     int64_t max_items, const std::string& requests_path, bool as_json) {
+  std::vector<std::pair<std::string, std::vector<dha::ChoiceItem>>> tasks_in;
+  for (const auto& path : task_paths) {
+    const std::string name = std::filesystem::path(path).stem().string();
+    for (const auto& [other, items] : tasks_in)
+      if (other == name) dha::fail(path, ": a second task named ", name, " (tasks are named by file stem)");
+    std::vector<dha::ChoiceItem> items = dha::read_choice_task(path);
+    if (max_items > 0 && static_cast<int64_t>(items.size()) > max_items) items.resize(max_items);
+    tasks_in.emplace_back(name, std::move(items));
+  }
+  dha::io::LoadedModel loaded = dha::io::load_model(model_path, tokenizer_path);
+  const auto first = first_token_name == "none"       ? dha::ChoiceFirstToken::kNone
+                     : first_token_name == "document" ? dha::ChoiceFirstToken::kDocument
+                                                      : dha::ChoiceFirstToken::kTokenizer;
+  nlohmann::json tasks = nlohmann::json::object();
+  std::string requests;
+  std::printf("model: %s (first token: %s)\n%-24s %8s %8s %8s %9s %8s\n", model_path.c_str(),
+              first_token_name.c_str(), "task", "items", "acc", "stderr", "acc_norm", "stderr");
+  for (size_t t = 0; t < tasks_in.size(); ++t) {
+    const auto& [name, items] = tasks_in[t];
+    const dha::ChoiceTaskResult r =
+        dha::evaluate_choice_task(loaded.model, *loaded.tokenizer, items, first, batch, /*show_progress=*/true);
+    std::printf("%-24s %8lld %8.4f %8.4f %9.4f %8.4f\n", name.c_str(), static_cast<long long>(r.items), r.acc,
+                r.acc_stderr, r.acc_norm, r.acc_norm_stderr);
+    tasks[name] = {{"file", task_paths[t]}, {"items", r.items},           {"acc", r.acc},
+                   {"acc_stderr", r.acc_stderr}, {"acc_norm", r.acc_norm}, {"acc_norm_stderr", r.acc_norm_stderr}};
+    for (const auto& q : r.requests)
+      requests += nlohmann::json{{"task", name},
+                                 {"item", q.item},
+                                 {"choice", q.choice},
+                                 {"loglikelihood", q.loglikelihood},
+                                 {"is_greedy", q.is_greedy},
+                                 {"context_ids", q.context_ids},
+                                 {"continuation_ids", q.continuation_ids}}
+                      .dump() +
+                  "\n";
+  }
+  if (!requests_path.empty()) dha::io::write_file_atomic(requests_path, requests);
+  if (as_json)
+    std::printf("%s\n",
+                nlohmann::json{{"model", model_path}, {"first_token", first_token_name}, {"tasks", tasks}}.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   CLI::App app{"Held-out NLL of a model: documents are the blank-line-separated chunks of a text file,\n"
                "each exactly as written (edge spaces kept). Each is scored as the model reads a document:\n"
@@ -44,7 +96,10 @@ int main(int argc, char** argv) {
                  "a separator-led model's separator too) or 'none' (lm-eval's add_bos_token=False)")
       ->capture_default_str()
       ->check(CLI::IsMember({"tokenizer", "document", "none"}));
-  app.add_option("--batch", batch, "--task: items of one context length run together (requests, for those scored whole)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch,
+                 "--task: items of one context length run together (requests, for those scored whole)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--max-items", max_items, "--task: score only the first N items of each task (0: all)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--save-requests", requests_path,
@@ -62,44 +117,9 @@ int main(int argc, char** argv) {
                  "unless --stride is given), "
                  "so that another runtime can score the same ids");
   return dha::cli::run(app, argc, argv, [&] {
-    if (!task_paths.empty()) {
-      dha::io::LoadedModel loaded = dha::io::load_model(model_path, tokenizer_path);
-      const auto first = first_token_name == "none"       ? dha::ChoiceFirstToken::kNone
-                         : first_token_name == "document" ? dha::ChoiceFirstToken::kDocument
-                                                          : dha::ChoiceFirstToken::kTokenizer;
-      nlohmann::json tasks = nlohmann::json::object();
-      std::string requests;
-      std::printf("model: %s (first token: %s)\n%-24s %8s %8s %8s %9s %8s\n", model_path.c_str(),
-                  first_token_name.c_str(), "task", "items", "acc", "stderr", "acc_norm", "stderr");
-      for (const auto& path : task_paths) {
-        std::vector<dha::ChoiceItem> items = dha::read_choice_task(path);
-        if (max_items > 0 && static_cast<int64_t>(items.size()) > max_items) items.resize(max_items);
-        const std::string name = std::filesystem::path(path).stem().string();
-        if (tasks.contains(name)) dha::fail(path, ": a second task named ", name, " (tasks are named by file stem)");
-        const dha::ChoiceTaskResult r =
-            dha::evaluate_choice_task(loaded.model, *loaded.tokenizer, items, first, batch, /*show_progress=*/true);
-        std::printf("%-24s %8lld %8.4f %8.4f %9.4f %8.4f\n", name.c_str(), static_cast<long long>(r.items), r.acc,
-                    r.acc_stderr, r.acc_norm, r.acc_norm_stderr);
-        tasks[name] = {{"file", path},          {"items", r.items},       {"acc", r.acc},
-                       {"acc_stderr", r.acc_stderr}, {"acc_norm", r.acc_norm}, {"acc_norm_stderr", r.acc_norm_stderr}};
-        for (const auto& q : r.requests)
-          requests += nlohmann::json{{"task", name},
-                                     {"item", q.item},
-                                     {"choice", q.choice},
-                                     {"loglikelihood", q.loglikelihood},
-                                     {"is_greedy", q.is_greedy},
-                                     {"context_ids", q.context_ids},
-                                     {"continuation_ids", q.continuation_ids}}
-                          .dump() +
-                      "\n";
-      }
-      if (!requests_path.empty()) dha::io::write_file_atomic(requests_path, requests);
-      if (as_json)
-        std::printf("%s\n", nlohmann::json{{"model", model_path}, {"first_token", first_token_name}, {"tasks", tasks}}
-                                .dump()
-                                .c_str());
-      return 0;
-    }
+    if (!task_paths.empty())
+      return run_choice_tasks(model_path, tokenizer_path, task_paths, first_token_name, batch, max_items,
+                              requests_path, as_json);
     if (text_path.empty()) dha::fail("give --text FILE (held-out NLL) or --task FILE.jsonl (multiple choice)");
     const std::vector<std::string> docs = dha::split_documents(dha::io::read_file(text_path));
     if (docs.empty()) dha::fail(text_path, ": holds no document (no non-blank text)");
