@@ -162,6 +162,10 @@ TEST(MegatronShards, InconsistentIndexIsOneLineError) {
   dha::io::write_file_atomic(tmp.file("c.bin"), bin.substr(0, bin.size() - 2));
   dha::test::expect_one_line_error([&] { dha::TokenShard s(tmp.file("c.bin")); }, {"c.bin", "describes", "tokens"});
   std::string idx = dha::io::read_file(tmp.file("c.idx"));
+  auto negative = sample_docs(3, 100, 2);
+  negative[1][1] = -5;
+  write_megatron(tmp.file("neg"), negative, /*uint16=*/false);
+  dha::test::expect_one_line_error([&] { dha::TokenShard s(tmp.file("neg.bin")); }, {"neg.bin", "token -5", "not a token id"});
   idx[17] = 6;  // float64
   dha::io::write_file_atomic(tmp.file("c.idx"), idx);
   dha::test::expect_one_line_error([&] { dha::TokenShard s(tmp.file("c.bin")); }, {"c.idx", "dtype code 6"});

@@ -122,12 +122,14 @@ void parse_megatron(const std::string& path, size_t size, ForeignShardLayout& la
 }  // namespace
 
 bool parse_foreign_shard(const std::string& path, const uint8_t* map, size_t size, ForeignShardLayout& layout) {
-  if (is_llmc(map, size)) {
-    parse_llmc(path, map, size, layout);
-    return true;
-  }
+  // The index first: a Megatron .bin has no header, and its first tokens could
+  // spell llm.c's magic.
   if (has_megatron_index(path)) {
     parse_megatron(path, size, layout);
+    return true;
+  }
+  if (map && is_llmc(map, size)) {
+    parse_llmc(path, map, size, layout);
     return true;
   }
   return false;

@@ -191,41 +191,41 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
 }
 
 void TokenShard::open_foreign() {
-  ForeignShardLayout layout;
   try {
+    ForeignShardLayout layout;
     if (!parse_foreign_shard(path_, map_, map_size_, layout))
       fail(path_, ": not a token shard (bad magic: expected a dha .tok with magic DHATOK, an llm.c .bin with "
            "magic 20240520, or a Megatron-LM .bin beside its .idx; make shards with dha-tokenize)");
+    format_ = layout.format;
+    data_offset_ = layout.data_offset;
+    width_ = layout.width;
+    is_signed_ = layout.is_signed;
+    count_ = layout.count;
+    indexed_ = layout.indexed;
+    starts_ = std::move(layout.starts);
+    documents_ = static_cast<int64_t>(starts_.size());
+    version_ = 0;
+    protocol_ = {FirstToken::kGiven, -1};
+    // No vocabulary in the file: the largest id decides, read once now (a bad
+    // id is refused here, not when the sampler first meets it).
+    vocab_ = int64_t{1} << 62;
+    int64_t largest = -1;
+    std::vector<int64_t> buffer(1 << 16);
+    for (int64_t at = 0; at < count_; at += static_cast<int64_t>(buffer.size())) {
+      const int64_t n = std::min<int64_t>(buffer.size(), count_ - at);
+      read(at, n, buffer.data());
+      for (int64_t i = 0; i < n; ++i) {
+        if (buffer[i] < 0 || buffer[i] >= (int64_t{1} << 31))
+          fail(path_, ": token ", buffer[i], " at position ", at + i, " is not a token id");
+        largest = std::max(largest, buffer[i]);
+      }
+    }
+    vocab_ = largest + 1;
   } catch (...) {
     if (map_) ::munmap(const_cast<uint8_t*>(map_), map_size_);
     map_ = nullptr;
     throw;
   }
-  format_ = layout.format;
-  data_offset_ = layout.data_offset;
-  width_ = layout.width;
-  is_signed_ = layout.is_signed;
-  count_ = layout.count;
-  indexed_ = layout.indexed;
-  starts_ = std::move(layout.starts);
-  documents_ = static_cast<int64_t>(starts_.size());
-  version_ = 0;
-  protocol_ = {FirstToken::kGiven, -1};
-  // No vocabulary in the file: the largest id decides, read once now (a bad id
-  // is refused here, not when the sampler first meets it).
-  vocab_ = int64_t{1} << 62;
-  int64_t largest = -1;
-  std::vector<int64_t> buffer(1 << 16);
-  for (int64_t at = 0; at < count_; at += static_cast<int64_t>(buffer.size())) {
-    const int64_t n = std::min<int64_t>(buffer.size(), count_ - at);
-    read(at, n, buffer.data());
-    for (int64_t i = 0; i < n; ++i) {
-      if (buffer[i] < 0 || buffer[i] >= (int64_t{1} << 31))
-        fail(path_, ": token ", buffer[i], " at position ", at + i, " is not a token id");
-      largest = std::max(largest, buffer[i]);
-    }
-  }
-  vocab_ = largest + 1;
 }
 
 int64_t TokenShard::document_start(int64_t d) const {
