@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dha/corpus.h"
 #include "dha/error.h"
 #include "dha/eval.h"
 #include "dha/export.h"
@@ -512,6 +513,36 @@ TEST(LlamaCpp, VocabularyLessFileRunsOnTokenIds) {
 // continue one prompt greedily for 40 tokens. llama.cpp multiplies Q4_1
 // weights with activations quantized to Q8_1, dha with the dequantized float32
 // weights: the NLLs differ by that rounding, within 1%.
+// A vocabulary dha-tokenize --train-vocab trains normalises as Llama-2's does
+// (identity, whitespace kept), so llama.cpp's tokenizer gives dha's ids for raw
+// text, newlines and runs of spaces included.
+TEST(LlamaCpp, TrainedVocabularyTokenizesRawTextAsDhaDoes) {
+  DHA_REQUIRE_LLAMA_CPP();
+  DHA_REQUIRE_SHARED("data/text/austen.txt");
+  TempDir tmp;
+  const std::string text = dha::test::shared_path("data/text/austen.txt");
+  dha::train_sentencepiece({text}, 1000, 0.0, tmp.file("tokenizer.model"), 1);
+  const auto tokenizer = dha::load_tokenizer(tmp.file("tokenizer.model"));
+  dha::ModelConfig c = dha::test::tiny_config();
+  c.vocab_size = tokenizer->vocab_size();
+  dha::io::save_gguf_checkpoint(tmp.file("m.gguf"), dha::test::random_checkpoint(c, 2), std::nullopt,
+                                tmp.file("tokenizer.model"));
+  json texts = json::array();
+  for (const std::string& doc : documents(text, 8, 200)) texts.push_back(doc);
+  texts.push_back("Two  spaces,\nnewlines\n\n and   three;\ttab, trailing space ");
+  texts.push_back("  leading spaces and caf\u00e9 \u00bd \uff21");  // NFKC would change the last two
+  const json r = run_llama_cpp(tmp, tmp.file("m.gguf"), {{"n_ctx", 64}, {"tokenize", texts}});
+  ASSERT_FALSE(r.empty());
+  int same = 0;
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const std::vector<int32_t> want = tokenizer->encode(texts[i].get<std::string>(), true, false);
+    const bool equal = r.at("tokenized").at(i).get<std::vector<int32_t>>() == want;
+    EXPECT_TRUE(equal) << "llama.cpp tokenizes text " << i << " otherwise: " << texts[i].dump();
+    same += equal;
+  }
+  std::printf("trained vocabulary: llama.cpp gives dha's ids for %d/%zu raw texts\n", same, texts.size());
+}
+
 TEST(LlamaCppSmolLM2, NllWithinOnePercentAndGreedyContinuationCompared) {
   // Half a logit apart is a probability ratio of e^0.5 = 1.65: a near-tie
   // that the rounding of activations can flip.

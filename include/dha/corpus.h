@@ -55,7 +55,8 @@ CorpusSummary tokenize_corpus(const Tokenizer& tokenizer, const std::vector<std:
 
 // Trains a BPE sentencepiece model with byte fallback (<unk>=0, <s>=1, </s>=2)
 // on the training part of the files (held-out documents excluded) and writes
-// model_path. Deterministic for a seed.
+// model_path. Deterministic for a seed. Normalisation as Llama-2's tokenizer:
+// identity, whitespace kept (llama.cpp then tokenizes text as dha does).
 void train_sentencepiece(const std::vector<std::string>& files, int64_t vocab_size, double heldout,
                          const std::string& model_path, uint64_t seed,
                          const DocumentInputOptions& input = {});

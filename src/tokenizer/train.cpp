@@ -39,6 +39,10 @@ void train_sentencepiece(const std::vector<std::string>& files, int64_t vocab_si
                            " --model_type=bpe --byte_fallback=true --character_coverage=1.0"
                            " --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --split_digits=true"
                            " --max_sentence_length=16384 --num_threads=2 --minloglevel=2"
+                           // Llama-2's rules: no NFKC, spaces kept as written, so that
+                           // llama.cpp's SPM tokenizer (which normalises nothing) gives
+                           // the same ids as dha for any text.
+                           " --normalization_rule_name=identity --remove_extra_whitespaces=false"
                            " --input_sentence_size=2000000 --shuffle_input_sentence=true";
   const auto status = sentencepiece::SentencePieceTrainer::Train(args);
   std::remove(input.c_str());
