@@ -277,3 +277,14 @@ TEST(ConvertPlan, DistillationTeacherCostsACopyOfWhatTrainsOnly) {
   EXPECT_FALSE(has(fusion_plan(o), "teacher logits"));
   EXPECT_FALSE(has(fusion_plan(o), "source weights"));
 }
+
+// A GQA source at its own fraction (Llama-3-8B: 8 of 32 KV heads, 0.25) keeps
+// every head; the plan says so and names the budget that removes heads.
+TEST(ConvertPlan, ABudgetAtTheSourcesOwnFractionSaysItRemovesNothing) {
+  dha::ModelConfig gqa = dha::test::tiny_config();  // 4 heads
+  gqa.layout = dha::HeadLayout::gqa(gqa.n_layers, gqa.n_heads, 1);
+  const dha::ConvertPlan same = plan(options("gqa", 0.25), gqa);
+  EXPECT_NE(same.budget_note.find("keeps every K/V head"), std::string::npos) << same.budget_note;
+  EXPECT_NE(same.budget_note.find("--budget 0.0625"), std::string::npos) << same.budget_note;
+  EXPECT_TRUE(plan(options("dha", 0.5)).budget_note.empty());  // MHA at half: heads go
+}

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
         dha::convert_options_from_json(recipe, recipe_path.empty() ? "options" : recipe_path);
     if (plan_only) {
       const dha::ConvertPlan plan = dha::plan_conversion(options, dha::io::load_model_config(model_path), model_path);
+      if (!plan.budget_note.empty()) std::printf("budget: %s\n", plan.budget_note.c_str());
       if (world_size <= 0) world_size = dha::RankEnvironment::from_env().world_size;
       for (const auto& p : dha::conversion_memory_plans(options, plan, dha::io::load_storage_dtype(model_path),
                                                         dha::io::loads_file_pages(model_path),

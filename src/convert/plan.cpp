@@ -83,6 +83,13 @@ void plan_head_target(const ConvertOptions& options, const convert::ConvertMetho
                       const std::string& model_path, ConvertPlan& plan) {
   plan.target_heads = budget_heads(plan.shared, options.budget);
   plan.requested_heads = plan.target_heads;
+  if (plan.target_heads == plan.shared.layout.kv_heads()) {
+    // A GQA source at its own fraction of MHA's cache: nothing to remove.
+    const double native = static_cast<double>(plan.target_heads) / (2 * source.n_layers * source.n_heads);
+    plan.budget_note = "budget " + short_number(options.budget) + " keeps every K/V head: the source already holds " +
+                       short_number(native) + " of an MHA model's KV cache, so no head is removed; --budget " +
+                       short_number(native / 4) + " gives 4x less KV cache than the source";
+  }
   const int64_t n_pools = pools_with_heads(plan.shared);
   if (row.grouping == convert::HeadGrouping::kContiguous) {
     if (plan.target_heads % n_pools != 0)
