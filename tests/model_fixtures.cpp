@@ -9,6 +9,11 @@
 
 #include <torch/torch.h>
 
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "dha/io/atomic_file.h"
 #include "dha/io/hf_dir.h"
 #include "test_util.h"
 
@@ -86,6 +91,29 @@ std::string write_random_token_data(const std::string& dir, int64_t vocab, int64
   std::filesystem::create_directories(dir);
   write_token_shard(dir + "/train-00000.tok", tokens, vocab, starts, {FirstToken::kBos, 1});
   return dir;
+}
+
+TrainConfig small_train_config(int64_t steps, int64_t seq_len) {
+  TrainConfig c;
+  c.steps = steps;
+  c.micro_batch = 3;
+  c.grad_accum = 2;
+  c.seq_len = seq_len;
+  c.lr = 3e-3;
+  c.warmup = 3;
+  c.checkpoint_every = 4;
+  c.device = "cpu";
+  return c;
+}
+
+std::vector<double> metrics_losses(const std::string& metrics_path) {
+  std::vector<double> out;
+  std::istringstream in(io::read_file(metrics_path));
+  for (std::string line; std::getline(in, line);) {
+    const auto j = nlohmann::json::parse(line);
+    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
+  }
+  return out;
 }
 
 }  // namespace dha::test

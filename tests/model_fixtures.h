@@ -5,8 +5,11 @@
 #include <cstdint>
 #include <string>
 
+#include <vector>
+
 #include "dha/checkpoint.h"
 #include "dha/model.h"
+#include "dha/train_config.h"
 
 namespace dha::test {
 
@@ -34,5 +37,12 @@ void save_tiny_model_with_tokenizer(const std::string& dir);
 // A directory at `dir` holding one train shard of n random tokens in [3, vocab)
 // with BOS (1) every 16; returns `dir`.
 std::string write_random_token_data(const std::string& dir, int64_t vocab, int64_t n);
+
+// A short recipe for the loop's tests: micro-batch 3 x 2 accumulation steps of
+// seq_len tokens, lr 3e-3 after 3 warmup steps, a checkpoint every 4 steps, CPU.
+TrainConfig small_train_config(int64_t steps, int64_t seq_len);
+
+// The "loss" of every step line of a metrics.jsonl, in order.
+std::vector<double> metrics_losses(const std::string& metrics_path);
 
 }  // namespace dha::test

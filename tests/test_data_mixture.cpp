@@ -122,18 +122,7 @@ TEST(DataMixture, BadWeightsAreOneLineErrors) {
 
 namespace {
 
-dha::TrainConfig mixture_config(int64_t steps) {
-  dha::TrainConfig c;
-  c.steps = steps;
-  c.micro_batch = 3;
-  c.grad_accum = 2;
-  c.seq_len = 16;
-  c.lr = 3e-3;
-  c.warmup = 3;
-  c.checkpoint_every = 4;
-  c.device = "cpu";
-  return c;
-}
+dha::TrainConfig mixture_config(int64_t steps) { return dha::test::small_train_config(steps, 16); }
 
 void run_mixture(const std::string& out, const std::vector<dha::MixtureSource>& sources,
                  const dha::TrainConfig& config, bool resume) {
@@ -149,16 +138,6 @@ void run_mixture(const std::string& out, const std::vector<dha::MixtureSource>& 
   dha::train(task, sampler, config, *dist, run);
 }
 
-std::vector<double> losses(const std::string& metrics_path) {
-  std::vector<double> out;
-  std::istringstream in(dha::io::read_file(metrics_path));
-  for (std::string line; std::getline(in, line);) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
-
 }  // namespace
 
 TEST(DataMixture, ResumedMixtureRunIsBitExactAndRecordsEachSourcesCursor) {
@@ -170,7 +149,8 @@ TEST(DataMixture, ResumedMixtureRunIsBitExactAndRecordsEachSourcesCursor) {
   first.stop_after = 5;
   run_mixture(tmp.file("split"), sources, first, false);
   run_mixture(tmp.file("split"), sources, mixture_config(12), true);
-  const auto la = losses(tmp.file("whole/metrics.jsonl")), lb = losses(tmp.file("split/metrics.jsonl"));
+  const auto la = dha::test::metrics_losses(tmp.file("whole/metrics.jsonl")),
+             lb = dha::test::metrics_losses(tmp.file("split/metrics.jsonl"));
   ASSERT_EQ(la.size(), 12u);
   EXPECT_EQ(la, lb);
   const auto wa = dha::load_latest_training_state(tmp.file("whole/checkpoints"));

@@ -30,10 +30,7 @@ namespace {
 
 std::string shell_quote(const std::string& s) { return "\"" + s + "\""; }
 
-bool python_has_tokenizers() {
-  const std::string command = shell_quote(DHA_PYTHON) + " -c 'import tokenizers' >/dev/null 2>&1";
-  return std::system(command.c_str()) == 0;
-}
+bool python_has_tokenizers() { return dha::test::python_imports("tokenizers"); }
 
 // Little stories from a fixed word list (a deterministic LCG), one per document;
 // every `long_every`-th is long enough to be truncated to the model's context.

@@ -28,12 +28,16 @@ using dha::test::run_tool;
 
 namespace {
 
-std::vector<std::string> read_all(const std::string& path, const dha::DocumentInputOptions& options = {}) {
-  const auto reader = dha::open_documents(path, options);
+// Every document left in `reader`.
+std::vector<std::string> drain(dha::DocumentReader& reader) {
   std::vector<std::string> docs;
   std::string doc;
-  while (reader->next(doc)) docs.push_back(doc);
+  while (reader.next(doc)) docs.push_back(doc);
   return docs;
+}
+
+std::vector<std::string> read_all(const std::string& path, const dha::DocumentInputOptions& options = {}) {
+  return drain(*dha::open_documents(path, options));
 }
 
 void write_gzip(const std::string& path, const std::string& data, int members = 1) {
@@ -138,9 +142,7 @@ TEST(CompressedDocuments, GzipAndZstdReadAsThePlainFile) {
   EXPECT_EQ(dha::document_format_name("x/README"), "text");
   // Bytes read count the file on disk.
   const auto reader = dha::open_documents(tmp.file("a.jsonl.zst"), {});
-  std::string doc;
-  while (reader->next(doc)) {
-  }
+  drain(*reader);
   EXPECT_EQ(reader->bytes_read(), static_cast<int64_t>(fs::file_size(tmp.file("a.jsonl.zst"))));
 }
 
@@ -184,10 +186,7 @@ TEST(JsonlDocuments, BadRecordsNameFileLineAndFieldOrAreCountedWithSkipBad) {
   dha::DocumentInputOptions skip;
   skip.skip_bad = true;
   const auto reader = dha::open_documents(file, skip);
-  std::vector<std::string> docs;
-  std::string doc;
-  while (reader->next(doc)) docs.push_back(doc);
-  EXPECT_EQ(docs, (std::vector<std::string>{"good", "also good"}));
+  EXPECT_EQ(drain(*reader), (std::vector<std::string>{"good", "also good"}));
   EXPECT_EQ(reader->skipped(), 4);
   EXPECT_EQ(reader->empty(), 1);
 }
@@ -231,10 +230,7 @@ pq.write_table(table, sys.argv[1], row_group_size=4)
   dha::DocumentInputOptions options;
   options.skip_bad = true;
   const auto reader = dha::open_documents(file, options);
-  std::vector<std::string> docs;
-  std::string doc;
-  while (reader->next(doc)) docs.push_back(doc);
-  EXPECT_EQ(docs, expected);
+  EXPECT_EQ(drain(*reader), expected);
   EXPECT_EQ(reader->skipped(), 1);
   EXPECT_EQ(reader->empty(), 1);
   EXPECT_EQ(reader->bytes_read(), static_cast<int64_t>(fs::file_size(file)));

@@ -92,11 +92,7 @@ std::vector<std::vector<int32_t>> as_int32(const std::vector<std::vector<int64_t
   return out;
 }
 
-bool python_has_megatron() {
-  const std::string command = std::string("\"") + DHA_PYTHON +
-                              "\" -c 'import megatron.core.datasets.indexed_dataset' >/dev/null 2>&1";
-  return std::system(command.c_str()) == 0;
-}
+bool python_has_megatron() { return dha::test::python_imports("megatron.core.datasets.indexed_dataset"); }
 
 }  // namespace
 

@@ -36,10 +36,7 @@ using Tensors = std::vector<std::pair<std::string, torch::Tensor>>;
 
 std::string python() { return DHA_PYTHON; }
 
-bool python_has_gguf() {
-  const std::string command = "\"" + python() + "\" -c 'import gguf, safetensors' >/dev/null 2>&1";
-  return std::system(command.c_str()) == 0;
-}
+bool python_has_gguf() { return dha::test::python_imports("gguf, safetensors"); }
 
 #define DHA_REQUIRE_GGUF_PY()                                                                 \
   do {                                                                                        \

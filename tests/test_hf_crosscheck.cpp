@@ -14,11 +14,7 @@
 
 namespace {
 
-bool python_has_transformers() {
-  const std::string command = std::string("\"") + DHA_PYTHON +
-                              "\" -c 'import transformers, safetensors' >/dev/null 2>&1";
-  return std::system(command.c_str()) == 0;
-}
+bool python_has_transformers() { return dha::test::python_imports("transformers, safetensors"); }
 
 }  // namespace
 

@@ -24,11 +24,7 @@ namespace {
 
 constexpr int64_t kNewTokens = 20;
 
-bool python_has_transformers() {
-  const std::string command = std::string("\"") + DHA_PYTHON +
-                              "\" -c 'import transformers, safetensors' >/dev/null 2>&1";
-  return std::system(command.c_str()) == 0;
-}
+bool python_has_transformers() { return dha::test::python_imports("transformers, safetensors"); }
 
 std::string library_path() { return std::string(DHA_TOOLS_DIR) + "/libdha.so"; }
 

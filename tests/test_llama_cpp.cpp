@@ -48,9 +48,7 @@ std::string smollm2() {
 }
 
 bool python_has_llama_cpp() {
-  static const bool has =
-      std::system(
-          ("\"" + std::string(DHA_PYTHON) + "\" -c 'import llama_cpp, numpy' >/dev/null 2>&1").c_str()) == 0;
+  static const bool has = dha::test::python_imports("llama_cpp, numpy");
   return has;
 }
 

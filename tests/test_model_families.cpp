@@ -33,11 +33,7 @@ namespace {
 
 constexpr double kTolerance = 1e-5;  // fp32 logits against transformers'
 
-bool python_has_transformers() {
-  const std::string command = std::string("\"") + DHA_PYTHON +
-                              "\" -c 'import transformers, safetensors' >/dev/null 2>&1";
-  return std::system(command.c_str()) == 0;
-}
+bool python_has_transformers() { return dha::test::python_imports("transformers, safetensors"); }
 
 // Runs a command, shows its output in the test log, returns its exit status.
 int run_logged(const std::string& command) {

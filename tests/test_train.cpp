@@ -40,29 +40,9 @@ std::string token_data(const TempDir& tmp, int64_t vocab, int64_t n) {
   return dha::test::write_random_token_data(tmp.file("data"), vocab, n);
 }
 
-std::vector<double> losses(const std::string& metrics_path) {
-  std::vector<double> out;
-  std::istringstream in(dha::io::read_file(metrics_path));
-  std::string line;
-  while (std::getline(in, line)) {
-    const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out.push_back(j["loss"].get<double>());
-  }
-  return out;
-}
+std::vector<double> losses(const std::string& metrics_path) { return dha::test::metrics_losses(metrics_path); }
 
-dha::TrainConfig small_config(int64_t steps) {
-  dha::TrainConfig c;
-  c.steps = steps;
-  c.micro_batch = 3;
-  c.grad_accum = 2;
-  c.seq_len = 12;
-  c.lr = 3e-3;
-  c.warmup = 3;
-  c.checkpoint_every = 4;
-  c.device = "cpu";
-  return c;
-}
+dha::TrainConfig small_config(int64_t steps) { return dha::test::small_train_config(steps, 12); }
 
 dha::TrainResult run_library(const std::string& out, const std::string& data_dir, const dha::TrainConfig& config,
                              bool resume) {

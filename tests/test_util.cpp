@@ -77,6 +77,11 @@ void expect_one_line_error(const std::function<void()>& f, std::initializer_list
   }
 }
 
+bool python_imports(const std::string& modules) {
+  const std::string command = std::string("\"") + DHA_PYTHON + "\" -c 'import " + modules + "' >/dev/null 2>&1";
+  return std::system(command.c_str()) == 0;
+}
+
 int free_port() {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};

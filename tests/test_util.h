@@ -54,6 +54,10 @@ inline void expect_one_line_error(const std::function<void()>& f, const std::str
 // A TCP port that was free a moment ago (for rendezvous in tests).
 int free_port();
 
+// Whether DHA_PYTHON imports `modules` ("transformers, safetensors"): the
+// optional references a test skips without.
+bool python_imports(const std::string& modules);
+
 }  // namespace dha::test
 
 // Skips the current test with a clear message when a ../shared fixture is missing.
