@@ -5,6 +5,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "dha/model.h"
@@ -20,6 +21,10 @@ namespace dha {
 // its inner line breaks, so that it is scored as llama2.c's run.c would encode
 // the chunk. Blank-only chunks are no document.
 std::vector<std::string> split_documents(const std::string& text);
+// Whether a line (without its "\n") is blank by that rule: only spaces, tabs,
+// \r, \f and \v, or nothing. The streaming text reader of dha-tokenize and
+// JSONL's blank lines use it too.
+bool is_blank_line(std::string_view line);
 
 struct EvalResult {
   double mean_nll = 0.0;  // nats per predicted token

@@ -1,11 +1,10 @@
 // JSON Lines: one JSON object per line, the document in its text field (a
 // record of several paragraphs is one document). Blank lines are no record.
-#include <string_view>
-
 #include <nlohmann/json.hpp>
 
 #include "byte_stream.h"
 #include "dha/error.h"
+#include "dha/eval.h"
 #include "document_readers.h"
 
 namespace dha {
@@ -31,7 +30,7 @@ class JsonlDocuments : public DocumentReader {
     std::string line;
     while (lines_.next(line)) {
       bytes_read_ = lines_.file_bytes_read();
-      if (line.find_first_not_of(std::string_view(" \t\r\f\v")) == std::string::npos) continue;
+      if (is_blank_line(line)) continue;
       std::string problem;
       nlohmann::json record;
       try {

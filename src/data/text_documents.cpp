@@ -2,18 +2,13 @@
 // exactly split_documents' rule (dha/eval.h; tests/test_documents.cpp holds
 // the two equal): a document runs from its first non-blank line to the end of
 // its last line's text, inner line breaks as written.
-#include <string_view>
-
 #include "byte_stream.h"
+#include "dha/eval.h"
 #include "document_readers.h"
 
 namespace dha {
 
 namespace {
-
-bool blank(const std::string& line) {
-  return line.find_first_not_of(std::string_view(" \t\r\f\v")) == std::string::npos;
-}
 
 class TextDocuments : public DocumentReader {
  public:
@@ -24,7 +19,7 @@ class TextDocuments : public DocumentReader {
     size_t last_break = 0;  // bytes of the open document's final line break ("\n" or "\r\n")
     std::string line;
     while (lines_.next(line)) {
-      if (blank(line)) {
+      if (is_blank_line(line)) {
         if (!document.empty()) break;
         continue;
       }

@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
-#include <numeric>
 
 #include <nlohmann/json.hpp>
 
@@ -14,29 +13,31 @@
 #include "dha/eval.h"
 #include "dha/io/atomic_file.h"
 #include "dha/progress.h"
+#include "../tokenizer/pretokenize.h"
 
 namespace dha {
 
 namespace {
 
+bool python_space(uint32_t cp) {
+  return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+         cp == 0x3000;
+}
+
 // The length of the run of whitespace (Python's str.isspace) ending `text`, in bytes.
 size_t trailing_space_bytes(const std::string& text) {
-  size_t end = text.size();
-  while (end > 0) {
-    size_t begin = end - 1;  // the last code point's first byte
-    while (begin > 0 && (static_cast<unsigned char>(text[begin]) & 0xC0) == 0x80) --begin;
-    uint32_t cp = static_cast<unsigned char>(text[begin]);
-    const size_t n = end - begin;
-    if (n == 2) cp = ((cp & 0x1F) << 6) | (text[begin + 1] & 0x3F);
-    if (n == 3) cp = ((cp & 0x0F) << 12) | ((text[begin + 1] & 0x3F) << 6) | (text[begin + 2] & 0x3F);
-    if (n == 4) cp = 0;  // no whitespace beyond the BMP
-    const bool space = (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 ||
-                       cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 ||
-                       cp == 0x202F || cp == 0x205F || cp == 0x3000;
-    if (!space) break;
-    end = begin;
+  size_t run = text.size();  // where the trailing run starts
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp = 0;
+    const size_t n = bpe::utf8_sequence(text, i, &cp);  // 0: a stray byte, no space
+    if (n == 0 || !python_space(cp))
+      run = text.size();
+    else if (run == text.size())
+      run = i;
+    i += std::max<size_t>(n, 1);
   }
-  return text.size() - end;
+  return text.size() - run;
 }
 
 // Python's len(): code points of UTF-8 text.
@@ -62,14 +63,19 @@ double mean_stderr(double p, int64_t n) {
                : 0.0;
 }
 
+// log p(targets) and whether each is the argmax, from logits [..., vocab]
+// without a second vocabulary-sized tensor.
+void add_scores(const torch::Tensor& logits, const torch::Tensor& targets, torch::Tensor& ll, torch::Tensor& greedy) {
+  const torch::Tensor scores = logits.to(torch::kFloat32);
+  ll = (scores.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - scores.logsumexp(-1)).to(torch::kFloat64).cpu();
+  greedy = scores.argmax(-1).eq(targets).cpu();
+}
+
 // Scores requests[order[begin..end)) in one right-padded forward pass.
 void score_batch(Llama& model, std::vector<ChoiceRequest>& requests, const std::vector<size_t>& order, size_t begin,
                  size_t end, int64_t context, const torch::Device& device) {
-  struct Row {
-    std::vector<int64_t> input;  // what the model reads
-    int64_t first_target = 0;    // the position whose logits predict the first continuation token
-  };
-  std::vector<Row> rows;
+  const int64_t b = static_cast<int64_t>(end - begin);
+  std::vector<std::vector<int64_t>> wholes;  // each request's ids as the model reads them, with the last target
   int64_t width = 1;
   for (size_t i = begin; i < end; ++i) {
     const ChoiceRequest& r = requests[order[i]];
@@ -77,26 +83,25 @@ void score_batch(Llama& model, std::vector<ChoiceRequest>& requests, const std::
     whole.insert(whole.end(), r.continuation_ids.begin(), r.continuation_ids.end());
     // lm-eval: (context + continuation)[-(max_length + 1):][:-1]
     if (static_cast<int64_t>(whole.size()) > context + 1) whole.erase(whole.begin(), whole.end() - (context + 1));
-    whole.pop_back();
-    Row row;
-    row.input = std::move(whole);
-    row.first_target = static_cast<int64_t>(row.input.size()) - static_cast<int64_t>(r.continuation_ids.size());
-    width = std::max<int64_t>(width, static_cast<int64_t>(row.input.size()));
-    rows.push_back(std::move(row));
+    width = std::max<int64_t>(width, static_cast<int64_t>(whole.size()) - 1);
+    wholes.push_back(std::move(whole));
   }
-  torch::Tensor tokens = torch::zeros({static_cast<int64_t>(rows.size()), width}, torch::kInt64);
-  for (size_t b = 0; b < rows.size(); ++b)
-    tokens[static_cast<int64_t>(b)].narrow(0, 0, static_cast<int64_t>(rows[b].input.size()))
-        .copy_(torch::tensor(rows[b].input, torch::kInt64));
-  const torch::Tensor log_probs = torch::log_softmax(model->forward(tokens.to(device)).to(torch::kFloat32), -1).cpu();
-  for (size_t b = 0; b < rows.size(); ++b) {
-    ChoiceRequest& r = requests[order[begin + b]];
+  // Inputs whole[:-1], targets whole[1:], right-padded.
+  torch::Tensor inputs = torch::zeros({b, width}, torch::kInt64), targets = torch::zeros({b, width}, torch::kInt64);
+  for (int64_t row = 0; row < b; ++row) {
+    const torch::Tensor ids = torch::tensor(wholes[row], torch::kInt64);
+    const int64_t n = ids.size(0) - 1;
+    inputs[row].narrow(0, 0, n).copy_(ids.narrow(0, 0, n));
+    targets[row].narrow(0, 0, n).copy_(ids.narrow(0, 1, n));
+  }
+  torch::Tensor ll, greedy;
+  add_scores(model->forward(inputs.to(device)), targets.to(device), ll, greedy);
+  for (int64_t row = 0; row < b; ++row) {
+    ChoiceRequest& r = requests[order[begin + row]];
     const int64_t n = static_cast<int64_t>(r.continuation_ids.size());
-    const torch::Tensor slice = log_probs[static_cast<int64_t>(b)].narrow(0, rows[b].first_target, n);
-    const torch::Tensor targets = torch::tensor(std::vector<int64_t>(r.continuation_ids.begin(), r.continuation_ids.end()),
-                                                torch::kInt64);
-    r.loglikelihood = slice.gather(-1, targets.unsqueeze(-1)).to(torch::kFloat64).sum().item<double>();
-    r.is_greedy = torch::equal(slice.argmax(-1), targets);
+    const int64_t first = static_cast<int64_t>(wholes[row].size()) - 1 - n;  // predicts the first continuation token
+    r.loglikelihood = ll[row].narrow(0, first, n).sum().item<double>();
+    r.is_greedy = greedy[row].narrow(0, first, n).all().item<bool>();
   }
 }
 
@@ -111,14 +116,6 @@ bool shares_context(const std::vector<ChoiceRequest>& requests, size_t begin, si
     if (static_cast<int64_t>(r.context_ids.size() + r.continuation_ids.size()) > context + 1) return false;
   }
   return true;
-}
-
-// log p(targets) and whether each is the argmax, from logits [..., vocab]
-// without a second vocabulary-sized tensor.
-void add_scores(const torch::Tensor& logits, const torch::Tensor& targets, torch::Tensor& ll, torch::Tensor& greedy) {
-  const torch::Tensor scores = logits.to(torch::kFloat32);
-  ll = (scores.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - scores.logsumexp(-1)).to(torch::kFloat64).cpu();
-  greedy = scores.argmax(-1).eq(targets).cpu();
 }
 
 // Scores the choices of items whose contexts are the same length, each given

@@ -11,13 +11,6 @@
 namespace dha {
 namespace {
 
-// A line of text[begin, end) that holds only whitespace (or nothing).
-bool is_blank(const std::string& text, size_t begin, size_t end) {
-  for (size_t i = begin; i < end; ++i)
-    if (std::string_view(" \t\r\f\v").find(text[i]) == std::string_view::npos) return false;
-  return true;
-}
-
 // -sum log p(ids[begin + p + 1]) for the predictions at positions p in
 // [from, to) of the model run on the window ids[begin, begin + n).
 double window_nll(Llama& model, const std::vector<int32_t>& ids, int64_t begin, int64_t n, int64_t from,
@@ -43,6 +36,10 @@ void check_stride(int64_t stride, int64_t context) {
 
 }  // namespace
 
+bool is_blank_line(std::string_view line) {
+  return line.find_first_not_of(std::string_view(" \t\r\f\v")) == std::string_view::npos;
+}
+
 std::vector<std::string> split_documents(const std::string& text) {
   std::vector<std::string> docs;
   // The open document: from the start of its first line to the end of its
@@ -57,7 +54,7 @@ std::vector<std::string> split_documents(const std::string& text) {
     size_t line_end = text.find('\n', pos);
     const bool has_break = line_end != std::string::npos;
     if (!has_break) line_end = text.size();
-    if (is_blank(text, pos, line_end)) {
+    if (is_blank_line(std::string_view(text).substr(pos, line_end - pos))) {
       close();
     } else {
       if (begin == std::string::npos) begin = pos;

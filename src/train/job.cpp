@@ -140,19 +140,17 @@ TrainJobResult run_train_job(const TrainJob& job) {
   const torch::Device device = training_device(job.config, ranks);
   // Data first: cheap checks before any heavy loading.
   std::vector<std::unique_ptr<TokenDataset>> data;
-  std::vector<const TokenDataset*> sources;
+  std::vector<MixtureSource> mixture;
   for (const DataSource& source : job.data) {
     data.push_back(std::make_unique<TokenDataset>(source.dir, "train"));
-    sources.push_back(data.back().get());
+    mixture.push_back({data.back().get(), source.weight});
   }
   if (ranks.is_main()) check_output_directory(job);
-  JobInputs inputs = load_job_inputs(job, sources, device);
+  JobInputs inputs = load_job_inputs(job, mixture, device);
   TrainConfig config = job.config;
   config.seq_len = inputs.seq_len;
   const std::unique_ptr<Distributed> dist =
       Distributed::join(ranks, device, std::chrono::seconds(config.dist_timeout_s));
-  std::vector<MixtureSource> mixture;
-  for (size_t s = 0; s < data.size(); ++s) mixture.push_back({data[s].get(), job.data[s].weight});
   SequenceSampler sampler(mixture, config.seq_len, config.seed);
   const TrainRun run = job_run(job, config, inputs, data, sampler, *dist, device);
   if (dist->is_main() && !job.resume)

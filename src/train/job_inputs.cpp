@@ -67,14 +67,14 @@ ModelConfig from_scratch_config(const std::string& path, int64_t default_vocab) 
   return model_config_from_json(description, default_vocab, path);
 }
 
-JobInputs load_job_inputs(const TrainJob& job, const std::vector<const TokenDataset*>& data,
-                          const torch::Device& device) {
+JobInputs load_job_inputs(const TrainJob& job, const std::vector<MixtureSource>& data, const torch::Device& device) {
   JobInputs in;
   int64_t data_vocab = 0;
-  for (const TokenDataset* d : data) data_vocab = std::max(data_vocab, d->vocab_size());
+  for (const MixtureSource& source : data) data_vocab = std::max(data_vocab, source.data->vocab_size());
   load_model(job, data_vocab, in);
   const ModelConfig& model = in.model->config();
-  for (const TokenDataset* d : data) {
+  for (const MixtureSource& source : data) {
+    const TokenDataset* d = source.data;
     if (d->vocab_size() > model.vocab_size && d->format() != "dha")
       fail(d->dir(), ": the ", d->format(), " data holds token id ", d->vocab_size() - 1,
            ", outside the model's vocab of ", model.vocab_size, " (tokenized for another model?)");
@@ -86,7 +86,7 @@ JobInputs load_job_inputs(const TrainJob& job, const std::vector<const TokenData
   if (in.seq_len > model.max_seq_len)
     fail("--seq-len ", in.seq_len, " exceeds the model's context of ", model.max_seq_len);
   if (!in.tokenizer_path.empty()) in.tokenizer = load_tokenizer(in.tokenizer_path, model.vocab_size);
-  for (const TokenDataset* d : data) check_document_protocol(*d, in);
+  for (const MixtureSource& source : data) check_document_protocol(*source.data, in);
   load_teacher(job, device, in);
   in.model->to(device);
   return in;
@@ -102,9 +102,8 @@ std::vector<std::vector<int32_t>> held_out_documents(const TrainJob& job, const 
   } else {
     // Unindexed shards split where documents begin: BOS, or the model's
     // pre-training separator (llm.c's GPT-2 shards begin documents with <|endoftext|>).
-    const int32_t split_at = in.tokenizer && document_protocol(*in.tokenizer).token_id >= 0
-                                 ? document_protocol(*in.tokenizer).token_id
-                                 : static_cast<int32_t>(in.model->config().bos_id);
+    const int32_t protocol_token = in.tokenizer ? document_protocol(*in.tokenizer).token_id : -1;
+    const int32_t split_at = protocol_token >= 0 ? protocol_token : static_cast<int32_t>(in.model->config().bos_id);
     for (const DataSource& source : job.data) {
       const int64_t left = max_docs > 0 ? max_docs - static_cast<int64_t>(docs.size()) : 0;
       if (max_docs > 0 && left <= 0) break;

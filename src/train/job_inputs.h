@@ -32,8 +32,7 @@ ModelConfig from_scratch_config(const std::string& path, int64_t default_vocab);
 // vocab is smaller than any source's, a sequence longer than its context,
 // shards that begin documents otherwise than its tokenizer does, and a
 // teacher of another vocab. `data`: the training split of each source of job.data.
-JobInputs load_job_inputs(const TrainJob& job, const std::vector<const TokenDataset*>& data,
-                          const torch::Device& device);
+JobInputs load_job_inputs(const TrainJob& job, const std::vector<MixtureSource>& data, const torch::Device& device);
 
 // --eval-text in the dha-eval protocol, else the heldout splits of the sources
 // (in order, `max_docs` in all), else none.
